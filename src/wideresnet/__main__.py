@@ -1,0 +1,5 @@
+import sys
+
+from wideresnet.cli import main
+
+sys.exit(main())
