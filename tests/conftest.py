@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import subprocess
@@ -26,17 +25,23 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 def wrn(*args: str, timeout: float = 300, env: dict | None = None, **kwargs):
     """Run the real `wrn` command in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "wideresnet", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "wideresnet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
 
 
 def random_images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
     return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def cifar_batch(images: np.ndarray, labels: np.ndarray, key: str = "labels",
-                extra: dict | None = None) -> bytes:
+def cifar_batch(
+    images: np.ndarray, labels: np.ndarray, key: str = "labels", extra: dict | None = None
+) -> bytes:
     """A pickled batch with the official dict keys and layout (bytes keys, (N, 3072) rows)."""
     batch = {
         b"batch_label": b"testing batch 1 of 1",
@@ -60,10 +65,21 @@ def write_cifar10(root: Path, rng: np.random.Generator, per_batch: int = 20):
         train_y.append(y)
     test_x, test_y = random_images(rng, per_batch), rng.integers(0, 10, per_batch)
     (folder / "test_batch").write_bytes(cifar_batch(test_x, test_y))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-             b"ship", b"truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps(
-        {b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}))
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072})
+    )
     return (np.concatenate(train_x), np.concatenate(train_y)), (test_x, test_y)
 
 
@@ -77,10 +93,14 @@ def write_cifar100(root: Path, rng: np.random.Generator, n: int = 30):
         batch[b"coarse_labels"] = [int(v) for v in coarse]
         (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
         out[split] = (x, fine, coarse)
-    (folder / "meta").write_bytes(pickle.dumps({
-        b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-        b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
-    }))
+    (folder / "meta").write_bytes(
+        pickle.dumps(
+            {
+                b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+            }
+        )
+    )
     return out
 
 
@@ -102,8 +122,14 @@ def write_svhn(path: Path, rng: np.random.Generator, n: int):
     return x, digits
 
 
-def write_image_folder(root: Path, rng: np.random.Generator, classes=("cat", "dog", "emu"),
-                       per_class: int = 4, size: int = 32, fmt: str = "PNG"):
+def write_image_folder(
+    root: Path,
+    rng: np.random.Generator,
+    classes=("cat", "dog", "emu"),
+    per_class: int = 4,
+    size: int = 32,
+    fmt: str = "PNG",
+):
     from PIL import Image
 
     out = {}
@@ -117,8 +143,14 @@ def write_image_folder(root: Path, rng: np.random.Generator, classes=("cat", "do
     return out
 
 
-def learnable_npz(path: Path, seed: int = 0, n_train: int = 192, n_test: int = 64,
-                  classes: int = 4, size: int = 16) -> Path:
+def learnable_npz(
+    path: Path,
+    seed: int = 0,
+    n_train: int = 192,
+    n_test: int = 64,
+    classes: int = 4,
+    size: int = 16,
+) -> Path:
     """A small dataset a tiny WRN can learn: each class has its own colour, plus noise."""
     rng = np.random.default_rng(seed)
     colours = rng.integers(40, 216, (classes, 3))
@@ -130,13 +162,21 @@ def learnable_npz(path: Path, seed: int = 0, n_train: int = 192, n_test: int = 6
 
     x_train, y_train = make(n_train)
     x_test, y_test = make(n_test)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-             classes=np.array([f"c{i}" for i in range(classes)]))
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        classes=np.array([f"c{i}" for i in range(classes)]),
+    )
     return path
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow real-data tests need ../shared/data; skip them, saying why, where it is absent."""
+    """Slow real-data tests run last (they may size themselves to the time left, see
+    test_real_data.py); they need ../shared/data and are skipped, saying why, where it is absent."""
+    items.sort(key=lambda item: "slow" in item.keywords)  # stable: the rest keep their order
     if (SHARED_DATA / "cifar10-jpeg").is_dir():
         return
     skip = pytest.mark.skip(reason=f"real CIFAR-10 copy not found at {SHARED_DATA}")

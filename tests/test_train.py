@@ -1,0 +1,418 @@
+"""`wrn train`, resume, eval and failure handling, on real subprocess runs of `wrn`.
+
+The data is a small .npz a tiny WRN can learn (conftest.learnable_npz): 192 training images in
+batches of 32, so an epoch is 6 steps. Signals and NaNs are injected by a wrapper that patches
+`wideresnet.train.loss_fn` in the child process before calling the real `wrn` entry point; the
+signal itself is a real SIGTERM delivered to that process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import learnable_npz, wrn
+
+from wideresnet import train as training
+from wideresnet.recipes import make_recipe
+
+STEPS_PER_EPOCH = 6
+TIMING_KEYS = {"epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second"}
+
+WRAPPER = """
+import os, signal, sys
+import torch
+from wideresnet import cli, train
+
+at, action, count = int(os.environ["AT_STEP"]), os.environ["ACTION"], 0
+original = train.loss_fn
+
+def loss_fn(logits, labels):
+    global count
+    count += 1
+    loss = original(logits, labels)
+    if count == at and action == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+    if count == at and action == "nan":
+        loss = loss * float("nan")
+    return loss
+
+train.loss_fn = loss_fn
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+def base_args(npz: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--model",
+        "wrn-10-1",
+        "--dataset",
+        "npz",
+        "--data-dir",
+        npz,
+        "--out",
+        out,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--milestones",
+        "2,3",
+        "--dropout",
+        "0.3",
+        "--precision",
+        "fp32",
+        "--seed",
+        "3",
+        *extra,
+    ]
+
+
+def wrn_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", WRAPPER, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AT_STEP": str(at_step), "ACTION": action},
+    )
+
+
+def checkpoint(run: Path, name: str = "checkpoint.pt") -> dict:
+    return torch.load(run / name, map_location="cpu", weights_only=True)
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:  # parameters and BN buffers, bit for bit
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for key in sa:
+        assert torch.equal(sa[key]["momentum_buffer"], sb[key]["momentum_buffer"]), key
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("wrn")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def straight(npz, tmp_path_factory) -> Path:
+    """The uninterrupted 3-epoch run every resumed run is compared with."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    result = wrn(*base_args(npz, out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_straight_run_writes_the_run_directory(straight):
+    config = json.loads((straight / "config.json").read_text())
+    assert config["model"] == "wrn-10-1" and config["milestones"] == [2, 3]
+    assert config["resolved"]["precision"] == "fp32" and config["resolved"]["device"] == "cpu"
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.01, 0.002])
+    for row in rows:
+        assert {"train_loss", "train_error", "test_loss", "test_error", "epoch_seconds"} <= set(row)
+    result = json.loads((straight / "result.json").read_text())
+    assert result["epochs"] == 3 and result["params"] > 0
+    assert result["test_error"] == rows[-1]["test_error"]  # the LAST epoch, not the best
+    assert rows[-1]["test_error"] < 50, "the tiny WRN should learn the coloured classes"
+    env = result["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert env["precision"] == "fp32"
+    assert set(result["wall_seconds"]) == {"train", "eval", "total"}
+    state = checkpoint(straight)
+    assert state["epoch"] == 3 and state["global_step"] == 3 * STEPS_PER_EPOCH
+    assert state["data_order"] == {"seed": 3, "epoch": 4}
+
+
+@pytest.mark.parametrize(
+    "at_step",
+    [STEPS_PER_EPOCH + 3, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 1],
+    ids=["mid-epoch-2", "end-of-epoch-1-before-milestone", "first-step-of-milestone-epoch"],
+)
+def test_sigterm_then_resume_is_bit_identical(npz, tmp_path, straight, at_step):
+    out = tmp_path / "run"
+    stopped = wrn_with("sigterm", at_step, *base_args(npz, out))
+    assert stopped.returncode == 128 + signal.SIGTERM == 143, stopped.stderr
+    assert "SIGTERM" in stopped.stderr and "--resume" in stopped.stderr
+    state = checkpoint(out)
+    assert state["global_step"] == at_step
+    assert not (out / "result.json").exists()
+
+    resumed = wrn("train", "--resume", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_state(checkpoint(straight), checkpoint(out))
+    assert metrics(out) == metrics(straight)
+    ours = json.loads((out / "result.json").read_text())
+    theirs = json.loads((straight / "result.json").read_text())
+    assert ours["test_error"] == theirs["test_error"]
+
+
+def test_mid_epoch_checkpoints_on_request(npz, tmp_path, straight):
+    out = tmp_path / "run"
+    stopped = wrn_with("sigterm", 11, *base_args(npz, out, "--checkpoint-every", "4"))
+    assert stopped.returncode == 143
+    # checkpoints after steps 4, 6 (epoch end), 8 and 11 (signal): prev holds step 8
+    assert checkpoint(out, "checkpoint.prev.pt")["global_step"] == 8
+    assert checkpoint(out)["step_in_epoch"] == 5
+    assert wrn("train", "--resume", out).returncode == 0
+    assert_same_state(checkpoint(straight), checkpoint(out))
+
+
+def test_torn_newest_checkpoint_falls_back_to_the_previous(npz, tmp_path, straight):
+    out = tmp_path / "run"
+    assert wrn_with("sigterm", 9, *base_args(npz, out)).returncode == 143
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    resumed = wrn("train", "--resume", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "falling back to" in resumed.stderr and "checkpoint.prev.pt" in resumed.stderr
+    assert "resuming" in resumed.stdout and "epoch 2 step 0" in resumed.stdout
+    assert_same_state(checkpoint(straight), checkpoint(out))
+    assert metrics(out) == metrics(straight)
+
+
+def test_resume_refuses_a_different_config(npz, tmp_path):
+    out = tmp_path / "run"
+    assert wrn_with("sigterm", 2, *base_args(npz, out)).returncode == 143
+    line = one_line_error(wrn("train", "--resume", out, "--lr", "0.5", "--epochs", "3"))
+    assert "lr: run has 0.05, command line asks 0.5" in line
+    assert "epochs" not in line  # the same value is not a difference
+    assert wrn("train", "--resume", out, "--epochs", "3").returncode == 0
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["checked-each-step", "fused-sgd-on-device"])
+def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(npz, tmp_path, fused):
+    out = tmp_path / "run"
+    extra = ["--fused-sgd", "on"] if fused else []
+    failed = wrn_with("nan", STEPS_PER_EPOCH + 2, *base_args(npz, out, *extra))
+    line = one_line_error(failed, code=1)
+    failure = json.loads((out / "failure.json").read_text())
+    if fused:  # the CUDA path: no host sync per step; found at the epoch's end
+        assert "non-finite training loss in epoch 2" in line
+        assert failure["epoch"] == 2 and failure["step"] is None
+    else:
+        assert "non-finite training loss at epoch 2 step 2" in line
+        assert failure["epoch"] == 2 and failure["step"] == 2
+    state = checkpoint(out)
+    assert state["epoch"] == 1 and state["global_step"] == STEPS_PER_EPOCH
+    assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+    assert not (out / "result.json").exists()
+    # the run continues from its last good checkpoint
+    assert wrn("train", "--resume", out).returncode == 0
+    assert checkpoint(out)["epoch"] == 3
+
+
+def test_nesterov_and_weight_decay_reach_every_parameter(npz, tmp_path):
+    recipe = make_recipe(
+        "cifar",
+        {
+            "model": "wrn-10-1",
+            "dataset": "npz",
+            "data_dir": str(npz),
+            "batch_size": 32,
+            "precision": "fp32",
+        },
+    )
+    trainer = training.Trainer(recipe, tmp_path)
+    (group,) = trainer.optimizer.param_groups
+    assert (group["momentum"], group["dampening"], group["nesterov"]) == (0.9, 0, True)
+    assert group["weight_decay"] == 5e-4
+    model_params = {id(p) for p in trainer.model.parameters()}
+    assert {id(p) for p in group["params"]} == model_params  # BN weights and biases included
+
+    # one step equals the hand-written Nesterov update with weight decay, on every parameter
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    x, y = next(trainer.data.train.batches(1))
+    trainer.model.train()
+    training.loss_fn(trainer.model(x), y).backward()
+    grads = [p.grad.clone() for p in trainer.model.parameters()]
+    trainer.optimizer.step()
+    for p, p0, g in zip(trainer.model.parameters(), before, grads):
+        d = g + 5e-4 * p0
+        expected = p0 - 0.1 * (d + 0.9 * d)  # first step: buffer = d; nesterov: d + m * buf
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+
+    off = make_recipe("cifar", {"nesterov": False})
+    assert off.nesterov is False
+
+
+def test_momentum_is_reset_at_each_lr_drop_and_only_then(npz, tmp_path):
+    recipe = make_recipe(
+        "cifar",
+        {
+            "model": "wrn-10-1",
+            "dataset": "npz",
+            "data_dir": str(npz),
+            "batch_size": 32,
+            "precision": "fp32",
+            "milestones": (2,),
+            "epochs": 2,
+        },
+    )
+    trainer = training.Trainer(recipe, tmp_path)
+    trainer.optimizer.state[next(trainer.model.parameters())]["momentum_buffer"] = torch.ones(1)
+    trainer._set_lr(1)
+    assert len(trainer.optimizer.state) == 1
+    trainer._set_lr(2)
+    assert len(trainer.optimizer.state) == 0
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+    kept = make_recipe("cifar", {**recipe.to_dict(), "reset_momentum": False})
+    trainer = training.Trainer(kept, tmp_path)
+    trainer.optimizer.state[next(trainer.model.parameters())]["momentum_buffer"] = torch.ones(1)
+    trainer._set_lr(2)
+    assert len(trainer.optimizer.state) == 1
+
+
+def test_failed_checkpoint_write_reports_path_and_space_and_keeps_the_old_one(
+    tmp_path, monkeypatch
+):
+    training.save_checkpoint(tmp_path, {"model": {"w": torch.ones(2)}, "config": {}})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(training.RunError) as error:
+        training.save_checkpoint(tmp_path, {"model": {"w": torch.zeros(2)}, "config": {}})
+    message = str(error.value)
+    assert str(tmp_path / "checkpoint.pt") in message and "No space left on device" in message
+    assert "MiB free" in message and error.value.exit_code == 1
+    monkeypatch.undo()
+    assert torch.equal(checkpoint(tmp_path)["model"]["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_eval_reports_the_same_error_as_the_run(straight, npz):
+    result = wrn("eval", straight, "--json", "--flip")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    final = json.loads((straight / "result.json").read_text())
+    assert report["test_error"] == pytest.approx(final["test_error"])
+    assert report["images"] == 64 and report["classes"] == ["c0", "c1", "c2", "c3"]
+    assert sum(map(sum, report["confusion"])) == 64
+    assert len(report["per_class_error"]) == 4 and "flip_test_error" in report
+    text = wrn("eval", straight / "checkpoint.pt", "--dataset", "npz", "--data-dir", npz)
+    assert text.returncode == 0 and "test error" in text.stdout and "c3" in text.stdout
+
+
+def test_non_empty_out_is_refused_unless_overwrite(npz, straight, tmp_path):
+    line = one_line_error(wrn(*base_args(npz, straight)))
+    assert "not empty" in line and "--resume" in line
+    assert (straight / "result.json").exists()  # nothing of the finished run was touched
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = wrn(*base_args(npz, out, "--epochs", "1", "--overwrite"))
+    assert result.returncode == 0, result.stderr
+    assert (out / "notes.txt").read_text() == "keep me"  # only the run's own files are replaced
+
+
+@pytest.mark.parametrize("case", ["truncated", "code", "garbage"])
+def test_bad_checkpoints_are_one_line_errors(straight, tmp_path, case):
+    path = tmp_path / "model.pt"
+    marker = tmp_path / "code-ran"
+    if case == "truncated":
+        data = (straight / "checkpoint.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif case == "code":
+
+        class Payload:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        torch.save({"model": Payload(), "config": {}}, path)
+    else:
+        path.write_bytes(b"not a checkpoint at all")
+    line = one_line_error(wrn("eval", path))
+    assert str(path) in line
+    assert not marker.exists(), "unpickling ran code from the checkpoint"
+    if case == "code":
+        run = tmp_path / "run"
+        run.mkdir()
+        path.rename(run / "checkpoint.pt")
+        one_line_error(wrn("train", "--resume", run))
+        assert not marker.exists()
+
+
+def test_user_errors_are_one_line_and_exit_2(npz, straight, tmp_path):
+    line = one_line_error(wrn(*base_args(npz, tmp_path / "a", "--num-classes", "5")))
+    assert "--num-classes 5" in line and "4 classes" in line
+    line = one_line_error(wrn(*base_args(tmp_path / "missing.npz", tmp_path / "b")))
+    assert "missing.npz" in line
+    line = one_line_error(wrn(*base_args(npz, tmp_path / "c", "--epoch", "2")))
+    assert "--epoch" in line and "did you mean --epochs" in line
+    line = one_line_error(wrn(*base_args(npz, tmp_path / "d", "--model", "wrn-17-2")))
+    assert "wrn-17-2" in line
+    line = one_line_error(wrn(*base_args(npz, tmp_path / "e", "--lr", "fast")))
+    assert "lr" in line
+    line = one_line_error(wrn("train", "--resume", tmp_path / "nothing-here"))
+    assert "nothing-here" in line
+    three = learnable_npz(tmp_path / "three.npz", classes=3)
+    line = one_line_error(wrn("eval", straight, "--dataset", "npz", "--data-dir", three))
+    assert "3 classes" in line and "4" in line
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+
+
+def test_config_file_and_deterministic_flag(npz, tmp_path):
+    config = tmp_path / "recipe.toml"
+    config.write_text(
+        'model = "wrn-10-1"\nepochs = 1\nbatch_size = 32\nnesterov = false\nprecision = "fp32"\n'
+    )
+    out = tmp_path / "run"
+    result = wrn(
+        "train",
+        "--config",
+        config,
+        "--dataset",
+        "npz",
+        "--data-dir",
+        npz,
+        "--out",
+        out,
+        "--deterministic",
+        "--log-every",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["nesterov"] is False and saved["deterministic"] is True
+    assert saved["epochs"] == 1 and saved["batch_size"] == 32
+    assert "img/s" in result.stdout and "step 2/6" in result.stdout  # plain lines, not a tty
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"learning_rate": 0.1}))
+    line = one_line_error(
+        wrn(
+            "train", "--config", bad, "--dataset", "npz", "--data-dir", npz, "--out", tmp_path / "x"
+        )
+    )
+    assert "learning_rate" in line
