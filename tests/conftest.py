@@ -12,7 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+def _shared_data() -> Path:
+    """The real CIFAR-10 copy: $WRN_REAL_DATA, else ../shared/data beside the checkout, else
+    the workplace's /work/shared/data."""
+    if os.environ.get("WRN_REAL_DATA"):
+        return Path(os.environ["WRN_REAL_DATA"])
+    candidates = [
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        Path("/work/shared/data"),
+    ]
+    return next((c for c in candidates if (c / "cifar10-jpeg").is_dir()), candidates[0])
+
+
+SHARED_DATA = _shared_data()
 
 
 @pytest.fixture(autouse=True)
