@@ -259,6 +259,16 @@ def test_npz_reader_and_errors(tmp_path):
         load_dataset("npz", tmp_path / "bad.npz", "train")
     with pytest.raises(DataError, match="missing array x_test"):
         load_dataset("npz", tmp_path / "bad.npz", "test")
+    # without a classes array, both splits count the classes: a test split lacking the
+    # highest label still has the training set's classes
+    np.savez(
+        tmp_path / "plain.npz",
+        x_train=x,
+        y_train=np.arange(6) % 3,
+        x_test=x[:2],
+        y_test=np.array([0, 1]),
+    )
+    assert load_dataset("npz", tmp_path / "plain.npz", "test")[2] == ["0", "1", "2"]
 
 
 # --------------------------------------------------------------------------------------------

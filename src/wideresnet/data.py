@@ -518,7 +518,11 @@ def _load_npz(path: Path, split: str):
                     f"{path}: missing array {missing[0]} (needs x_train, y_train, x_test, y_test)"
                 )
             x, y = data[f"x_{split}"], data[f"y_{split}"]
-            classes = [str(c) for c in data["classes"]] if "classes" in data.files else None
+            if "classes" in data.files:
+                classes = [str(c) for c in data["classes"]]
+            else:  # from both splits, so that train and test agree
+                ys = [data[k] for k in ("y_train", "y_test") if k in data.files]
+                classes = [str(c) for c in range(max(int(v.max()) + 1 for v in ys if v.size))]
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: not a readable .npz file ({error})") from None
     if x.ndim == 3:
@@ -531,8 +535,6 @@ def _load_npz(path: Path, split: str):
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     y = y.astype(np.int64).reshape(-1)
-    if classes is None:
-        classes = [str(c) for c in range(int(y.max()) + 1 if len(y) else 0)]
     return np.ascontiguousarray(x), y, classes
 
 

@@ -423,6 +423,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, log_every: int = 0) -> None:
         self.recipe, self.run_dir, self.log_every = recipe, run_dir, log_every
         if recipe.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         else:
@@ -501,6 +502,8 @@ class Trainer:
             self.optimizer.state.clear()  # as the authors' code: a new optimizer at each drop
 
     def _handle_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None:  # a second signal: stop now, the last checkpoint stays
+            raise KeyboardInterrupt
         self.stop_signal = signum
 
     def run(self) -> dict[str, Any]:
