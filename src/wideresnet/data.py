@@ -379,6 +379,7 @@ class _FolderSource:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.zip: zipfile.ZipFile | None = None
+        self.stats: dict[str, str] = {}  # image path -> "size|mtime" (directories)
         if root.is_file():
             try:
                 self.zip = zipfile.ZipFile(root)
@@ -426,11 +427,13 @@ class _FolderSource:
             for entry in sorted(os.scandir(self.root / top), key=lambda e: e.name):
                 if entry.name.startswith(".") or not entry.is_dir():
                     continue
-                classes[entry.name] = [
-                    f"{top}/{entry.name}/{f.name}"
-                    for f in os.scandir(entry.path)
-                    if not f.name.startswith(".") and f.name.lower().endswith(IMAGE_SUFFIXES)
-                ]
+                classes[entry.name] = []
+                for f in os.scandir(entry.path):
+                    if not f.name.startswith(".") and f.name.lower().endswith(IMAGE_SUFFIXES):
+                        relative = f"{top}/{entry.name}/{f.name}"
+                        stat = f.stat()  # for the fingerprint, without a path object per file
+                        self.stats[relative] = f"{stat.st_size}|{stat.st_mtime_ns}"
+                        classes[entry.name].append(relative)
         if not classes:
             raise DataError(f"{self.root}/{top}: no class folders")
         for name, files in classes.items():
@@ -443,10 +446,9 @@ class _FolderSource:
         if self.zip is not None:
             return _fingerprint([self.root], extra)
         digest = hashlib.sha1((CACHE_VERSION + extra).encode())
-        for files in listing.values():
-            for f in files:
-                stat = os.stat(self.root / f)
-                digest.update(f"{f}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(
+            "".join(f"{f}|{self.stats[f]}\n" for fs in listing.values() for f in fs).encode()
+        )
         return digest.hexdigest()
 
     def read(self, relative: str) -> bytes:
