@@ -243,14 +243,8 @@ def test_folder_cache_reloads_and_notices_changes(tmp_path, isolated_cache):
 def test_npz_reader_and_errors(tmp_path):
     rng = np.random.default_rng(10)
     x = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-    np.savez(
-        tmp_path / "d.npz",
-        x_train=x,
-        y_train=np.arange(6) % 3,
-        x_test=x[:2],
-        y_test=np.array([0, 1]),
-        classes=np.array(["a", "b", "c"]),
-    )
+    splits = {"x_train": x, "y_train": np.arange(6) % 3, "x_test": x[:2], "y_test": [0, 1]}
+    np.savez(tmp_path / "d.npz", **splits, classes=np.array(["a", "b", "c"]))
     images, labels, classes = load_dataset("npz", tmp_path / "d.npz", "train")
     assert np.array_equal(images, x) and labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert classes == ["a", "b", "c"]
@@ -261,13 +255,7 @@ def test_npz_reader_and_errors(tmp_path):
         load_dataset("npz", tmp_path / "bad.npz", "test")
     # without a classes array, both splits count the classes: a test split lacking the
     # highest label still has the training set's classes
-    np.savez(
-        tmp_path / "plain.npz",
-        x_train=x,
-        y_train=np.arange(6) % 3,
-        x_test=x[:2],
-        y_test=np.array([0, 1]),
-    )
+    np.savez(tmp_path / "plain.npz", **splits)
     assert load_dataset("npz", tmp_path / "plain.npz", "test")[2] == ["0", "1", "2"]
 
 

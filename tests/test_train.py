@@ -54,32 +54,9 @@ def npz(tmp_path_factory) -> Path:
 
 
 def base_args(npz: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--model",
-        "wrn-10-1",
-        "--dataset",
-        "npz",
-        "--data-dir",
-        npz,
-        "--out",
-        out,
-        "--epochs",
-        "3",
-        "--batch-size",
-        "32",
-        "--lr",
-        "0.05",
-        "--milestones",
-        "2,3",
-        "--dropout",
-        "0.3",
-        "--precision",
-        "fp32",
-        "--seed",
-        "3",
-        *extra,
-    ]
+    options = "--model wrn-10-1 --dataset npz --epochs 3 --batch-size 32 --lr 0.05 --milestones 2,3"
+    options += " --dropout 0.3 --precision fp32 --seed 3"
+    return ["train", *options.split(), "--data-dir", npz, "--out", out, *extra]
 
 
 def wrn_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
@@ -373,20 +350,8 @@ def test_config_file_and_deterministic_flag(npz, tmp_path):
         'model = "wrn-10-1"\nepochs = 1\nbatch_size = 32\nnesterov = false\nprecision = "fp32"\n'
     )
     out = tmp_path / "run"
-    result = wrn(
-        "train",
-        "--config",
-        config,
-        "--dataset",
-        "npz",
-        "--data-dir",
-        npz,
-        "--out",
-        out,
-        "--deterministic",
-        "--log-every",
-        "2",
-    )
+    options = "--dataset npz --deterministic --log-every 2".split()
+    result = wrn("train", "--config", config, *options, "--data-dir", npz, "--out", out)
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "config.json").read_text())
     assert saved["nesterov"] is False and saved["deterministic"] is True
