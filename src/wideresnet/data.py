@@ -411,7 +411,7 @@ class _FolderSource:
             "(expected DIR/train/<class>/ and DIR/test/<class>/)"
         )
 
-    def listing(self, split: str) -> dict[str, list[str]]:
+    def listing(self, split: str, stats: bool = True) -> dict[str, list[str]]:
         """class -> sorted image paths (relative to root) of one split."""
         top = self.split_dir(split)
         classes: dict[str, list[str]] = {}
@@ -431,8 +431,9 @@ class _FolderSource:
                 for f in os.scandir(entry.path):
                     if not f.name.startswith(".") and f.name.lower().endswith(IMAGE_SUFFIXES):
                         relative = f"{top}/{entry.name}/{f.name}"
-                        stat = f.stat()  # for the fingerprint, without a path object per file
-                        self.stats[relative] = f"{stat.st_size}|{stat.st_mtime_ns}"
+                        if stats:  # for the fingerprint, without a path object per file
+                            stat = f.stat()
+                            self.stats[relative] = f"{stat.st_size}|{stat.st_mtime_ns}"
                         classes[entry.name].append(relative)
         if not classes:
             raise DataError(f"{self.root}/{top}: no class folders")
@@ -464,7 +465,7 @@ def _load_folder(root: Path, split: str, image_size: int | None):
     if split not in ("train", "test"):
         raise DataError(f"folder datasets have splits train and test, not {split!r}")
     source = _FolderSource(root)
-    train_listing = source.listing("train")
+    train_listing = source.listing("train", stats=split == "train")  # test: class names only
     listing = train_listing if split == "train" else source.listing(split)
     train_classes = list(train_listing)
     unknown = set(listing) - set(train_classes)
