@@ -286,6 +286,17 @@ def test_eval_reports_the_same_error_as_the_run(straight, npz):
     assert text.returncode == 0 and "test error" in text.stdout and "c3" in text.stdout
 
 
+def test_eval_whitens_with_the_runs_own_zca_fit(npz, tmp_path, isolated_cache):
+    out = tmp_path / "run"
+    zca = ("--preprocess", "zca", "--epochs", "1", "--val-size", "32", "--train-limit", "160")
+    assert wrn(*base_args(npz, out, *zca)).returncode == 0
+    result = wrn("eval", out, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["images"] == 64
+    # one fit: eval reused the run's (128 images: train_limit less val_size), not a new one
+    assert len(list((isolated_cache / "zca").glob("*.npz"))) == 1
+
+
 def test_non_empty_out_is_refused_unless_overwrite(npz, straight, tmp_path):
     line = one_line_error(wrn(*base_args(npz, straight)))
     assert "not empty" in line and "--resume" in line

@@ -255,12 +255,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     mean, std = train._normalisation(recipe)
     if recipe.preprocess == "zca":
-        train_images, _, _ = datasets.load_dataset(
-            recipe.dataset, recipe.data_dir, recipe.train_split, recipe.verify
-        )
-        if recipe.train_limit:
-            train_images = train_images[: recipe.train_limit]
-        zca_mean, whiten = datasets.cached_zca(train_images, f"{recipe.dataset}|{recipe.data_dir}")
+        (train_images, _), _, _ = train.training_split(recipe)  # as the run fitted it
+        zca_mean, whiten = train.zca_fit(recipe, train_images)
         images = datasets.zca_transform(images, zca_mean, whiten)
     loader = datasets.BatchLoader(
         images, labels, recipe.eval_batch_size, device=device, mean=mean, std=std

@@ -136,27 +136,42 @@ def _normalisation(recipe: Recipe):
     return None, None  # zca: images are whitened beforehand
 
 
-def load_run_data(recipe: Recipe, device: torch.device) -> RunData:
-    def load(split: str):
-        return datasets.load_dataset(
-            recipe.dataset,
-            recipe.data_dir,
-            split,
-            recipe.verify,
-            labels=recipe.labels,
-            image_size=recipe.image_size,
-        )
+def _load(recipe: Recipe, split: str):
+    return datasets.load_dataset(
+        recipe.dataset,
+        recipe.data_dir,
+        split,
+        recipe.verify,
+        labels=recipe.labels,
+        image_size=recipe.image_size,
+    )
 
-    x_train, y_train, classes = load(recipe.train_split)
+
+def training_split(recipe: Recipe):
+    """(x_train, y_train), the held-out (x_val, y_val) or None, classes: the training images
+    exactly as a run uses them (the first train_limit, less the last val_size)."""
+    x_train, y_train, classes = _load(recipe, recipe.train_split)
     if recipe.train_limit:
         x_train, y_train = x_train[: recipe.train_limit], y_train[: recipe.train_limit]
-    if recipe.val_size:
-        if recipe.val_size >= len(x_train):
-            raise RunError(f"val_size {recipe.val_size} leaves no training images")
-        x_test, y_test = x_train[-recipe.val_size :], y_train[-recipe.val_size :]
-        x_train, y_train = x_train[: -recipe.val_size], y_train[: -recipe.val_size]
+    if not recipe.val_size:
+        return (x_train, y_train), None, classes
+    if recipe.val_size >= len(x_train):
+        raise RunError(f"val_size {recipe.val_size} leaves no training images")
+    held_out = x_train[-recipe.val_size :], y_train[-recipe.val_size :]
+    return (x_train[: -recipe.val_size], y_train[: -recipe.val_size]), held_out, classes
+
+
+def zca_fit(recipe: Recipe, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The run's GCN + ZCA fit on its training images (cached)."""
+    return datasets.cached_zca(x_train, f"{recipe.dataset}|{recipe.data_dir}")
+
+
+def load_run_data(recipe: Recipe, device: torch.device) -> RunData:
+    (x_train, y_train), held_out, classes = training_split(recipe)
+    if held_out is not None:
+        x_test, y_test = held_out
     else:
-        x_test, y_test, test_classes = load(recipe.test_split)
+        x_test, y_test, test_classes = _load(recipe, recipe.test_split)
         if test_classes != classes:
             raise RunError(f"{recipe.data_dir}: train and test splits have different classes")
     if recipe.num_classes is not None and recipe.num_classes != len(classes):
@@ -170,7 +185,7 @@ def load_run_data(recipe: Recipe, device: torch.device) -> RunData:
         )
     mean, std = _normalisation(recipe)
     if recipe.preprocess == "zca":
-        zca_mean, whiten = datasets.cached_zca(x_train, f"{recipe.dataset}|{recipe.data_dir}")
+        zca_mean, whiten = zca_fit(recipe, x_train)
         x_train = datasets.zca_transform(x_train, zca_mean, whiten)
         x_test = datasets.zca_transform(x_test, zca_mean, whiten)
     common = dict(device=device, mean=mean, std=std, seed=recipe.seed)
