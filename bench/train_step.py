@@ -1,10 +1,10 @@
 """Training images/s of the fast settings against a plain eager fp32 baseline, same process.
 
-Each setting runs full SGD steps (forward, loss, backward, Nesterov update) on one batch held
-on the device; after warm-up (which includes torch.compile's compilation, reported separately)
-it times `--steps` steps, synchronising the device at the end only. Printed: images/s (wall
-clock over the timed steps) and the ratio to the eager fp32 NCHW baseline measured in the same
-run.
+Each setting runs `wideresnet.train.step.train_step` (forward, loss, backward, Nesterov
+update: the step `wrn train` runs) on one batch held on the device; after warm-up (which
+includes torch.compile's compilation, reported separately) it times `--steps` steps,
+synchronising the device at the end only. Printed: images/s (wall clock over the timed steps)
+and the ratio to the eager fp32 NCHW baseline measured in the same run.
 
     python bench/train_step.py [--model wrn-16-4] [--device cuda] [--batch-size 128]
 """
@@ -15,82 +15,55 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from wideresnet import create_model
-from wideresnet.train import cpu_supports_bf16
+from wideresnet.config import OptimConfig
+from wideresnet.train.optim import build_optimizer
+from wideresnet.train.runtime import Speed, cpu_bf16
+from wideresnet.train.step import EpochSums, train_step
 
 
-def settings(device: str, want_compile: bool) -> list[tuple[str, dict]]:
-    bf16 = device == "cuda" or cpu_supports_bf16()
-    rows = [("eager fp32 NCHW (baseline)", {}), ("channels_last fp32", {"channels_last": True})]
+def settings(device: str, want_compile: bool) -> list[tuple[str, Speed]]:
+    cuda = device == "cuda"
+    bf16 = cuda or cpu_bf16()[0]
+
+    def speed(precision="fp32", channels_last=False, fused=False, compile=False, graphs=False):
+        return Speed(device, precision, channels_last, compile, fused, graphs)
+
+    rows = [
+        ("eager fp32 NCHW (baseline)", speed()),
+        ("channels_last fp32", speed(channels_last=True)),
+    ]
     if bf16:
-        rows.append(("channels_last bf16", {"channels_last": True, "bf16": True}))
-    if device == "cuda":
-        rows.append(
-            ("channels_last bf16 fused SGD", {"channels_last": True, "bf16": True, "fused": True})
-        )
+        rows.append(("channels_last bf16", speed("bf16", True)))
+    if cuda:
+        rows.append(("channels_last bf16 fused SGD", speed("bf16", True, fused=True)))
     if want_compile:
-        fast = {"channels_last": True, "bf16": bf16, "fused": device == "cuda", "compile": True}
-        rows.append(("+ torch.compile", fast))
-        if device == "cuda":
-            rows.append(("+ CUDA graphs (what wrn train runs)", {**fast, "graphs": True}))
+        precision = "bf16" if bf16 else "fp32"
+        rows.append(("+ torch.compile", speed(precision, True, fused=cuda, compile=True)))
+        if cuda:
+            fast = speed(precision, True, fused=True, compile=True, graphs=True)
+            rows.append(("+ CUDA graphs (what wrn train runs)", fast))
     return rows
 
 
-def measure(
-    model_name: str,
-    device: str,
-    batch: int,
-    steps: int,
-    channels_last=False,
-    bf16=False,
-    fused=False,
-    compile=False,
-    graphs=False,
-) -> tuple[float, float]:
+def measure(model_name: str, speed: Speed, batch: int, steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = create_model(model_name, 10).to(device)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=0.1,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        **({"fused": True} if fused else {}),
-    )
-    forward = model
-    if compile:
-        forward = torch.compile(model, mode="reduce-overhead" if graphs else None)
-
-    def step():
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            logits = forward(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
+    model = speed.prepare(create_model(model_name, 10))
+    optimizer = build_optimizer(model, OptimConfig(), speed.fused_sgd)
+    forward = speed.compiled(model)
+    x = torch.randn(batch, 3, 32, 32, device=speed.device)
+    y = torch.randint(0, 10, (batch,), device=speed.device)
+    sums = EpochSums.start(torch.device(speed.device))
     start = time.perf_counter()
-    for _ in range(5 if graphs else 3):  # CUDA graphs are recorded on the third call
-        step()
-    sync()
+    for _ in range(5 if speed.cuda_graphs else 3):  # CUDA graphs are recorded on the third call
+        train_step(forward, optimizer, x, y, speed, sums)
+    speed.sync()
     warmup = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        step()
-    sync()
+        train_step(forward, optimizer, x, y, speed, sums)
+    speed.sync()
     return batch * steps / (time.perf_counter() - start), warmup
 
 
@@ -116,8 +89,8 @@ def main() -> None:
     )
     print(f"{'setting':<34} {'img/s':>9} {'x baseline':>10} {'warm-up s':>9}")
     baseline = None
-    for label, options in settings(args.device, want_compile):
-        rate, warmup = measure(args.model, args.device, args.batch_size, steps, **options)
+    for label, speed in settings(args.device, want_compile):
+        rate, warmup = measure(args.model, speed, args.batch_size, steps)
         baseline = baseline or rate
         print(f"{label:<34} {rate:>9,.0f} {rate / baseline:>9.2f}x {warmup:>9.1f}", flush=True)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from helpers import (
     cifar_batch,
     tar_gz,
     write_cifar10,
@@ -23,7 +23,8 @@ from conftest import (
 )
 
 from wideresnet import data
-from wideresnet.data import BatchLoader, DataError, load_dataset
+from wideresnet.data import BatchLoader, DataError, load_dataset, official
+from wideresnet.data.download import safe_extract
 
 # --------------------------------------------------------------------------------------------
 # CIFAR
@@ -75,13 +76,13 @@ def test_verified_file_is_not_rehashed(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
     path.write_bytes(b"hello")
     md5 = hashlib.md5(b"hello").hexdigest()
-    data.verify_md5(path, md5)
+    official.verify_md5(path, md5)
     calls = []
-    monkeypatch.setattr(data, "md5_file", lambda p: calls.append(p) or md5)
-    data.verify_md5(path, md5)
+    monkeypatch.setattr(official, "md5_file", lambda p: calls.append(p) or md5)
+    official.verify_md5(path, md5)
     assert calls == []
     os.utime(path, ns=(1, 1))  # a changed mtime is checked again
-    data.verify_md5(path, md5)
+    official.verify_md5(path, md5)
     assert calls == [path]
 
 
@@ -359,7 +360,7 @@ def test_archive_member_escaping_the_target_is_refused(tmp_path):
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     with pytest.raises(DataError, match="escape"):
-        data._safe_extract(evil, tmp_path / "target")
+        safe_extract(evil, tmp_path / "target")
     assert not (tmp_path / "outside.txt").exists()
 
 

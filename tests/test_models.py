@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import wrn
+from helpers import wrn
 
 import wideresnet
 from wideresnet.models import ImageNetResNet, WideResNet, count_params, create_model

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_DATA, wrn
+from helpers import SHARED_DATA, wrn
 
 from wideresnet import create_model, load_dataset
-from wideresnet.recipes import make_recipe
-from wideresnet.train import resolve_precision
+from wideresnet.recipes import make_config
+from wideresnet.train.runtime import Speed
 
 pytestmark = pytest.mark.slow
 FOLDER = SHARED_DATA / "cifar10-jpeg"
@@ -68,7 +68,7 @@ def test_real_cifar10_jpeg_folder_and_zip():
 
 def estimated_seconds(epochs: int = 3, images: int = 50_000) -> tuple[float, float]:
     """(estimated run seconds, measured training images/s) from 4 timed WRN-16-2 steps."""
-    precision = resolve_precision(make_recipe("cifar"), torch.device("cpu"))
+    precision = Speed.resolve(make_config("cifar"), torch.device("cpu")).precision
     model = create_model("wrn-16-2", 10).to(memory_format=torch.channels_last)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))

@@ -2,7 +2,7 @@
 
 The data is a small .npz a tiny WRN can learn (conftest.learnable_npz): 192 training images in
 batches of 32, so an epoch is 6 steps. Signals and NaNs are injected by a wrapper that patches
-`wideresnet.train.loss_fn` in the child process before calling the real `wrn` entry point; the
+`wideresnet.train.step.loss_fn` in the child process before calling the real `wrn` entry point; the
 signal itself is a real SIGTERM delivered to that process.
 """
 
@@ -17,10 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import learnable_npz, wrn
+from helpers import learnable_npz, one_line_error, wrn
 
-from wideresnet import train as training
-from wideresnet.recipes import make_recipe
+from wideresnet.errors import RunError
+from wideresnet.recipes import make_config
+from wideresnet.train import checkpoint as checkpoints
+from wideresnet.train import step as steps
+from wideresnet.train.optim import begin_epoch
+from wideresnet.train.run import make_trainer
+from wideresnet.train.rundir import RunDir
 
 STEPS_PER_EPOCH = 6
 TIMING_KEYS = {"epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second"}
@@ -28,10 +33,11 @@ TIMING_KEYS = {"epoch_seconds", "train_seconds", "eval_seconds", "train_images_p
 WRAPPER = """
 import os, signal, sys
 import torch
-from wideresnet import cli, train
+from wideresnet import cli
+from wideresnet.train import step
 
 at, action, count = int(os.environ["AT_STEP"]), os.environ["ACTION"], 0
-original = train.loss_fn
+original = step.loss_fn
 
 def loss_fn(logits, labels):
     global count
@@ -43,7 +49,7 @@ def loss_fn(logits, labels):
         loss = loss * float("nan")
     return loss
 
-train.loss_fn = loss_fn
+step.loss_fn = loss_fn
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -89,15 +95,6 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("wrn")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +206,13 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(npz, t
     assert checkpoint(out)["epoch"] == 3
 
 
-def tiny_recipe(npz: Path, **overrides):
+def tiny_config(npz: Path, **overrides):
     fields = {"model": "wrn-10-1", "dataset": "npz", "data_dir": str(npz), "batch_size": 32}
-    return make_recipe("cifar", {**fields, "precision": "fp32", **overrides})
+    return make_config("cifar", {**fields, "precision": "fp32", **overrides})
 
 
 def test_nesterov_and_weight_decay_reach_every_parameter(npz, tmp_path):
-    trainer = training.Trainer(tiny_recipe(npz), tmp_path)
+    trainer = make_trainer(tiny_config(npz), RunDir(tmp_path))
     (group,) = trainer.optimizer.param_groups
     assert (group["momentum"], group["dampening"], group["nesterov"]) == (0.9, 0, True)
     assert group["weight_decay"] == 5e-4
@@ -226,7 +223,7 @@ def test_nesterov_and_weight_decay_reach_every_parameter(npz, tmp_path):
     before = [p.detach().clone() for p in trainer.model.parameters()]
     x, y = next(trainer.data.train.batches(1))
     trainer.model.train()
-    training.loss_fn(trainer.model(x), y).backward()
+    steps.loss_fn(trainer.model(x), y).backward()
     grads = [p.grad.clone() for p in trainer.model.parameters()]
     trainer.optimizer.step()
     for p, p0, g in zip(trainer.model.parameters(), before, grads):
@@ -234,37 +231,37 @@ def test_nesterov_and_weight_decay_reach_every_parameter(npz, tmp_path):
         expected = p0 - 0.1 * (d + 0.9 * d)  # first step: buffer = d; nesterov: d + m * buf
         torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
 
-    off = training.Trainer(tiny_recipe(npz, nesterov=False), tmp_path)  # --no-nesterov works
+    off = make_trainer(tiny_config(npz, nesterov=False), RunDir(tmp_path))  # --no-nesterov works
     assert off.optimizer.param_groups[0]["nesterov"] is False
 
 
 def test_momentum_is_reset_at_each_lr_drop_and_only_then(npz, tmp_path):
-    recipe = tiny_recipe(npz, milestones=(2,), epochs=2)
-    trainer = training.Trainer(recipe, tmp_path)
+    config = tiny_config(npz, milestones=(2,), epochs=2)
+    trainer = make_trainer(config, RunDir(tmp_path))
     trainer.optimizer.state[next(trainer.model.parameters())]["momentum_buffer"] = torch.ones(1)
-    trainer._set_lr(1)
+    begin_epoch(trainer.optimizer, config.optim, 1, fresh=True)
     assert len(trainer.optimizer.state) == 1
-    trainer._set_lr(2)
+    begin_epoch(trainer.optimizer, config.optim, 2, fresh=True)
     assert len(trainer.optimizer.state) == 0
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
-    kept = make_recipe("cifar", {**recipe.to_dict(), "reset_momentum": False})
-    trainer = training.Trainer(kept, tmp_path)
+    kept = config.replace(reset_momentum=False)
+    trainer = make_trainer(kept, RunDir(tmp_path))
     trainer.optimizer.state[next(trainer.model.parameters())]["momentum_buffer"] = torch.ones(1)
-    trainer._set_lr(2)
+    begin_epoch(trainer.optimizer, kept.optim, 2, fresh=True)
     assert len(trainer.optimizer.state) == 1
 
 
 def test_failed_checkpoint_write_reports_path_and_space_and_keeps_the_old_one(
     tmp_path, monkeypatch
 ):
-    training.save_checkpoint(tmp_path, {"model": {"w": torch.ones(2)}, "config": {}})
+    checkpoints.save_checkpoint(tmp_path, {"model": {"w": torch.ones(2)}, "config": {}})
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(training.RunError) as error:
-        training.save_checkpoint(tmp_path, {"model": {"w": torch.zeros(2)}, "config": {}})
+    with pytest.raises(RunError) as error:
+        checkpoints.save_checkpoint(tmp_path, {"model": {"w": torch.zeros(2)}, "config": {}})
     message = str(error.value)
     assert str(tmp_path / "checkpoint.pt") in message and "No space left on device" in message
     assert "MiB free" in message and error.value.exit_code == 1

@@ -1,10 +1,11 @@
 """Wide Residual Networks (Zagoruyko & Komodakis, BMVC 2016), faithful to the authors' code."""
 
-from wideresnet.data import BatchLoader, DataError, load_dataset
+from wideresnet.config import Config
+from wideresnet.data import BatchLoader, load_dataset
+from wideresnet.errors import ConfigError, DataError, ModelNameError, RunError
 from wideresnet.models import (
     CifarResNet,
     ImageNetResNet,
-    ModelNameError,
     PreActResNet,
     WideResNet,
     count_params,
@@ -13,29 +14,33 @@ from wideresnet.models import (
     load_official_params,
     model_summary,
 )
-from wideresnet.recipes import PRESETS, ConfigError, Recipe, make_recipe
-from wideresnet.train import RunError, evaluate
+from wideresnet.recipes import PRESETS, make_config
+from wideresnet.train import evaluate, evaluate_run, load_trained, resume, train
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PRESETS",
     "BatchLoader",
+    "CifarResNet",
+    "Config",
     "ConfigError",
     "DataError",
-    "Recipe",
-    "RunError",
-    "evaluate",
-    "load_dataset",
-    "make_recipe",
-    "CifarResNet",
     "ImageNetResNet",
     "ModelNameError",
     "PreActResNet",
+    "RunError",
     "WideResNet",
     "count_params",
     "create_model",
+    "evaluate",
+    "evaluate_run",
     "list_models",
+    "load_dataset",
     "load_official_params",
+    "load_trained",
+    "make_config",
     "model_summary",
+    "resume",
+    "train",
 ]

@@ -1,7 +1,8 @@
-"""`wrn`: info, train, eval, data, import-official.
+"""`wrn`: the verbs, each a thin call into the library; printing happens only here.
 
-User errors print one line `wrn: error: ...` and exit 2; a failed run exits 1; a run stopped by
-SIGTERM/SIGINT saves a checkpoint and exits 128 + the signal number.
+User errors print one line `wrn: error: ...` and exit 2 (a failed run exits 1); a run stopped
+by SIGTERM/SIGINT saves a checkpoint and exits 128 + the signal number. Anything else is a bug
+in wideresnet, reported as one (exit 70); WRN_DEBUG=1 shows the traceback behind any error.
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import logging
+import os
 import signal
 import sys
-import warnings
-from dataclasses import fields
-from pathlib import Path
+import time
+import traceback
 from typing import Any
 
-from wideresnet.models import ModelNameError
-from wideresnet.recipes import PRESETS, ConfigError, Recipe
+from wideresnet.config import FIELDS, SECTIONS, read_config_file
+from wideresnet.errors import Interrupted, WrnError
 
-EXIT_USAGE = 2
+EXIT_USAGE, EXIT_BUG = 2, 70
 
 
-class UsageError(Exception):
-    pass
+class UsageError(WrnError):
+    """A command line that does not parse (argparse's own message)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,45 +70,41 @@ def _csv_ints(text: str) -> tuple[int, ...]:
         ) from None
 
 
-RECIPE_HELP = {
-    "model": "model name, e.g. wrn-28-10 (see `wrn info --list`)",
-    "dataset": "cifar10 | cifar100 | svhn | folder | npz",
-    "data_dir": "the dataset's folder (or .zip / .npz file)",
-    "milestones": "comma-separated epochs; epoch m is the first at the lower rate",
-    "block": "kernel sizes of the block B(M), e.g. 3,1,3",
-    "train_limit": "use only the first N training images (quick runs)",
-    "verify": "check the official md5s (--no-verify skips it, with a warning)",
-    "precision": "auto (bf16 where supported) | bf16 | fp32",
-    "val_size": "hold out the last N training images and test on them instead",
-    "checkpoint_every": "also checkpoint every N steps inside an epoch",
-    "compile": "torch.compile the model: auto (on for CUDA) | on | off",
-    "fused_sgd": "one fused SGD kernel: auto (on for CUDA) | on | off",
-    "cuda_graphs": "replay compiled steps as CUDA graphs: auto (on when compiling for CUDA)",
-}
+METAVARS = {int: "N", float: "X", str: "TEXT", tuple: "N,N,..."}
 
 
-def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
-    """One option per Recipe field, defaulting to 'not given' so overrides are explicit."""
-    for field in fields(Recipe):
-        flag = "--" + field.name.replace("_", "-")
-        kwargs: dict[str, Any] = {
-            "dest": field.name,
-            "default": argparse.SUPPRESS,
-            "help": RECIPE_HELP.get(field.name),
-        }
-        if field.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        else:
-            parser.add_argument(flag, metavar=field.name.upper(), **kwargs)
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per config field, grouped by section, defaulting to 'not given'."""
+    for section in SECTIONS:
+        group = parser.add_argument_group(f"{section} options")
+        for info in (i for i in FIELDS.values() if i.section == section):
+            shown = info.default if info.default is not None else "not given"
+            if isinstance(shown, tuple):
+                shown = ",".join(map(str, shown))
+            if info.default is None and section == "model":
+                shown = "the model's own"
+            described = "default:" in info.help  # the help says what happens when not given
+            kwargs: dict[str, Any] = {
+                "dest": info.key,
+                "default": argparse.SUPPRESS,
+                "help": info.help if described else f"{info.help} [default: {shown}]",
+            }
+            flag = "--" + info.key.replace("_", "-")
+            if info.kind is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                group.add_argument(flag, metavar=METAVARS[info.kind], **kwargs)
 
 
 def build_parser() -> Parser:
+    from wideresnet.recipes import PRESETS
+
     parser = Parser(prog="wrn", description="Wide Residual Networks: build, train, evaluate.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
 
     info = verbs.add_parser("info", help="parameters, MACs and stages of a model")
     info.add_argument("model", nargs="?")
-    info.add_argument("--num-classes", type=int, default=10)
+    info.add_argument("--num-classes", type=int, default=None)
     info.add_argument("--block", type=_csv_ints)
     info.add_argument("--blocks-per-group", type=int)
     info.add_argument("--input-size", type=int)
@@ -116,11 +114,11 @@ def build_parser() -> Parser:
     train = verbs.add_parser("train", help="train a model (the paper's recipe by default)")
     train.add_argument("--out", help="run directory")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
-    train.add_argument("--preset", choices=sorted(PRESETS), help="the paper's recipe: cifar|svhn")
-    train.add_argument("--config", help="JSON or TOML file of recipe options")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default cifar)")
+    train.add_argument("--config", help="JSON or TOML file of options (a run's config.json too)")
     train.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
     train.add_argument("--log-every", type=int, default=0, help="progress line every N steps")
-    _add_recipe_options(train)
+    _add_config_options(train)
 
     evaluate = verbs.add_parser("eval", help="test error of a run or checkpoint")
     evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -128,9 +126,8 @@ def build_parser() -> Parser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--split", default=None)
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    evaluate.add_argument("--precision", default=None, choices=["fp32", "bf16"])
     evaluate.add_argument("--flip", action="store_true", help="also report flip-averaged error")
-    evaluate.add_argument("--no-verify", action="store_true")
     evaluate.add_argument("--json", action="store_true")
 
     data = verbs.add_parser("data", help="download or verify a dataset")
@@ -162,10 +159,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("\n".join(list_models()))
         print("\naccepted names:\n  " + "\n  ".join(model_name_patterns()))
         return 0
-    kwargs = {"block": args.block, "blocks_per_group": args.blocks_per_group}
-    model = create_model(args.model, args.num_classes, **kwargs)
+    options = {"block": args.block, "blocks_per_group": args.blocks_per_group}
+    model = create_model(args.model, args.num_classes, **options)
     summary = model_summary(model, args.input_size)
-    summary = {"model": args.model.lower(), "num_classes": args.num_classes, **summary}
+    classes = model.fc.out_features
+    summary = {"model": args.model.lower(), "num_classes": classes, **summary}
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -182,25 +180,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in fields(Recipe)}
-    return {k: v for k, v in vars(args).items() if k in names}
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in FIELDS}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from wideresnet import train
-    from wideresnet.recipes import _coerce, make_recipe, read_config_file
+    from wideresnet.recipes import make_config
+    from wideresnet.train import resume, train
 
-    given = _recipe_overrides(args)
+    given = _given(args)
     if args.resume:
         if args.out or args.preset or args.config or args.overwrite:
             raise UsageError(
                 "wrn train: --resume takes the run's own config; drop --out, "
                 "--preset, --config and --overwrite"
             )
-        asked = {k: _coerce(k, v) for k, v in given.items()}
-        asked = {k: list(v) if isinstance(v, tuple) else v for k, v in asked.items()}
-        result = train.resume(args.resume, asked, log_every=args.log_every)
+        result = resume(args.resume, given, log_every=args.log_every)
     else:
         if not args.out:
             raise UsageError("wrn train: --out RUN_DIR is required (or --resume RUN_DIR)")
@@ -208,13 +203,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = args.preset
         if args.config:
             overrides = read_config_file(args.config)
-            preset = preset or overrides.pop("preset", None)
+            preset = preset or overrides.get("preset")
             overrides.pop("preset", None)
         overrides.update(given)
-        recipe = make_recipe(preset or "cifar", overrides)
-        if not recipe.data_dir:
+        config = make_config(preset or "cifar", overrides)
+        if not config.data.data_dir:
             raise UsageError("wrn train: --data-dir is required")
-        result = train.train(recipe, args.out, overwrite=args.overwrite, log_every=args.log_every)
+        result = train(config, args.out, overwrite=args.overwrite, log_every=args.log_every)
     print(
         f"done: test error {result['test_error']:.2f}% after {result['epochs']} epochs "
         f"(last epoch, {result['test_images']:,} test images), "
@@ -224,74 +219,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    from wideresnet.train import evaluate_run
 
-    from wideresnet import data as datasets
-    from wideresnet import train
-
-    model, recipe, classes = train.load_for_eval(args.run)
-    dataset, data_dir = args.dataset or recipe.dataset, args.data_dir or recipe.data_dir
-    split = args.split or recipe.test_split
-    images, labels, data_classes = datasets.load_dataset(
-        dataset,
-        data_dir,
-        split,
-        not args.no_verify,
-        labels=recipe.labels,
-        image_size=recipe.image_size,
+    report = evaluate_run(
+        args.run,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        split=args.split,
+        device=args.device,
+        precision=args.precision,
+        flip=args.flip,
     )
-    if len(data_classes) != len(classes):
-        raise train.RunError(
-            f"{data_dir}: {len(data_classes)} classes, but the model was trained on {len(classes)}"
-        )
-    device = train.resolve_device(args.device)
-    speed = train.Speed(
-        str(device),
-        args.precision,
-        recipe.channels_last,
-        compile=False,
-        fused_sgd=False,
-        cuda_graphs=False,
-    )
-    mean, std = train._normalisation(recipe)
-    if recipe.preprocess == "zca":
-        (train_images, _), _, _ = train.training_split(recipe)  # as the run fitted it
-        zca_mean, whiten = train.zca_fit(recipe, train_images)
-        images = datasets.zca_transform(images, zca_mean, whiten)
-    loader = datasets.BatchLoader(
-        images, labels, recipe.eval_batch_size, device=device, mean=mean, std=std
-    )
-    model = model.to(device)
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    result = train.evaluate(model, loader, speed, len(classes), flip=args.flip)
-    report = {
-        "checkpoint": str(args.run),
-        "dataset": dataset,
-        "split": split,
-        "classes": classes,
-        "test_error": result["error"],
-        "test_loss": result["loss"],
-        "images": result["images"],
-        "per_class_error": result["per_class_error"],
-        "confusion": result["confusion"],
-        "precision": args.precision,
-    }
-    if args.flip:
-        report["flip_test_error"] = result["flip"]["error"]
     if args.json:
         print(json.dumps(report))
         return 0
     print(
-        f"{args.run}: test error {result['error']:.2f}% on {result['images']:,} {split} "
-        f"images of {dataset}, loss {result['loss']:.4f} ({args.precision})"
+        f"{args.run}: test error {report['test_error']:.2f}% on {report['images']:,} "
+        f"{report['split']} images of {report['dataset']}, loss {report['test_loss']:.4f} "
+        f"({report['precision']})"
     )
     if args.flip:
         print(
-            f"with horizontal-flip averaging: {result['flip']['error']:.2f}% (reported "
+            f"with horizontal-flip averaging: {report['flip_test_error']:.2f}% (reported "
             "separately; the paper's numbers use no test-time augmentation)"
         )
-    for name, error in zip(classes, result["per_class_error"]):
+    for name, error in zip(report["classes"], report["per_class_error"]):
         print(f"  {name:<16} {error:6.2f}%")
     return 0
 
@@ -299,17 +251,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from wideresnet import data as datasets
+    from wideresnet.data import OFFICIAL, download, load_dataset
 
     if args.action == "download":
-        where = datasets.download(
-            args.dataset, args.data_dir, args.url, args.md5, progress=sys.stdout.isatty()
-        )
+        where = download(args.dataset, args.data_dir, args.url, args.md5)
         print(f"{args.dataset}: downloaded, md5 checked, unpacked to {where}")
         return 0
     splits = {"svhn": ["train", "test", "extra"]}.get(args.dataset, ["train", "test"])
     for split in splits:
-        images, labels, classes = datasets.load_dataset(
+        images, labels, classes = load_dataset(
             args.dataset, args.data_dir, split, not args.no_verify, labels=args.labels
         )
         counts = np.bincount(labels, minlength=len(classes))
@@ -319,46 +269,16 @@ def cmd_data(args: argparse.Namespace) -> int:
         )
         for name, count in zip(classes, counts):
             print(f"  {name:<20} {count:,}")
-    if not args.no_verify and args.dataset in datasets.OFFICIAL:
+    if not args.no_verify and args.dataset in OFFICIAL:
         print("official md5 checksums: OK")
     return 0
 
 
 def cmd_import_official(args: argparse.Namespace) -> int:
-    import torch
+    from wideresnet.models.official import import_official
 
-    from wideresnet import train
-    from wideresnet.models import count_params, infer_official_model, load_official_params
-    from wideresnet.recipes import make_recipe
-
-    source = Path(args.checkpoint)
-    try:
-        saved = torch.load(source, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise train.RunError(f"{source}: no such file") from None
-    except Exception as error:
-        raise train.RunError(f"{source}: not loadable as weights ({error})") from None
-    params = saved.get("params", saved) if isinstance(saved, dict) else None
-    if not isinstance(params, dict):
-        raise train.RunError(f"{source}: no params dict inside")
-    model = infer_official_model(params)
-    load_official_params(model, params)
-    n, k = model.blocks_per_group, model.widths[0] / 16
-    name = f"wrn-{6 * n + 4}-{int(k) if float(k).is_integer() else k}"
-    recipe = make_recipe("cifar", {"model": name, "block": model.block, "blocks_per_group": n})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format": 1,
-            "config": recipe.to_dict(),
-            "model": model.state_dict(),
-            "classes": [str(i) for i in range(model.fc.out_features)],
-            "source": str(source),
-        },
-        out,
-    )
-    print(f"{source} -> {out}: {name}, block {model.block}, {count_params(model):,} parameters")
+    summary = import_official(args.checkpoint, args.out)
+    print(f"{args.checkpoint} -> {args.out}: {summary}")
     return 0
 
 
@@ -371,22 +291,74 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from wideresnet.data import DataError
-    from wideresnet.train import Interrupted, RunError
+# --------------------------------------------------------------------------------------------
+# Printing the library's log
+# --------------------------------------------------------------------------------------------
 
-    warnings.simplefilter("default")
-    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+
+class PrintHandler(logging.Handler):
+    """Info to stdout, warnings to stderr; progress records as a bar on a terminal, and as a
+    line every PLAIN_PROGRESS_SECONDS (and the last) otherwise."""
+
+    PLAIN_PROGRESS_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tty = sys.stdout.isatty()
+        self.bar_open = False
+        self.last_plain: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        key = getattr(record, "progress", None)
+        if key is not None:
+            self._progress(key, message, record.progress_end)  # type: ignore[attr-defined]
+            return
+        self._close_bar()
+        if record.levelno >= logging.WARNING:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            print(message, flush=True)
+
+    def _progress(self, key: str, message: str, end: bool) -> None:
+        if self.tty:
+            print(f"\r\033[K{message}", end="\n" if end else "", flush=True)
+            self.bar_open = not end
+            return
+        now = time.monotonic()
+        if end or now - self.last_plain.get(key, -1e9) >= self.PLAIN_PROGRESS_SECONDS:
+            self.last_plain[key] = now
+            print(message, flush=True)
+
+    def _close_bar(self) -> None:
+        if self.bar_open:
+            print("\r\033[K", end="", flush=True)
+            self.bar_open = False
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("wideresnet")
+    if not any(isinstance(h, PrintHandler) for h in logger.handlers):
+        logger.addHandler(PrintHandler())
+    logger.setLevel(logging.DEBUG if os.environ.get("WRN_DEBUG") else logging.INFO)
+    logger.propagate = False
+
+
+def _debug() -> bool:
+    return os.environ.get("WRN_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _configure_logging()
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.verb](args)
     except UsageError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
-    except (ModelNameError, DataError, ConfigError, ValueError) as error:
-        print(f"wrn: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except RunError as error:
+    except WrnError as error:
+        if _debug():
+            traceback.print_exc()
         print(f"wrn: error: {error}", file=sys.stderr)
         return error.exit_code
     except Interrupted as error:
@@ -401,6 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wrn: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception as error:  # a bug in wideresnet, never blamed on the user
+        if _debug():
+            traceback.print_exc()
+        print(
+            f"wrn: internal error: {type(error).__name__}: {error} (a bug in wideresnet; "
+            "WRN_DEBUG=1 shows the traceback; please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

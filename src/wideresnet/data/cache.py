@@ -1,0 +1,89 @@
+"""The cache of decoded arrays, ZCA fits and checksum records ($WRN_CACHE_DIR).
+
+Entries are keyed by a fingerprint of their sources, so a changed source misses the cache. An
+entry that cannot be read (empty, truncated, malformed) is rebuilt, never trusted; a cache that
+cannot be written only costs the work again next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from wideresnet.errors import WriteError
+from wideresnet.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "3"  # bump when a reader's output changes for the same sources
+
+
+def cache_dir() -> Path:
+    """$WRN_CACHE_DIR, else $XDG_CACHE_HOME/wideresnet, else ~/.cache/wideresnet."""
+    root = os.environ.get("WRN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "wideresnet"
+    )
+    return Path(root)
+
+
+def file_stamp(path: Path) -> str:
+    """What identifies a file's version cheaply: its absolute path, size and mtime."""
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def fingerprint(parts: Iterable[str | bytes]) -> str:
+    """A hex digest of the parts, in order (and of the cache version)."""
+    digest = hashlib.sha1(CACHE_VERSION.encode())
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def cached_arrays(
+    kind: str, name: str, key: str, build: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """build()'s arrays, from cache_dir()/kind/name-key.npz when it holds a readable copy."""
+    folder = cache_dir() / kind
+    path = folder / f"{name}-{key[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as cached:
+                return {k: cached[k] for k in cached.files}
+        except Exception as error:  # any unreadable entry is rebuilt: it is only a cache
+            log.warning(f"cache entry {path} is unreadable ({type(error).__name__}); rebuilding it")
+    arrays = build()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        atomic_write(path, buffer.getvalue())
+        for old in folder.glob(f"{name}-*.npz"):  # a changed source leaves a stale entry
+            if old != path:
+                old.unlink(missing_ok=True)
+    except (WriteError, OSError) as error:
+        log.warning(f"could not write the cache entry {path}: {error}")
+    return arrays
+
+
+def read_record(name: str) -> dict:
+    """A JSON record of the cache (e.g. verified checksums); {} when missing or malformed."""
+    try:
+        record = json.loads((cache_dir() / name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_record(name: str, record: dict) -> None:
+    try:
+        atomic_write(cache_dir() / name, json.dumps(record).encode())
+    except WriteError as error:
+        log.debug(f"record not written: {error}")  # costs a re-check next time, nothing more

@@ -1,0 +1,129 @@
+"""The data of a run, prepared the same way for `wrn train` and `wrn eval`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from wideresnet.config import Config
+from wideresnet.data.loader import BatchLoader
+from wideresnet.data.preprocess import cached_zca, normalisation, zca_transform
+from wideresnet.data.sources import load_dataset
+from wideresnet.errors import DataError
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class RunData:
+    train: BatchLoader | None
+    test: BatchLoader
+    classes: list[str]
+    train_size: int
+    test_size: int
+
+
+def load_split(config: Config, split: str, dataset: str | None = None, data_dir: str | None = None):
+    """(images, labels, classes) of one split of the config's dataset (or another one)."""
+    data = config.data
+    return load_dataset(
+        dataset or data.dataset,
+        data_dir or data.data_dir,
+        split,
+        data.verify,
+        labels=data.labels,
+        image_size=data.image_size,
+    )
+
+
+def training_split(config: Config) -> tuple[Split, Split | None, list[str]]:
+    """(x_train, y_train), the held-out (x_val, y_val) or None, classes: the training images
+    exactly as a run uses them (the first train_limit, less the last val_size)."""
+    data = config.data
+    x_train, y_train, classes = load_split(config, data.train_split)
+    if data.train_limit:
+        x_train, y_train = x_train[: data.train_limit], y_train[: data.train_limit]
+    if not data.val_size:
+        return (x_train, y_train), None, classes
+    if data.val_size >= len(x_train):
+        raise DataError(f"val_size {data.val_size} leaves no training images")
+    held_out = x_train[-data.val_size :], y_train[-data.val_size :]
+    return (x_train[: -data.val_size], y_train[: -data.val_size]), held_out, classes
+
+
+def _whitener(config: Config, x_train: np.ndarray):
+    """The run's GCN + ZCA fit on its training images (cached), as a transform."""
+    mean, whiten = cached_zca(x_train, f"{config.data.dataset}|{config.data.data_dir}")
+    return lambda images: zca_transform(images, mean, whiten)
+
+
+def _loader(config: Config, images, labels, device, *, train: bool, rank: int, world: int):
+    mean, std = normalisation(config.data.preprocess)
+    return BatchLoader(
+        images,
+        labels,
+        config.optim.batch_size if train else config.runtime.eval_batch_size,
+        device=device,
+        shuffle=train,
+        augment=train and config.data.augment,
+        mean=mean,
+        std=std,
+        seed=config.runtime.seed,
+        rank=rank,
+        world=world,
+    )
+
+
+def check_classes(config: Config, classes: list[str]) -> None:
+    wanted = config.model.num_classes
+    if wanted is not None and wanted != len(classes):
+        raise DataError(
+            f"--num-classes {wanted} does not match the {len(classes)} classes of "
+            f"{config.data.data_dir}"
+        )
+
+
+def run_data(config: Config, device: torch.device, *, rank: int = 0, world: int = 1) -> RunData:
+    """Training and test loaders of a run (the test set is the held-out tail with val_size)."""
+    (x_train, y_train), held_out, classes = training_split(config)
+    if held_out is not None:
+        x_test, y_test = held_out
+    else:
+        x_test, y_test, test_classes = load_split(config, config.data.test_split)
+        if test_classes != classes:
+            raise DataError(f"{config.data.data_dir}: train and test splits have different classes")
+    check_classes(config, classes)
+    if len(x_train) < config.optim.batch_size:
+        raise DataError(
+            f"{len(x_train)} training images are fewer than one batch of {config.optim.batch_size}"
+        )
+    if config.data.preprocess == "zca":
+        whiten = _whitener(config, x_train)
+        x_train, x_test = whiten(x_train), whiten(x_test)
+    common = dict(device=device, rank=rank, world=world)
+    return RunData(
+        train=_loader(config, x_train, y_train, train=True, **common),
+        test=_loader(config, x_test, y_test, train=False, **common),
+        classes=classes,
+        train_size=len(x_train),
+        test_size=len(x_test),
+    )
+
+
+def eval_data(
+    config: Config,
+    device: torch.device,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str | None = None,
+) -> RunData:
+    """The test loader of a trained run (another dataset, folder or split if given)."""
+    images, labels, classes = load_split(config, split or config.data.test_split, dataset, data_dir)
+    if config.data.preprocess == "zca":  # whitened with the run's own fit
+        (x_train, _), _, _ = training_split(config)
+        images = _whitener(config, x_train)(images)
+    test = _loader(config, images, labels, device, train=False, rank=0, world=1)
+    return RunData(None, test, classes, 0, len(images))

@@ -1,0 +1,67 @@
+"""Preprocessing of the paper: mean/std (CIFAR), /255 (SVHN), GCN + ZCA (Table 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wideresnet.data.cache import cached_arrays, fingerprint
+
+# The paper's normalisation on the 0-255 scale (PAPER.md "Training recipes").
+CIFAR_MEAN = (125.3, 123.0, 113.9)
+CIFAR_STD = (63.0, 62.1, 66.7)
+GCN_SCALE = 55.0
+ZCA_FILTER_BIAS = 0.01
+ZCA_CHUNK = 4096  # images whitened at a time
+
+
+def normalisation(preprocess: str) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) on the 0-255 scale that the loader applies; (None, None) after ZCA."""
+    if preprocess == "div255":
+        return (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
+    if preprocess == "meanstd":
+        return CIFAR_MEAN, CIFAR_STD
+    return None, None  # zca: images are whitened beforehand
+
+
+def gcn(x: np.ndarray, scale: float = GCN_SCALE) -> np.ndarray:
+    x = x - x.mean(axis=1, keepdims=True)
+    norms = np.sqrt((x**2).sum(axis=1, keepdims=True)) / scale
+    norms[norms < 1e-8] = 1.0
+    return x / norms
+
+
+def fit_zca(images: np.ndarray, filter_bias: float = ZCA_FILTER_BIAS, scale: float = GCN_SCALE):
+    """Global contrast normalisation then ZCA, as pylearn2's make_cifar10_gcn_whitened.py:
+    GCN(scale=55) per image, ZCA(filter_bias=0.01) fitted on these images.
+    Returns (mean (D,), whitening matrix (D, D)) as float32."""
+    x = gcn(images.reshape(len(images), -1).astype(np.float64), scale)
+    mean = x.mean(axis=0)
+    x -= mean
+    covariance = x.T @ x / len(x)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    whiten = (eigenvectors / np.sqrt(eigenvalues + filter_bias)) @ eigenvectors.T
+    return mean.astype(np.float32), whiten.astype(np.float32)
+
+
+def zca_transform(images: np.ndarray, mean: np.ndarray, whiten: np.ndarray) -> np.ndarray:
+    """Whiten uint8 (N, H, W, C) images; returns float32 of the same shape."""
+    out = np.empty(images.shape, dtype=np.float32)
+    flat, result = images.reshape(len(images), -1), out.reshape(len(images), -1)
+    for start in range(0, len(images), ZCA_CHUNK):
+        chunk = gcn(flat[start : start + ZCA_CHUNK].astype(np.float32)) - mean
+        result[start : start + ZCA_CHUNK] = chunk @ whiten
+    return out
+
+
+def cached_zca(images: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """fit_zca on the training images, cached by a fingerprint of their bytes."""
+    sample = images[:: max(1, len(images) // 512)].tobytes()
+    digest = fingerprint([key, str(images.shape), sample])
+
+    def fit() -> dict[str, np.ndarray]:
+        mean, whiten = fit_zca(images)
+        return {"mean": mean, "whiten": whiten}
+
+    name = "zca-" + fingerprint([key])[:8]  # a new fit for the same source replaces the old
+    arrays = cached_arrays("zca", name, digest, fit)
+    return arrays["mean"], arrays["whiten"]

@@ -1,0 +1,166 @@
+"""WRN-d-k, the paper's network, built layer for layer as the authors' code builds it.
+
+Module names mirror the authors' PyTorch code (`conv0`, `group{g}.block{i}.bn0|conv0|convdim`,
+`bn`, `fc`), so their checkpoints map onto ours key for key (models/official.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def init_authors(module: nn.Module) -> None:
+    """The authors' init: He-normal fan_in convs and linear, BN gamma ~ U[0,1), beta, biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.0, 1.0)
+            nn.init.zeros_(m.bias)
+
+
+def init_he_fan_out(module: nn.Module) -> None:
+    """The common alternative (torchvision style): He-normal fan_out convs, BN gamma 1."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
+INITS: dict[str, Callable[[nn.Module], None]] = {
+    "authors": init_authors,
+    "he_fan_out": init_he_fan_out,
+}
+
+
+def apply_init(model: nn.Module, init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose from {sorted(INITS)}")
+    INITS[init](model)
+
+
+def conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """A bias-free conv with 'same' padding, as every conv of the paper."""
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+class ThreeGroups(nn.Module):
+    """A stem, three groups (group0-2) and a head: the stages that `wrn info` tabulates."""
+
+    STEM: tuple[str, ...] = ("conv0",)
+    HEAD: tuple[str, ...] = ("bn", "fc")
+    input_size = 32
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        def part(names: tuple[str, ...]) -> nn.ModuleList:
+            return nn.ModuleList([getattr(self, n) for n in names])
+
+        groups = [(f"group{g}", getattr(self, f"group{g}")) for g in range(3)]
+        return [("conv0", part(self.STEM)), *groups, ("head", part(self.HEAD))]
+
+
+class WideBlock(nn.Module):
+    """Pre-activation block B(M): for each kernel size, BN-ReLU-conv at the group's width.
+
+    The first conv carries the stride. The shortcut is the raw input when the channel count is
+    unchanged, else a bias-free 1x1 conv (`convdim`, same stride, no BN) reading the SAME
+    BN-ReLU output as the first conv. Dropout, when on, sits after the ReLU before every conv
+    but the first (for B(3,3): between the two convs, as in the paper).
+    """
+
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, kernels: Sequence[int], dropout: float
+    ) -> None:
+        super().__init__()
+        self.kernels = tuple(kernels)
+        self.dropout = dropout
+        for i, k in enumerate(self.kernels):
+            width_in = c_in if i == 0 else c_out
+            self.add_module(f"bn{i}", nn.BatchNorm2d(width_in))
+            self.add_module(f"conv{i}", conv(width_in, c_out, k, stride if i == 0 else 1))
+        self.convdim = conv(c_in, c_out, 1, stride) if c_in != c_out else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o1 = F.relu(self.bn0(x))
+        y = self.conv0(o1)
+        for i in range(1, len(self.kernels)):
+            y = F.relu(getattr(self, f"bn{i}")(y))
+            if self.dropout > 0:
+                y = F.dropout(y, p=self.dropout, training=self.training)
+            y = getattr(self, f"conv{i}")(y)
+        return y + (self.convdim(o1) if self.convdim is not None else x)
+
+
+class WideResNet(ThreeGroups):
+    """WRN-d-k for 32x32 inputs (PAPER.md "Architecture").
+
+    Args:
+        depth: d; blocks per group N = (d - 4) / 6 whatever the block (Table 2's convention).
+        widen_factor: k; group widths are int(16k), int(32k), int(64k).
+        num_classes: size of the linear head.
+        dropout: rate inside each block (0 = off).
+        block: kernel sizes of the block's convs, B(M); (3, 3) is the standard block.
+        blocks_per_group: N, overriding the one derived from depth (Table 3).
+        in_channels: channels of the input image.
+        init: "authors" (He fan_in, BN gamma ~ U[0,1)) or "he_fan_out" (BN gamma = 1).
+    """
+
+    def __init__(
+        self,
+        depth: int | None = 28,
+        widen_factor: float = 10,
+        num_classes: int = 10,
+        *,
+        dropout: float = 0.0,
+        block: Sequence[int] = (3, 3),
+        blocks_per_group: int | None = None,
+        in_channels: int = 3,
+        init: str = "authors",
+    ) -> None:
+        super().__init__()
+        if blocks_per_group is None:
+            if depth is None or (depth - 4) % 6 != 0 or depth < 10:
+                raise ValueError(f"depth must be 6N+4 with N >= 1, got {depth}")
+            blocks_per_group = (depth - 4) // 6
+        if blocks_per_group < 1:
+            raise ValueError(f"blocks_per_group must be >= 1, got {blocks_per_group}")
+        if widen_factor <= 0:
+            raise ValueError(f"widen_factor must be > 0, got {widen_factor}")
+        if not block or any(k < 1 or k % 2 == 0 for k in block):
+            raise ValueError(f"block must be a non-empty tuple of odd kernel sizes, got {block}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.widths = [int(v * widen_factor) for v in (16, 32, 64)]
+        self.blocks_per_group = blocks_per_group
+        self.block = tuple(block)
+        self.conv0 = conv(in_channels, 16, 3)
+        c_in = 16
+        for g, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
+            group = nn.Sequential()
+            for i in range(blocks_per_group):
+                group.add_module(
+                    f"block{i}",
+                    WideBlock(c_in, width, stride if i == 0 else 1, self.block, dropout),
+                )
+                c_in = width
+            self.add_module(f"group{g}", group)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.fc = nn.Linear(c_in, num_classes)
+        apply_init(self, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv0(x)
+        x = self.group2(self.group1(self.group0(x)))
+        x = F.relu(self.bn(x))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # the 8x8 average pool for 32x32 inputs
+        return self.fc(x)

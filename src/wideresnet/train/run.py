@@ -1,0 +1,173 @@
+"""Starting, resuming and evaluating runs: the library's entry points for `wrn train|eval`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wideresnet.config import Config, typed_values
+from wideresnet.data.prepare import eval_data, run_data
+from wideresnet.errors import ConfigError, RunError
+from wideresnet.models import count_params, create_model
+from wideresnet.train.checkpoint import load_any, load_latest_checkpoint
+from wideresnet.train.evaluate import evaluate
+from wideresnet.train.loop import Trainer
+from wideresnet.train.rundir import RunDir
+from wideresnet.train.runtime import Speed, process_settings, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: Config, num_classes: int) -> nn.Module:
+    """The config's model with `num_classes` outputs (options not given keep their defaults)."""
+    return create_model(config.model.model, num_classes, **config.given_model_options())
+
+
+def make_trainer(config: Config, run_dir: RunDir, log_every: int = 0) -> Trainer:
+    """A Trainer with its device, speed settings, data and model built from the config."""
+    device = resolve_device(config.runtime.device)
+    speed = Speed.resolve(config, device)
+    data = run_data(config, device)
+    torch.manual_seed(config.runtime.seed)  # the model's init does not depend on data loading
+    model = speed.prepare(build_model(config, len(data.classes)))
+    return Trainer(config, run_dir, data, model, speed, log_every)
+
+
+def train(
+    config: Config, out: str | Path, *, overwrite: bool = False, log_every: int = 0
+) -> dict[str, Any]:
+    """Start a run in `out` and train it to the end. Returns result.json's contents."""
+    run_dir = RunDir(out)
+    run_dir.prepare_new(overwrite)
+    with process_settings(config):
+        trainer = make_trainer(config, run_dir, log_every)
+        run_dir.write_config(config.to_dict(), trainer.resolved())
+        speed = trainer.speed
+        log.info(
+            f"{config.model.model}: {count_params(trainer.model):,} parameters, "
+            f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
+            f"{speed.device} {speed.precision}{' compiled' if speed.compile else ''}"
+        )
+        return trainer.run()
+
+
+def config_differences(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}: run has {saved.get(key)!r}, command line asks {value!r}"
+        for key, value in asked.items()
+        if saved.get(key) != value
+    ]
+
+
+def resume(
+    out: str | Path, asked: dict[str, Any] | None = None, *, log_every: int = 0
+) -> dict[str, Any]:
+    """Continue a stopped run exactly. `asked`: flat options given again on the command line,
+    which must equal the run's."""
+    run_dir = RunDir(out)
+    if not run_dir.path.is_dir():
+        raise RunError(f"--resume {out}: no such run directory")
+    state = load_latest_checkpoint(run_dir.path)
+    saved = state["config"]
+    differences = config_differences(saved, typed_values(asked or {}))
+    if differences:
+        raise RunError(
+            "--resume: the command line differs from the run's config: " + "; ".join(differences)
+        )
+    config = _config_of(state, run_dir.path)
+    with process_settings(config):
+        trainer = make_trainer(config, run_dir, log_every)
+        trainer.restore(state)
+        run_dir.write_metrics(trainer.metrics)  # drop lines past the checkpoint (after a fallback)
+        run_dir.clear_result()
+        log.info(f"resuming {out} at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}")
+        if trainer.epoch >= config.optim.epochs:
+            return trainer.finish()
+        return trainer.run()
+
+
+def _config_of(state: dict[str, Any], where: Path) -> Config:
+    try:
+        return Config.from_dict(state["config"])
+    except ConfigError as error:
+        raise RunError(f"{where}: the checkpoint's config is not valid ({error})") from None
+
+
+@dataclass
+class Trained:
+    """A trained model with what rebuilt it: its config, classes and how far it trained."""
+
+    model: nn.Module
+    config: Config
+    classes: list[str]
+    epoch: int
+    step_in_epoch: int
+    precision: str | None  # the precision it was trained in, when recorded
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.config.optim.epochs and self.step_in_epoch == 0
+
+
+def load_trained(path: str | Path) -> Trained:
+    """The model of a run directory (newest readable checkpoint) or of a checkpoint file."""
+    path = Path(path)
+    state = load_any(path)
+    config = _config_of(state, path)
+    classes = [str(c) for c in state.get("classes") or []]
+    model = build_model(config, len(classes))
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise RunError(f"{path}: weights do not fit {config.model.model} ({error})") from None
+    resolved = state.get("resolved") if isinstance(state.get("resolved"), dict) else {}
+    epoch = state.get("epoch", config.optim.epochs)
+    step = state.get("step_in_epoch", 0)
+    return Trained(model, config, classes, epoch, step, resolved.get("precision"))
+
+
+def evaluate_run(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    flip: bool = False,
+) -> dict[str, Any]:
+    """Test error of a run or checkpoint, prepared as its run prepared the data."""
+    trained = load_trained(path)
+    config = trained.config
+    torch_device = resolve_device(device)
+    chosen = precision or trained.precision or "fp32"
+    channels_last = config.runtime.channels_last is not False
+    speed = Speed(str(torch_device), chosen, channels_last, False, False, False)
+    data = eval_data(config, torch_device, dataset=dataset, data_dir=data_dir, split=split)
+    if len(data.classes) != len(trained.classes):
+        raise RunError(
+            f"{data_dir or config.data.data_dir}: {len(data.classes)} classes, but the model "
+            f"was trained on {len(trained.classes)}"
+        )
+    model = speed.prepare(trained.model)
+    result = evaluate(model, data.test, speed, len(trained.classes), flip=flip)
+    return {
+        "checkpoint": str(path),
+        "dataset": dataset or config.data.dataset,
+        "split": split or config.data.test_split,
+        "classes": trained.classes,
+        "test_error": result["error"],
+        "test_loss": result["loss"],
+        "images": result["images"],
+        "per_class_error": result["per_class_error"],
+        "confusion": result["confusion"],
+        "precision": chosen,
+        "epoch": trained.epoch,
+        "finished": trained.finished,
+        **({"flip_test_error": result["flip"]["error"]} if flip else {}),
+    }

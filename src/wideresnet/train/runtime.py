@@ -1,0 +1,166 @@
+"""Where and how fast a run computes: device, precision, memory format, compilation, graphs.
+
+Every choice is resolved once, with its reason, and recorded in config.json's `resolved`.
+Process-wide torch settings (determinism, cuDNN autotuning, the global seed) are applied by
+`process_settings` around a run and restored afterwards, so nothing leaks into the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wideresnet.config import Config
+from wideresnet.errors import RunError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: no CUDA GPU is available to this torch")
+    return device
+
+
+def cpu_bf16() -> tuple[bool, str]:
+    """(bf16 pays on this CPU, why), from oneDNN's own check."""
+    try:
+        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        supported = False
+    return supported, f"oneDNN bf16 {'supported' if supported else 'not supported'}"
+
+
+def _on(setting: str, default: bool) -> bool:
+    return setting == "on" or (setting == "auto" and default)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed switches in force (config.json `resolved`), and why each was chosen."""
+
+    device: str
+    precision: str
+    channels_last: bool
+    compile: bool
+    fused_sgd: bool
+    cuda_graphs: bool
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, config: Config, device: torch.device) -> Speed:
+        runtime, cuda = config.runtime, device.type == "cuda"
+        reasons = {}
+        precision = runtime.precision
+        if precision == "auto":
+            if cuda:
+                precision, reasons["precision"] = "bf16", "CUDA: bf16 autocast"
+            else:
+                bf16, why = cpu_bf16()
+                precision, reasons["precision"] = ("bf16" if bf16 else "fp32"), why
+        compile = _on(runtime.compile, cuda)
+        return cls(
+            device=str(device),
+            precision=precision,
+            channels_last=True if runtime.channels_last is None else runtime.channels_last,
+            compile=compile,
+            fused_sgd=_on(runtime.fused_sgd, cuda),
+            cuda_graphs=compile and cuda and runtime.cuda_graphs != "off",
+            reasons=reasons,
+        )
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model on the device in the chosen memory format."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """The forward that training calls: the model, or torch.compile of it."""
+        if not self.compile:
+            return model
+        # "reduce-overhead": the compiled graphs replay as CUDA graphs
+        return torch.compile(model, mode="reduce-overhead" if self.cuda_graphs else None)
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def sync(self) -> None:
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@contextmanager
+def process_settings(config: Config) -> Iterator[None]:
+    """Determinism, cuDNN autotuning and the global seed for one run, restored afterwards."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        torch.get_rng_state(),
+    )
+    if config.runtime.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+    torch.use_deterministic_algorithms(config.runtime.deterministic)
+    torch.backends.cudnn.benchmark = not config.runtime.deterministic
+    torch.manual_seed(config.runtime.seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark = saved[1]
+        if saved[2] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        torch.set_rng_state(saved[3])
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment(speed: Speed) -> dict[str, Any]:
+    """Versions, device and settings, for result.json."""
+    from wideresnet import __version__
+
+    device = torch.device(speed.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "wideresnet": __version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "device": speed.device,
+        "device_name": name or platform.machine(),
+        "precision": speed.precision,
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }

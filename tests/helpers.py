@@ -1,0 +1,187 @@
+"""Helpers shared by the tests: the `wrn` command in a subprocess, and small files in the
+official formats, written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _shared_data() -> Path:
+    """The real CIFAR-10 copy: $WRN_REAL_DATA, else ../shared/data beside the checkout, else
+    the workplace's /work/shared/data."""
+    if os.environ.get("WRN_REAL_DATA"):
+        return Path(os.environ["WRN_REAL_DATA"])
+    candidates = [
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        Path("/work/shared/data"),
+    ]
+    return next((c for c in candidates if (c / "cifar10-jpeg").is_dir()), candidates[0])
+
+
+SHARED_DATA = _shared_data()
+
+
+def wrn(*args: str, timeout: float = 300, env: dict | None = None, **kwargs):
+    """Run the real `wrn` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "wideresnet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
+
+
+def random_images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def cifar_batch(
+    images: np.ndarray, labels: np.ndarray, key: str = "labels", extra: dict | None = None
+) -> bytes:
+    """A pickled batch with the official dict keys and layout (bytes keys, (N, 3072) rows)."""
+    batch = {
+        b"batch_label": b"testing batch 1 of 1",
+        key.encode(): [int(v) for v in labels],
+        b"data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072).copy(),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
+    }
+    batch.update(extra or {})
+    return pickle.dumps(batch, protocol=2)
+
+
+def write_cifar10(root: Path, rng: np.random.Generator, per_batch: int = 20):
+    """cifar-10-batches-py/ with 5 train batches, a test batch and batches.meta."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    train_x, train_y = [], []
+    for i in range(1, 6):
+        x, y = random_images(rng, per_batch), rng.integers(0, 10, per_batch)
+        (folder / f"data_batch_{i}").write_bytes(cifar_batch(x, y))
+        train_x.append(x)
+        train_y.append(y)
+    test_x, test_y = random_images(rng, per_batch), rng.integers(0, 10, per_batch)
+    (folder / "test_batch").write_bytes(cifar_batch(test_x, test_y))
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072})
+    )
+    return (np.concatenate(train_x), np.concatenate(train_y)), (test_x, test_y)
+
+
+def write_cifar100(root: Path, rng: np.random.Generator, n: int = 30):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    out = {}
+    for split in ("train", "test"):
+        x, fine, coarse = random_images(rng, n), rng.integers(0, 100, n), rng.integers(0, 20, n)
+        batch = pickle.loads(cifar_batch(x, fine, "fine_labels"))
+        batch[b"coarse_labels"] = [int(v) for v in coarse]
+        (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+        out[split] = (x, fine, coarse)
+    (folder / "meta").write_bytes(
+        pickle.dumps(
+            {
+                b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+            }
+        )
+    )
+    return out
+
+
+def tar_gz(source: Path, arcname: str, target: Path) -> Path:
+    with tarfile.open(target, "w:gz") as tar:
+        tar.add(source, arcname=arcname)
+    return target
+
+
+def write_svhn(path: Path, rng: np.random.Generator, n: int):
+    """An SVHN .mat file: X (32, 32, 3, N) uint8, y (N, 1) with 10 for digit 0."""
+    import scipy.io
+
+    x = random_images(rng, n)
+    digits = rng.integers(0, 10, n)
+    digits[:3] = [0, 1, 9]
+    stored = np.where(digits == 0, 10, digits).reshape(-1, 1).astype(np.uint8)
+    scipy.io.savemat(path, {"X": x.transpose(1, 2, 3, 0), "y": stored})
+    return x, digits
+
+
+def write_image_folder(
+    root: Path,
+    rng: np.random.Generator,
+    classes=("cat", "dog", "emu"),
+    per_class: int = 4,
+    size: int = 32,
+    fmt: str = "PNG",
+):
+    from PIL import Image
+
+    out = {}
+    for split, count in (("train", per_class), ("test", max(1, per_class // 2))):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = random_images(rng, 1, size)[0]
+                Image.fromarray(pixels).save(root / split / c / f"{i:04d}.{fmt.lower()}", fmt)
+                out[(split, c, i)] = pixels
+    return out
+
+
+def learnable_npz(
+    path: Path,
+    seed: int = 0,
+    n_train: int = 192,
+    n_test: int = 64,
+    classes: int = 4,
+    size: int = 16,
+) -> Path:
+    """A small dataset a tiny WRN can learn: each class has its own colour, plus noise."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(40, 216, (classes, 3))
+
+    def make(n):
+        y = np.arange(n) % classes
+        x = colours[y][:, None, None, :] + rng.normal(0, 40, (n, size, size, 3))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        classes=np.array([f"c{i}" for i in range(classes)]),
+    )
+    return path
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("wrn")
+    return lines[0]

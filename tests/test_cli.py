@@ -1,0 +1,138 @@
+"""The command line as a whole: every model family trains, options that do not fit a model,
+help for every option, errors and bugs reported apart, and no process settings leaking."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import learnable_npz, one_line_error, wrn
+
+import wideresnet
+from wideresnet.config import FIELDS
+from wideresnet.recipes import make_config
+
+
+@pytest.fixture(scope="module")
+def npz32(tmp_path_factory):
+    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny32.npz", size=32, n_train=64)
+
+
+FAMILIES = {
+    "wrn-10-1": ["--dropout", "0.3", "--block", "3,1,3"],  # the paper's network, B(3,1,3)
+    "resnet-8": [],  # Table 5's original post-activation ResNet (6n+2)
+    "preact-resnet-8": [],  # pre-activation ResNet, basic blocks
+    "preact-resnet-11": [],  # pre-activation ResNet, bottleneck blocks (9n+2)
+    "resnet-18": [],  # the ImageNet layout (torchvision keys), here on 32 px images
+}
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_every_model_family_trains_and_evaluates(npz32, tmp_path, model):
+    out = tmp_path / "run"
+    options = "--dataset npz --epochs 1 --batch-size 32 --precision fp32 --milestones 1".split()
+    result = wrn(
+        "train", "--model", model, *options, *FAMILIES[model], "--data-dir", npz32, "--out", out
+    )
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == model
+    assert json.loads((out / "result.json").read_text())["epochs"] == 1
+    evaluated = wrn("eval", out, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["images"] == 64 and report["finished"] is True
+
+
+@pytest.mark.parametrize(
+    "model, option, value, owner",
+    [
+        ("resnet-8", "--block", "3,3", "wrn-d-k"),
+        ("preact-resnet-110", "--dropout", "0.3", "wrn-d-k"),
+        ("wrn-50-2", "--blocks-per-group", "2", "wrn-d-k"),
+    ],
+)
+def test_an_option_the_model_does_not_take_is_refused(npz32, tmp_path, model, option, value, owner):
+    args = ["train", "--model", model, option, value, "--dataset", "npz", "--data-dir", npz32]
+    line = one_line_error(wrn(*args, "--out", tmp_path / "run"))
+    assert f"{option} applies to {owner} models only" in line and model in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_presets_model_option_is_left_out_for_a_model_without_it():
+    config = make_config("svhn", {"model": "resnet-110"})
+    assert config.model.dropout is None and config.optim.lr == 0.01
+    assert make_config("svhn").model.dropout == 0.4
+
+
+def test_train_help_documents_every_option():
+    result = wrn("train", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for key, info in FIELDS.items():
+        flag = "--" + key.replace("_", "-")
+        assert flag in text, flag
+        assert " ".join(info.help.split()) in text, key
+    for section in ("model options", "data options", "optim options", "runtime options"):
+        assert section in text
+
+
+INTERNAL_BUG = """
+import sys
+from wideresnet import cli
+from wideresnet.models import summary
+
+def broken(*args, **kwargs):
+    raise {error}("an internal invariant broke")
+
+summary.model_summary = broken
+import wideresnet.models
+wideresnet.models.model_summary = broken
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("error", ["KeyError", "ValueError"])
+def test_an_internal_bug_is_not_reported_as_a_user_error(error):
+    script = INTERNAL_BUG.format(error=error)
+    run = subprocess.run(
+        [sys.executable, "-c", script, "info", "wrn-16-4"], capture_output=True, text=True
+    )
+    assert run.returncode == 70, run.stderr
+    assert "internal error" in run.stderr and error in run.stderr and "bug" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_wrn_debug_shows_the_traceback_behind_a_one_line_error():
+    plain = wrn("info", "wrn-banana")
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    debug = wrn("info", "wrn-banana", env={"WRN_DEBUG": "1"})
+    assert debug.returncode == 2
+    assert "Traceback" in debug.stderr and "wrn: error: unknown model" in debug.stderr
+
+
+def test_a_run_in_process_leaves_the_process_settings_as_they_were(npz32, tmp_path):
+    config = make_config(
+        "cifar",
+        {
+            "model": "wrn-10-1",
+            "dataset": "npz",
+            "data_dir": str(npz32),
+            "epochs": 1,
+            "batch_size": 32,
+            "precision": "fp32",
+            "deterministic": True,
+            "seed": 5,
+        },
+    )
+    torch.manual_seed(1234)
+    rng_before = torch.get_rng_state()
+    benchmark_before = torch.backends.cudnn.benchmark
+    wideresnet.train(config, tmp_path / "run")
+    assert torch.are_deterministic_algorithms_enabled() is False
+    assert torch.backends.cudnn.benchmark == benchmark_before
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert (tmp_path / "run" / "result.json").exists()
