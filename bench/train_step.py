@@ -18,6 +18,7 @@ import torch
 
 from wideresnet import create_model
 from wideresnet.config import OptimConfig
+from wideresnet.recipes import make_config
 from wideresnet.train.optim import build_optimizer
 from wideresnet.train.runtime import Speed, cpu_bf16
 from wideresnet.train.step import EpochSums, train_step
@@ -33,9 +34,11 @@ def settings(device: str, want_compile: bool) -> list[tuple[str, Speed]]:
     rows = [
         ("eager fp32 NCHW (baseline)", speed()),
         ("channels_last fp32", speed(channels_last=True)),
+        ("channels_last bf16" + ("" if bf16 else " (forced)"), speed("bf16", True)),
     ]
-    if bf16:
-        rows.append(("channels_last bf16", speed("bf16", True)))
+    if not cuda:
+        chosen = Speed.resolve(make_config("cifar", {"compile": "off"}), torch.device("cpu"))
+        rows.append((f"wrn train's default: {chosen.precision}", chosen))
     if cuda:
         rows.append(("channels_last bf16 fused SGD", speed("bf16", True, fused=True)))
     if want_compile:
@@ -88,11 +91,17 @@ def main() -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     print(f"{'setting':<34} {'img/s':>9} {'x baseline':>10} {'warm-up s':>9}")
-    baseline = None
+    rates = {}
     for label, speed in settings(args.device, want_compile):
         rate, warmup = measure(args.model, speed, args.batch_size, steps)
-        baseline = baseline or rate
+        baseline = rates.setdefault("baseline", rate)
+        rates[label] = rate
         print(f"{label:<34} {rate:>9,.0f} {rate / baseline:>9.2f}x {warmup:>9.1f}", flush=True)
+    default = next((k for k in rates if k.startswith("wrn train's default")), None)
+    if default:
+        reason = cpu_bf16()[1]
+        ratio = rates[default] / rates["channels_last fp32"]
+        print(f"default / --precision fp32 (both channels_last): {ratio:.2f}x; {reason}")
 
 
 if __name__ == "__main__":

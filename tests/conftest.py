@@ -14,13 +14,20 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+@pytest.fixture(scope="session")
+def real_data_cache(tmp_path_factory):
+    """One decoded cache for every test on the real CIFAR-10 copy: the folder is decoded once."""
+    return tmp_path_factory.mktemp("real-cache")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow real-data tests run last (they may size themselves to the time left, see
-    test_real_data.py); they need ../shared/data and are skipped, saying why, where it is absent."""
-    items.sort(key=lambda item: "slow" in item.keywords)  # stable: the rest keep their order
+    """Slow real-data tests run last; they need ../shared/data and are skipped, saying why,
+    where it is absent."""
+    last = ("slow", "long")
+    items.sort(key=lambda item: any(k in item.keywords for k in last))  # stable sort
     if (SHARED_DATA / "cifar10-jpeg").is_dir():
         return
     skip = pytest.mark.skip(reason=f"real CIFAR-10 copy not found at {SHARED_DATA}")
     for item in items:
-        if "slow" in item.keywords:
+        if any(k in item.keywords for k in last):
             item.add_marker(skip)

@@ -185,3 +185,84 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("wrn")
     return lines[0]
+
+
+class FileServer:
+    """A real HTTP server on 127.0.0.1 serving `files` (name -> bytes) from any path ending in
+    that name; `cut_at` closes the connection after that many bytes of a body."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                payload = server.files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload if server.cut_at is None else payload[: server.cut_at])
+                self.wfile.flush()
+                if server.cut_at is not None:
+                    self.connection.shutdown(2)
+
+            def log_message(self, *args):
+                pass
+
+        self.files: dict[str, bytes] = {}
+        self.cut_at: int | None = None
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def url(self, name: str = "") -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}/{name}"
+
+
+# Signals and NaNs injected at a chosen step: a wrapper patches `wideresnet.train.step.loss_fn`
+# in the child process, then calls the real `wrn` entry point; the signal is a real SIGTERM.
+WRAPPER = """
+import os, signal, sys
+import torch
+from wideresnet import cli
+from wideresnet.train import step
+
+at, action, count = int(os.environ["AT_STEP"]), os.environ["ACTION"], 0
+original = step.loss_fn
+
+def loss_fn(logits, labels):
+    global count
+    count += 1
+    loss = original(logits, labels)
+    if count == at and action == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+    if count == at and action == "nan":
+        loss = loss * float("nan")
+    return loss
+
+step.loss_fn = loss_fn
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def wrn_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", WRAPPER, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AT_STEP": str(at_step), "ACTION": action},
+    )

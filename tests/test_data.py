@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
-import threading
 import zipfile
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
+    FileServer,
     cifar_batch,
     tar_gz,
     write_cifar10,
@@ -265,32 +264,10 @@ def test_npz_reader_and_errors(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    payload: bytes = b""
-    cut_at: int | None = None
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.payload)))
-        self.end_headers()
-        body = self.payload if self.cut_at is None else self.payload[: self.cut_at]
-        self.wfile.write(body)
-        self.wfile.flush()
-        if self.cut_at is not None:
-            self.connection.shutdown(2)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with FileServer() as running:
+        yield running
 
 
 def _archive_bytes(tmp_path: Path) -> tuple[bytes, np.ndarray]:
@@ -303,8 +280,8 @@ def _archive_bytes(tmp_path: Path) -> tuple[bytes, np.ndarray]:
 
 def test_download_good_archive_unpacks_and_loads(tmp_path, server):
     payload, x = _archive_bytes(tmp_path)
-    _Handler.payload, _Handler.cut_at = payload, None
-    url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+    server.files["cifar-10-python.tar.gz"] = payload
+    url = server.url("cifar-10-python.tar.gz")
     target = tmp_path / "data"
     result = wrn(
         "data",
@@ -326,8 +303,8 @@ def test_download_good_archive_unpacks_and_loads(tmp_path, server):
 
 def test_download_wrong_checksum_keeps_nothing(tmp_path, server):
     payload, _ = _archive_bytes(tmp_path)
-    _Handler.payload, _Handler.cut_at = payload, None
-    url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+    server.files["cifar-10-python.tar.gz"] = payload
+    url = server.url("cifar-10-python.tar.gz")
     target = tmp_path / "data"
     result = wrn("data", "download", "--dataset", "cifar10", "--data-dir", target, "--url", url)
     assert result.returncode == 2
@@ -338,14 +315,14 @@ def test_download_wrong_checksum_keeps_nothing(tmp_path, server):
 
 def test_download_cut_mid_file_keeps_nothing_and_can_rerun(tmp_path, server):
     payload, x = _archive_bytes(tmp_path)
-    _Handler.payload, _Handler.cut_at = payload, len(payload) // 2
-    url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+    server.files["cifar-10-python.tar.gz"], server.cut_at = payload, len(payload) // 2
+    url = server.url("cifar-10-python.tar.gz")
     target = tmp_path / "data"
     md5 = hashlib.md5(payload).hexdigest()
     with pytest.raises(DataError, match="nothing was kept|connection closed"):
         data.download("cifar10", target, url, md5)
     assert list(target.iterdir()) == []
-    _Handler.cut_at = None
+    server.cut_at = None
     data.download("cifar10", target, url, md5)
     assert np.array_equal(load_dataset("cifar10", target, "train", verify=False)[0], x)
 

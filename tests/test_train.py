@@ -9,15 +9,12 @@ signal itself is a real SIGTERM delivered to that process.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import learnable_npz, one_line_error, wrn
+from helpers import learnable_npz, one_line_error, wrn, wrn_with
 
 from wideresnet.errors import RunError
 from wideresnet.recipes import make_config
@@ -30,29 +27,6 @@ from wideresnet.train.rundir import RunDir
 STEPS_PER_EPOCH = 6
 TIMING_KEYS = {"epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second"}
 
-WRAPPER = """
-import os, signal, sys
-import torch
-from wideresnet import cli
-from wideresnet.train import step
-
-at, action, count = int(os.environ["AT_STEP"]), os.environ["ACTION"], 0
-original = step.loss_fn
-
-def loss_fn(logits, labels):
-    global count
-    count += 1
-    loss = original(logits, labels)
-    if count == at and action == "sigterm":
-        os.kill(os.getpid(), signal.SIGTERM)
-    if count == at and action == "nan":
-        loss = loss * float("nan")
-    return loss
-
-step.loss_fn = loss_fn
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory) -> Path:
@@ -63,16 +37,6 @@ def base_args(npz: Path, out: Path, *extra: str) -> list[str]:
     options = "--model wrn-10-1 --dataset npz --epochs 3 --batch-size 32 --lr 0.05 --milestones 2,3"
     options += " --dropout 0.3 --precision fp32 --seed 3"
     return ["train", *options.split(), "--data-dir", npz, "--out", out, *extra]
-
-
-def wrn_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", WRAPPER, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "AT_STEP": str(at_step), "ACTION": action},
-    )
 
 
 def checkpoint(run: Path, name: str = "checkpoint.pt") -> dict:

@@ -100,7 +100,8 @@ def build_parser() -> Parser:
     from wideresnet.recipes import PRESETS
 
     parser = Parser(prog="wrn", description="Wide Residual Networks: build, train, evaluate.")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    parser.add_argument("--version", action="version", version=_version())
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
 
     info = verbs.add_parser("info", help="parameters, MACs and stages of a model")
     info.add_argument("model", nargs="?")
@@ -150,6 +151,14 @@ def build_parser() -> Parser:
 # --------------------------------------------------------------------------------------------
 # Verbs
 # --------------------------------------------------------------------------------------------
+
+
+def _version() -> str:
+    import torch
+
+    from wideresnet import __version__
+
+    return f"wrn (wideresnet) {__version__}, torch {torch.__version__}"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -207,14 +216,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.pop("preset", None)
         overrides.update(given)
         config = make_config(preset or "cifar", overrides)
-        if not config.data.data_dir:
-            raise UsageError("wrn train: --data-dir is required")
         result = train(config, args.out, overwrite=args.overwrite, log_every=args.log_every)
     print(
         f"done: test error {result['test_error']:.2f}% after {result['epochs']} epochs "
         f"(last epoch, {result['test_images']:,} test images), "
         f"{result['wall_seconds']['total']:.0f}s wall clock"
     )
+    for flag in result["flags"]:
+        print(f"  flagged: {flag}")
     return 0
 
 
@@ -233,10 +242,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
+    if report["finished"]:
+        state = f"finished run ({report['epochs']} epochs)"
+    else:
+        state = f"UNFINISHED run: stopped after epoch {report['epoch']} of {report['epochs']}" + (
+            f", step {report['step_in_epoch']} of the next" if report["step_in_epoch"] else ""
+        )
     print(
-        f"{args.run}: test error {report['test_error']:.2f}% on {report['images']:,} "
-        f"{report['split']} images of {report['dataset']}, loss {report['test_loss']:.4f} "
-        f"({report['precision']})"
+        f"{args.run}: {state}; test error {report['test_error']:.2f}% (top-5 "
+        f"{report['test_top5_error']:.2f}%) on {report['images']:,} {report['split']} images "
+        f"of {report['dataset']}, loss {report['test_loss']:.4f} ({report['precision']})"
     )
     if args.flip:
         print(
@@ -351,7 +366,11 @@ def _debug() -> bool:
 def main(argv: list[str] | None = None) -> int:
     _configure_logging()
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.verb is None:  # a bare `wrn`: the verbs
+            parser.print_help()
+            return 0
         return COMMANDS[args.verb](args)
     except UsageError as error:
         print(error, file=sys.stderr)

@@ -91,6 +91,13 @@ class ModelConfig(Section):
         "weight init: authors (the paper's code) | he_fan_out",
         choices=("authors", "he_fan_out"),
     )
+    init_from: str | None = option(
+        None,
+        "start from the weights of a checkpoint or run directory (a new head when the class "
+        "count differs; a fresh optimiser)",
+    )
+
+    NOT_ARCHITECTURE = ("model", "num_classes", "init_from")  # every model takes these
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,11 @@ class DataConfig(Section):
     )
     image_size: int | None = option(None, "folder datasets: resize images to N x N", check=POSITIVE)
     verify: bool = option(True, "check the official md5s (--no-verify skips it, with a warning)")
+    eval_limit: int | None = option(
+        None,
+        "test on the first N test images only (quick runs; flagged in results)",
+        check=POSITIVE,
+    )
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,10 @@ class RuntimeConfig(Section):
         0, "also checkpoint every N steps inside an epoch", check=at_least(0)
     )
     eval_batch_size: int = option(500, "batch size of evaluation", check=POSITIVE)
+    eval_every: int = option(
+        1, "test every N epochs and after the last (flagged in results when > 1)", check=POSITIVE
+    )
+    tensorboard: bool = option(False, "also write metrics to RUN_DIR/tensorboard/ (extra)")
 
 
 SECTIONS: dict[str, type] = {
@@ -318,11 +334,24 @@ class Config:
         return Config.from_dict({**self.to_dict(), **changes})
 
     def given_model_options(self) -> dict[str, Any]:
-        """The model options that were set (not None), other than the name and class count."""
+        """The architecture options that were set (not None)."""
         values = dataclasses.asdict(self.model)
-        return {
-            k: v for k, v in values.items() if v is not None and k not in ("model", "num_classes")
-        }
+        skip = ModelConfig.NOT_ARCHITECTURE
+        return {k: v for k, v in values.items() if v is not None and k not in skip}
+
+    def flags(self) -> list[str]:
+        """How a run's result departs from the paper's protocol, said wherever it is shown."""
+        data, runtime = self.data, self.runtime
+        flags = []
+        if data.train_limit:
+            flags.append(f"train_limit={data.train_limit}: trained on the first N training images")
+        if data.val_size:
+            flags.append(f"val_size={data.val_size}: tested on held-out training images")
+        if data.eval_limit:
+            flags.append(f"eval_limit={data.eval_limit}: test error on the first N test images")
+        if runtime.eval_every > 1:
+            flags.append(f"eval_every={runtime.eval_every}: tested every N epochs and the last")
+        return flags
 
 
 RECORD_ONLY_KEYS = ("resolved",)  # written into config.json for the record; ignored when read

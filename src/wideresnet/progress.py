@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 
 log = logging.getLogger("wideresnet.progress")
 
-GRACE_SECONDS = 2.0  # waits shorter than this stay silent
+GRACE_SECONDS = 2.0  # waits shorter than this stay silent ($WRN_PROGRESS_AFTER overrides)
 INTERVAL_SECONDS = 0.5  # at most two records a second per task
 _ids = itertools.count()
 
@@ -20,9 +21,9 @@ _ids = itertools.count()
 class Progress:
     """`with Progress("decoding train", total, "files") as p: ... p.update(done)`."""
 
-    def __init__(
-        self, what: str, total: int, unit: str = "images", *, grace: float = GRACE_SECONDS
-    ):
+    def __init__(self, what: str, total: int, unit: str = "images", *, grace: float | None = None):
+        if grace is None:
+            grace = float(os.environ.get("WRN_PROGRESS_AFTER", GRACE_SECONDS))
         self.what, self.total, self.unit, self.grace = what, total, unit, grace
         self.key = f"{what}#{next(_ids)}"
         self.started = time.perf_counter()

@@ -32,7 +32,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 MODEL_OPTIONS = [k for k, info in FIELDS.items() if info.section == "model"]
-NOT_OPTIONS = ("model", "num_classes")  # every model takes these
 
 
 def make_config(preset: str = "cifar", overrides: dict[str, Any] | None = None) -> Config:
@@ -48,7 +47,7 @@ def make_config(preset: str = "cifar", overrides: dict[str, Any] | None = None) 
     name = values.get("model", ModelConfig.model)
     accepted, owner = model_options(str(name))
     for key in MODEL_OPTIONS:
-        if key in NOT_OPTIONS or key in accepted or values.get(key) is None:
+        if key in ModelConfig.NOT_ARCHITECTURE or key in accepted or values.get(key) is None:
             continue
         if key in given:
             flag = "--" + key.replace("_", "-")

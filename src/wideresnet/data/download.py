@@ -83,31 +83,44 @@ def fetch(url: str, destination: Path, md5: str | None) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def base_url(name: str) -> str:
+    """Where the official files come from: $WRN_DATA_MIRROR (same file names), else the
+    dataset's official address."""
+    mirror = os.environ.get("WRN_DATA_MIRROR")
+    return mirror.rstrip("/") + "/" if mirror else OFFICIAL[name].url
+
+
 def download(
     name: str,
     data_dir: str | os.PathLike,
     url: str | None = None,
     md5: str | None = None,
+    *,
+    files: list[str] | None = None,
+    verify: bool = True,
 ) -> Path:
     """Fetch the official files of cifar10, cifar100 or svhn into data_dir, md5-checked.
 
-    url: a mirror (the archive's full URL for CIFAR; a base URL ending in / for SVHN's three
-    files). md5: the archive's expected md5, replacing the official one (CIFAR only). Returns the
-    folder the dataset was unpacked to. An interrupted download leaves nothing behind.
+    url: a mirror (the archive's full URL for CIFAR; a base URL ending in / for SVHN's
+    files). md5: the archive's expected md5, replacing the official one (CIFAR only). files:
+    SVHN's .mat files to fetch (default all three). verify=False skips the md5 check. Returns
+    the folder the dataset was unpacked to. An interrupted download leaves nothing behind.
     """
     if name not in OFFICIAL:
         raise DataError(f"{name}: only {', '.join(OFFICIAL)} can be downloaded")
     official, root = OFFICIAL[name], Path(data_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    if official.archive is None:  # SVHN: three bare .mat files
-        base = url if url else official.url
-        for file, file_md5 in official.files.items():
+    if official.archive is None:  # SVHN: bare .mat files
+        base = url or base_url(name)
+        for file in files or list(official.files):
             target = root / file
             if not target.is_file():
-                fetch(base.rstrip("/") + "/" + file, target, md5 or file_md5)
+                expected = (md5 or official.files[file]) if verify else None
+                fetch(base.rstrip("/") + "/" + file, target, expected)
         return root
     archive = root / official.archive
-    fetch(url or official.url + official.archive, archive, md5 or official.archive_md5)
+    expected = (md5 or official.archive_md5) if verify else None
+    fetch(url or base_url(name) + official.archive, archive, expected)
     final = root / official.folder
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
     try:
@@ -121,3 +134,32 @@ def download(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def default_data_dir(name: str) -> Path:
+    """Where `wrn train` keeps official files it fetched: $WRN_DATA_DIR/<name>, else
+    <cache>/data/<name>."""
+    from wideresnet.data.cache import cache_dir
+
+    root = os.environ.get("WRN_DATA_DIR")
+    return (Path(root).expanduser() if root else cache_dir() / "data") / name
+
+
+def ensure_official(name: str, root: Path, splits: list[str], verify: bool) -> Path:
+    """root, after fetching the official files of `splits` that are not there yet."""
+    official = OFFICIAL[name]
+    try:
+        if official.archive is None:
+            needed = sorted({f for split in splits for f in official.splits.get(split, [])})
+            missing = [f for f in needed if not (root / f).is_file()]
+            if missing:
+                download(name, root, files=missing, verify=verify)
+        elif not (root / official.folder).is_dir() and not (root / official.archive).is_file():
+            download(name, root, verify=verify)
+    except DataError as error:
+        raise DataError(
+            f"{error}. Without internet access here, fetch the files elsewhere (`wrn data "
+            f"download --dataset {name} --data-dir DIR`) and pass --data-dir DIR, or train on "
+            "an image folder (--dataset folder --data-dir DIR)"
+        ) from None
+    return root

@@ -95,6 +95,8 @@ def run_data(config: Config, device: torch.device, *, rank: int = 0, world: int 
         if test_classes != classes:
             raise DataError(f"{config.data.data_dir}: train and test splits have different classes")
     check_classes(config, classes)
+    if config.data.eval_limit:
+        x_test, y_test = x_test[: config.data.eval_limit], y_test[: config.data.eval_limit]
     if len(x_train) < config.optim.batch_size:
         raise DataError(
             f"{len(x_train)} training images are fewer than one batch of {config.optim.batch_size}"

@@ -80,6 +80,25 @@ def load_any(path: Path) -> dict[str, Any]:
     return load_latest_checkpoint(path) if path.is_dir() else load_checkpoint(path)
 
 
+def weight_mismatch(ours: dict, theirs: dict, ignore: tuple[str, ...] = ()) -> str | None:
+    """How a state_dict `theirs` does not fit a model's `ours`, in one line (None: it fits)."""
+    problems = []
+    for key in sorted(set(ours) | set(theirs)):
+        if key in ignore or key.endswith("num_batches_tracked"):
+            continue
+        if key not in theirs:
+            problems.append(f"{key} missing")
+        elif key not in ours:
+            problems.append(f"{key} unexpected")
+        elif tuple(theirs[key].shape) != tuple(ours[key].shape):
+            shapes = f"{tuple(theirs[key].shape)} for {tuple(ours[key].shape)}"
+            problems.append(f"{key} has shape {shapes}")
+    if not problems:
+        return None
+    more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":

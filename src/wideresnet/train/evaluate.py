@@ -12,6 +12,8 @@ from wideresnet.data.loader import BatchLoader
 from wideresnet.progress import Progress
 from wideresnet.train.runtime import Speed
 
+TOP_K = 5  # the top-k error reported beside top-1 (all classes when there are fewer)
+
 
 @torch.no_grad()
 def evaluate(
@@ -21,12 +23,15 @@ def evaluate(
     num_classes: int,
     flip: bool = False,
 ) -> dict[str, Any]:
-    """Loss, error (%) and confusion matrix over every image of the loader."""
+    """Loss, top-1 and top-5 error (%) and the confusion matrix over every image of the
+    loader (`flip`: also the error of flip-averaged predictions)."""
     device = torch.device(speed.device)
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     confusion_flip = confusion.clone() if flip else None
+    top5_wrong = torch.zeros((), dtype=torch.int64, device=device)
+    k = min(TOP_K, num_classes)
     with Progress("evaluating", loader.n, "images") as progress:
         for b, (x, y) in enumerate(loader.batches()):
             x = speed.input(x)
@@ -34,6 +39,7 @@ def evaluate(
                 logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             confusion.index_put_((y, logits.argmax(1)), torch.ones_like(y), accumulate=True)
+            top5_wrong += (logits.topk(k, 1).indices != y[:, None]).all(1).sum()
             if flip:  # logits are used up first: a CUDA-graph replay may overwrite them
                 probs = logits.softmax(1)
                 with speed.autocast():
@@ -42,6 +48,7 @@ def evaluate(
             progress.update(min((b + 1) * loader.batch_size, loader.n))
     result = _errors(confusion.cpu())
     result["loss"] = loss_sum.item() / max(1, loader.n)
+    result["top5_error"] = 100.0 * top5_wrong.item() / max(1, loader.n)
     if flip:
         result["flip"] = _errors(confusion_flip.cpu())
     return result

@@ -30,7 +30,7 @@ from wideresnet.train.checkpoint import (
 )
 from wideresnet.train.evaluate import evaluate
 from wideresnet.train.optim import begin_epoch, build_optimizer, lr_at
-from wideresnet.train.rundir import RunDir
+from wideresnet.train.rundir import RunDir, TensorBoardLog
 from wideresnet.train.runtime import Speed, environment
 from wideresnet.train.step import EpochSums, NonFiniteLoss, train_step
 
@@ -82,6 +82,20 @@ class StepLog:
             progress_log.info(line, extra={"progress": f"epoch{epoch}", "progress_end": False})
 
 
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """The line printed after each epoch."""
+    test = (
+        f"test loss {row['test_loss']:.4f} error {row['test_error']:.2f}%"
+        if row["test_error"] is not None
+        else "test: not measured this epoch (eval_every)"
+    )
+    return (
+        f"epoch {row['epoch']}/{epochs} lr {row['lr']:.5g} "
+        f"train loss {row['train_loss']:.4f} error {row['train_error']:.2f}% | "
+        f"{test} | {row['epoch_seconds']:.1f}s"
+    )
+
+
 class Trainer:
     """Train, evaluate and checkpoint one run (see train/run.py for starting and resuming)."""
 
@@ -108,6 +122,9 @@ class Trainer:
         self.clock = 0.0
         optim = config.optim
         self.steplog = StepLog(optim.epochs, len(data.train), optim.batch_size, log_every)
+        self.tensorboard = (
+            TensorBoardLog(run_dir / "tensorboard") if config.runtime.tensorboard else None
+        )
 
     # ---- state ----
 
@@ -163,9 +180,13 @@ class Trainer:
         self.stop_signal = signum
 
     def run(self) -> dict[str, Any]:
-        with stop_signals(self._on_signal):
-            while self.epoch < self.config.optim.epochs:
-                self._epoch(self.epoch + 1)
+        try:
+            with stop_signals(self._on_signal):
+                while self.epoch < self.config.optim.epochs:
+                    self._epoch(self.epoch + 1)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return self.finish()
 
     def _epoch(self, epoch: int) -> None:
@@ -218,7 +239,7 @@ class Trainer:
         self.speed.sync()
         train_time = self.partial["seconds"] + time.perf_counter() - self.clock
         eval_start = time.perf_counter()
-        result = evaluate(self.forward, self.data.test, self.speed, self.num_classes)
+        tested = self._test(epoch)
         eval_time = time.perf_counter() - eval_start
         seen = len(self.data.train) * self.config.optim.batch_size
         row = {
@@ -226,8 +247,9 @@ class Trainer:
             "lr": lr_at(self.config.optim, epoch),
             "train_loss": sums.loss.item() / seen,
             "train_error": 100.0 * sums.wrong.item() / seen,
-            "test_loss": result["loss"],
-            "test_error": result["error"],
+            "test_loss": tested.get("loss"),
+            "test_error": tested.get("error"),
+            "test_top5_error": tested.get("top5_error"),
             "epoch_seconds": train_time + eval_time,
             "train_seconds": train_time,
             "eval_seconds": eval_time,
@@ -239,14 +261,18 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.partial = epoch, 0, self._no_partial()
         self.save()
         self.run_dir.write_metrics(self.metrics)
-        log.info(
-            f"epoch {epoch}/{self.config.optim.epochs} lr {row['lr']:.5g} "
-            f"train loss {row['train_loss']:.4f} error {row['train_error']:.2f}% | "
-            f"test loss {row['test_loss']:.4f} error {row['test_error']:.2f}% | "
-            f"{row['epoch_seconds']:.1f}s"
-        )
+        if self.tensorboard is not None:
+            self.tensorboard.add(row)
+        log.info(epoch_line(row, self.config.optim.epochs))
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
+
+    def _test(self, epoch: int) -> dict[str, Any]:
+        """The test result of this epoch, or {} when eval_every skips it (never the last)."""
+        every, last = self.config.runtime.eval_every, self.config.optim.epochs
+        if epoch % every and epoch != last:
+            return {}
+        return evaluate(self.forward, self.data.test, self.speed, self.num_classes)
 
     def _check_finite(self, epoch: int, sums: EpochSums) -> None:
         try:
@@ -284,8 +310,10 @@ class Trainer:
                 "eval": self.seconds["eval"],
                 "total": self.seconds["train"] + self.seconds["eval"],
             },
-            "measured": "test error (%) of the LAST epoch on every test image; seconds are wall "
-            "clock per phase, summed over epochs (across resumes)",
+            "test_top5_error": last["test_top5_error"],
+            "measured": "test error (%) of the LAST epoch on the test images counted in "
+            "test_images; seconds are wall clock per phase, summed over epochs (across resumes)",
+            "flags": self.config.flags(),
             "environment": environment(self.speed),
         }
         self.run_dir.write_result(result)

@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from wideresnet.config import Config, typed_values
+from wideresnet.data.download import default_data_dir, ensure_official
+from wideresnet.data.official import OFFICIAL
 from wideresnet.data.prepare import eval_data, run_data
 from wideresnet.errors import ConfigError, RunError
 from wideresnet.models import count_params, create_model
-from wideresnet.train.checkpoint import load_any, load_latest_checkpoint
+from wideresnet.train.checkpoint import load_any, load_latest_checkpoint, weight_mismatch
 from wideresnet.train.evaluate import evaluate
 from wideresnet.train.loop import Trainer
 from wideresnet.train.rundir import RunDir
@@ -28,14 +30,53 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
     return create_model(config.model.model, num_classes, **config.given_model_options())
 
 
+def load_initial_weights(model: nn.Module, source: str) -> None:
+    """`--init-from`: the weights of a checkpoint or run; a new head when the class count
+    differs (said in the log)."""
+    weights = load_any(Path(source))["model"]
+    ours = model.state_dict()
+    head = tuple(k for k in ours if k.startswith("fc."))
+    new_head = any(k in weights and weights[k].shape != ours[k].shape for k in head)
+    problem = weight_mismatch(ours, weights, ignore=head if new_head else ())
+    if problem:
+        raise RunError(f"--init-from {source}: weights do not fit {model.name}: {problem}")
+    if new_head:
+        log.info(
+            f"--init-from {source}: a new head for {ours['fc.weight'].shape[0]} classes (the "
+            f"checkpoint's has {weights['fc.weight'].shape[0]}); every other weight loaded"
+        )
+        weights = {k: v for k, v in weights.items() if k not in head}
+    model.load_state_dict(weights, strict=False)
+
+
 def make_trainer(config: Config, run_dir: RunDir, log_every: int = 0) -> Trainer:
     """A Trainer with its device, speed settings, data and model built from the config."""
     device = resolve_device(config.runtime.device)
     speed = Speed.resolve(config, device)
     data = run_data(config, device)
     torch.manual_seed(config.runtime.seed)  # the model's init does not depend on data loading
-    model = speed.prepare(build_model(config, len(data.classes)))
-    return Trainer(config, run_dir, data, model, speed, log_every)
+    model = build_model(config, len(data.classes))
+    if config.model.init_from:
+        load_initial_weights(model, config.model.init_from)
+    return Trainer(config, run_dir, data, speed.prepare(model), speed, log_every)
+
+
+def resolve_paths(config: Config) -> Config:
+    """The config a run records: data_dir absolute (the official files fetched into the data
+    folder when no --data-dir was given), init_from absolute."""
+    data = config.data
+    if data.data_dir is None:
+        if data.dataset not in OFFICIAL:
+            raise ConfigError(f"--data-dir is required for --dataset {data.dataset}")
+        root = default_data_dir(data.dataset)
+        log.info(f"no --data-dir: the official {data.dataset} files in {root}")
+        splits = [data.train_split] + ([] if data.val_size else [data.test_split])
+        ensure_official(data.dataset, root, splits, data.verify)
+        config = config.replace(data_dir=str(root))
+    changes = {"data_dir": str(Path(config.data.data_dir).expanduser().absolute())}
+    if config.model.init_from:
+        changes["init_from"] = str(Path(config.model.init_from).expanduser().absolute())
+    return config.replace(**changes)
 
 
 def train(
@@ -44,6 +85,7 @@ def train(
     """Start a run in `out` and train it to the end. Returns result.json's contents."""
     run_dir = RunDir(out)
     run_dir.prepare_new(overwrite)
+    config = resolve_paths(config)
     with process_settings(config):
         trainer = make_trainer(config, run_dir, log_every)
         run_dir.write_config(config.to_dict(), trainer.resolved())
@@ -121,14 +163,17 @@ def load_trained(path: str | Path) -> Trained:
     config = _config_of(state, path)
     classes = [str(c) for c in state.get("classes") or []]
     model = build_model(config, len(classes))
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise RunError(f"{path}: weights do not fit {config.model.model} ({error})") from None
-    resolved = state.get("resolved") if isinstance(state.get("resolved"), dict) else {}
+    problem = weight_mismatch(model.state_dict(), state["model"])
+    if problem:
+        raise RunError(f"{path}: weights do not fit {config.model.model}: {problem}")
+    model.load_state_dict(state["model"])
+    resolved = state.get("resolved")
+    if not isinstance(resolved, dict) and path.is_dir():  # older checkpoints: the run's record
+        resolved = (RunDir(path).read_config() or {}).get("resolved")
+    precision = resolved.get("precision") if isinstance(resolved, dict) else None
     epoch = state.get("epoch", config.optim.epochs)
     step = state.get("step_in_epoch", 0)
-    return Trained(model, config, classes, epoch, step, resolved.get("precision"))
+    return Trained(model, config, classes, epoch, step, precision)
 
 
 def evaluate_run(
@@ -162,12 +207,15 @@ def evaluate_run(
         "split": split or config.data.test_split,
         "classes": trained.classes,
         "test_error": result["error"],
+        "test_top5_error": result["top5_error"],
         "test_loss": result["loss"],
         "images": result["images"],
         "per_class_error": result["per_class_error"],
         "confusion": result["confusion"],
         "precision": chosen,
         "epoch": trained.epoch,
+        "step_in_epoch": trained.step_in_epoch,
+        "epochs": config.optim.epochs,
         "finished": trained.finished,
         **({"flip_test_error": result["flip"]["error"]} if flip else {}),
     }

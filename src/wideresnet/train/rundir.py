@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wideresnet.errors import RunError
+from wideresnet.errors import ConfigError, RunError
 from wideresnet.files import atomic_write, read_json, write_json
 from wideresnet.train.checkpoint import CHECKPOINT, PREVIOUS
 
@@ -69,3 +69,36 @@ class RunDir:
 
     def write_failure(self, failure: dict[str, Any]) -> None:
         write_json(self / FAILURE, failure)
+
+
+class TensorBoardLog:
+    """Each epoch's metrics as TensorBoard scalars in RUN_DIR/tensorboard/ (`--tensorboard`;
+    needs the tensorboard package: `pip install "wideresnet[tensorboard]"`)."""
+
+    SCALARS = (
+        "lr",
+        "train_loss",
+        "train_error",
+        "test_loss",
+        "test_error",
+        "test_top5_error",
+        "train_images_per_second",
+    )
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                '--tensorboard needs the tensorboard package: pip install "wideresnet[tensorboard]"'
+            ) from None
+        self.writer = SummaryWriter(str(folder))
+
+    def add(self, row: dict[str, Any]) -> None:
+        for key in self.SCALARS:
+            if row.get(key) is not None:
+                self.writer.add_scalar(key, row[key], row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

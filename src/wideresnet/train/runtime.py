@@ -36,13 +36,49 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_bf16() -> tuple[bool, str]:
-    """(bf16 pays on this CPU, why), from oneDNN's own check."""
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above the first with native bf16 instructions
+BF16_ISA_CAPS = {
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512",
+    "AVX512_CORE_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+    "ALL",
+    "DEFAULT",
+}
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The instruction-set flags the CPU reports (Linux), or None where they are unknown."""
     try:
-        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        supported = False
-    return supported, f"oneDNN bf16 {'supported' if supported else 'not supported'}"
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def cpu_bf16(flags: set[str] | None = None, isa_cap: str | None = None) -> tuple[bool, str]:
+    """(bf16 pays on this CPU, why), from the instructions the processor really has.
+
+    torch's own check (`mkldnn._is_mkldnn_bf16_supported`) also says yes where oneDNN only
+    emulates bf16 with AVX-512, which trains 2-4x slower than fp32; only AMX bf16 units or
+    AVX512-BF16 instructions make bf16 pay.
+    """
+    flags = cpu_flags() if flags is None else flags
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") if isa_cap is None else isa_cap
+    if flags is None:
+        return False, "fp32: this platform does not report CPU instruction flags"
+    if isa_cap and isa_cap.upper() not in BF16_ISA_CAPS:
+        return False, f"fp32: ONEDNN_MAX_CPU_ISA={isa_cap} keeps oneDNN below bf16 instructions"
+    for flag, name in (("amx_bf16", "AMX bf16 units"), ("avx512_bf16", "AVX512-BF16")):
+        if flag in flags:
+            return True, f"bf16: the CPU has {name} ({flag})"
+    return False, "fp32: no AMX bf16 or AVX512-BF16 on this CPU (bf16 would be emulated, slower)"
 
 
 def _on(setting: str, default: bool) -> bool:
@@ -64,7 +100,7 @@ class Speed:
     @classmethod
     def resolve(cls, config: Config, device: torch.device) -> Speed:
         runtime, cuda = config.runtime, device.type == "cuda"
-        reasons = {}
+        reasons = {"precision": f"asked for: --precision {runtime.precision}"}
         precision = runtime.precision
         if precision == "auto":
             if cuda:

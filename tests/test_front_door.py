@@ -1,0 +1,163 @@
+"""What a new user meets first: the README's snippets, the bare command, --version, the
+license, and `wrn train` fetching the official files when no --data-dir is given."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import SHARED_DATA, FileServer, one_line_error, tar_gz, write_cifar10, wrn
+
+import wideresnet
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_bare_wrn_shows_the_verbs():
+    result = wrn()
+    assert result.returncode == 0, result.stderr
+    for verb in ("info", "train", "eval", "data", "import-official"):
+        assert re.search(rf"^\s+{re.escape(verb)}\b", result.stdout, re.M), verb
+
+
+def test_version():
+    result = wrn("--version")
+    assert result.returncode == 0
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert wideresnet.__version__ == version
+    assert result.stdout.strip() == f"wrn (wideresnet) {version}, torch {torch.__version__}"
+
+
+def test_license_file_matches_the_declared_license():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "BSD-3-Clause"}
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("BSD 3-Clause License") and "Neither the name" in text
+
+
+# --------------------------------------------------------------------------------------------
+# `wrn train --dataset cifar10` without --data-dir, against a real HTTP server on 127.0.0.1
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A local mirror holding a small archive in the official CIFAR-10 layout."""
+    write_cifar10(tmp_path / "src", np.random.default_rng(0), per_batch=40)
+    archive = tar_gz(
+        tmp_path / "src" / "cifar-10-batches-py", "cifar-10-batches-py", tmp_path / "a.tar.gz"
+    )
+    with FileServer() as server:
+        server.files["cifar-10-python.tar.gz"] = archive.read_bytes()
+        yield server
+
+
+TRAIN = "train --model wrn-10-1 --dataset cifar10 --epochs 1 --batch-size 50 --precision fp32"
+
+
+def test_train_without_data_dir_fetches_the_files_and_trains(mirror, tmp_path, isolated_cache):
+    out = tmp_path / "run"
+    env = {"WRN_DATA_MIRROR": mirror.url()}
+    # the small archive is not the official one, so its md5 cannot match: --no-verify
+    result = wrn(*TRAIN.split(), "--no-verify", "--out", out, env=env)
+    assert result.returncode == 0, result.stderr
+    fetched = isolated_cache / "data" / "cifar10"
+    assert (fetched / "cifar-10-batches-py" / "data_batch_1").is_file()
+    assert json.loads((out / "config.json").read_text())["data_dir"] == str(fetched)
+    assert json.loads((out / "result.json").read_text())["train_images"] == 200
+    again = wrn(*TRAIN.split(), "--no-verify", "--out", tmp_path / "b", env={"WRN_DATA_MIRROR": ""})
+    assert again.returncode == 0, again.stderr  # fetched once: no network needed the 2nd time
+
+
+def test_a_fetched_archive_is_md5_checked_and_nothing_is_kept(mirror, tmp_path, isolated_cache):
+    result = wrn(*TRAIN.split(), "--out", tmp_path / "run", env={"WRN_DATA_MIRROR": mirror.url()})
+    line = one_line_error(result)
+    assert "md5" in line and "nothing was kept" in line
+    folder = isolated_cache / "data" / "cifar10"
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_no_network_is_one_line_that_says_what_to_do(tmp_path):
+    closed = "http://127.0.0.1:9/"  # the discard port: nothing listens
+    result = wrn(*TRAIN.split(), "--out", tmp_path / "run", env={"WRN_DATA_MIRROR": closed})
+    line = one_line_error(result)
+    assert "download failed" in line and "--data-dir" in line and "--dataset folder" in line
+
+
+# --------------------------------------------------------------------------------------------
+# The README: every fenced block is marked; the runnable ones run as written
+# --------------------------------------------------------------------------------------------
+
+MARKED = re.compile(
+    r"<!-- readme-test: (?P<mode>[^>]*?) -->\n```(?P<lang>\w*)\n(?P<body>.*?)```", re.S
+)
+SHORTENED = ["--epochs", "1", "--milestones", "1", "--train-limit", "512", "--eval-limit", "200"]
+
+
+def readme_blocks() -> list[tuple[str, str, str]]:
+    return [(m["mode"].strip(), m["lang"], m["body"]) for m in MARKED.finditer(README)]
+
+
+def test_every_readme_block_says_whether_the_readme_test_runs_it():
+    fences = len(re.findall(r"^```", README, re.M)) // 2
+    modes = [mode for mode, _, _ in readme_blocks()]
+    assert len(modes) == fences, "a README block lacks its <!-- readme-test: ... --> marker"
+    for mode in modes:
+        assert mode in ("run", "run shortened") or mode.startswith("skip: "), mode
+
+
+def authors_params(model: torch.nn.Module) -> dict:
+    """The flat `params` dict of the authors' code: conv weights under the module's name."""
+    params = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        conv = key.endswith(".weight") and value.ndim == 4
+        params[key.removesuffix(".weight") if conv else key] = value
+    return params
+
+
+def shell_lines(body: str) -> list[str]:
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in body.splitlines()]
+    return [line for line in lines if line]
+
+
+@pytest.mark.slow
+def test_readme_snippets_run_as_written(tmp_path, real_data_cache, monkeypatch):
+    """The blocks marked `run` run in order, in a checkout beside ../shared/data, as a user
+    would type them (`run shortened`: training lines get a short schedule appended)."""
+    monkeypatch.setenv("WRN_CACHE_DIR", str(real_data_cache))
+    checkout = tmp_path / "work" / "main"
+    checkout.mkdir(parents=True)
+    (tmp_path / "work" / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
+    torch.save(
+        {"params": authors_params(wideresnet.create_model("wrn-16-4", 10))}, checkout / "model.pt7"
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    ran = 0
+    for mode, lang, body in readme_blocks():
+        if mode.startswith("skip"):
+            continue
+        if lang == "python":
+            commands = [[sys.executable, "-c", body]]
+        else:
+            commands = []
+            for line in shell_lines(body):
+                extra = (
+                    SHORTENED if mode == "run shortened" and line.startswith("wrn train") else []
+                )
+                commands.append(["bash", "-c", " ".join([line, *extra])])
+        for command in commands:
+            result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
+            assert result.returncode == 0, f"{command[-1]}\n{result.stderr[-2000:]}"
+            ran += 1
+    assert ran >= 8

@@ -1,0 +1,235 @@
+"""Repeating a run from its record, starting from trained weights, quick evaluation options,
+evaluating unfinished runs, TensorBoard, progress of long waits and the CPU precision choice."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import learnable_npz, one_line_error, write_image_folder, wrn, wrn_with
+
+from wideresnet.recipes import make_config
+from wideresnet.train.run import make_trainer
+from wideresnet.train.rundir import RunDir
+from wideresnet.train.runtime import Speed, cpu_bf16, cpu_flags
+
+BASE = "--model wrn-10-1 --dataset npz --batch-size 32 --lr 0.05 --precision fp32 --seed 3"
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+def train_args(npz: Path, out: Path, *extra) -> list:
+    return [
+        "train",
+        *BASE.split(),
+        "--epochs",
+        "2",
+        "--milestones",
+        "2",
+        "--data-dir",
+        npz,
+        "--out",
+        out,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(npz, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "a"
+    result = wrn(*train_args(npz, out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------------------------
+# Repeating a run, --init-from
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_run_repeated_from_its_config_json_has_the_same_config(run, tmp_path):
+    again = tmp_path / "again"
+    result = wrn("train", "--config", run / "config.json", "--out", again)
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads((r / "config.json").read_text()) for r in (run, again))
+    assert first == second
+    # and, on the CPU, the same run: every epoch's errors to the bit
+    strip = ("epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows(again)] == [
+        {k: v for k, v in r.items() if k not in strip} for r in rows(run)
+    ]
+
+
+def test_init_from_loads_the_weights_with_a_fresh_optimiser(run, npz, tmp_path):
+    config = make_config(
+        "cifar",
+        {
+            "model": "wrn-10-1",
+            "dataset": "npz",
+            "data_dir": str(npz),
+            "batch_size": 32,
+            "init_from": str(run),
+        },
+    )
+    trainer = make_trainer(config, RunDir(tmp_path))
+    trained = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    assert len(trainer.optimizer.state) == 0 and trainer.epoch == 0
+
+
+def test_init_from_with_another_class_count_gets_a_new_head(run, tmp_path):
+    three = learnable_npz(tmp_path / "three.npz", classes=3, seed=1)
+    out = tmp_path / "finetuned"
+    result = wrn(*train_args(three, out, "--init-from", run, "--epochs", "1"))
+    assert result.returncode == 0, result.stderr
+    assert "a new head for 3 classes (the checkpoint's has 4)" in result.stdout
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["init_from"] == str(run.absolute())
+    tuned = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert tuned["fc.weight"].shape == (3, 64)
+
+
+def test_init_from_weights_that_do_not_fit_is_one_line(run, npz, tmp_path):
+    line = one_line_error(
+        wrn(*train_args(npz, tmp_path / "b", "--init-from", run, "--model", "wrn-10-2"))
+    )
+    assert "--init-from" in line and "do not fit" in line
+
+
+# --------------------------------------------------------------------------------------------
+# Quick evaluation options, flagged; top-5; TensorBoard
+# --------------------------------------------------------------------------------------------
+
+
+def test_eval_limit_and_eval_every_are_recorded_and_flagged(npz, tmp_path):
+    out = tmp_path / "quick"
+    args = train_args(
+        npz, out, "--epochs", "3", "--milestones", "3", "--eval-limit", "20", "--eval-every", "2"
+    )
+    result = wrn(*args)
+    assert result.returncode == 0, result.stderr
+    tested = [r["test_error"] is not None for r in rows(out)]
+    assert tested == [False, True, True]  # every 2nd epoch, and always the last
+    final = json.loads((out / "result.json").read_text())
+    assert final["test_images"] == 20
+    assert any(f.startswith("eval_limit=20") for f in final["flags"])
+    assert any(f.startswith("eval_every=2") for f in final["flags"])
+    assert "flagged: eval_limit=20" in result.stdout
+    assert "not measured this epoch" in result.stdout
+
+
+def test_full_protocol_runs_carry_no_flags(run):
+    assert json.loads((run / "result.json").read_text())["flags"] == []
+
+
+def test_tensorboard_holds_the_same_numbers_as_metrics_jsonl(npz, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert wrn(*train_args(npz, out, "--tensorboard")).returncode == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("test_error")]
+    expected = [(r["epoch"], r["test_error"]) for r in rows(out)]
+    assert [s for s, _ in logged] == [s for s, _ in expected]
+    assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)
+    assert {"lr", "train_loss", "test_top5_error"} <= set(events.Tags()["scalars"])
+
+
+# --------------------------------------------------------------------------------------------
+# wrn eval: finished or not, the run's precision, top-5
+# --------------------------------------------------------------------------------------------
+
+
+def test_eval_says_a_finished_run_is_finished_and_reports_top5(run):
+    result = wrn("eval", run)
+    assert result.returncode == 0, result.stderr
+    assert "finished run (2 epochs)" in result.stdout and "top-5" in result.stdout
+    report = json.loads(wrn("eval", run, "--json").stdout)
+    assert report["finished"] is True and report["test_top5_error"] == 0.0  # 4 classes
+    assert report["test_error"] == json.loads((run / "result.json").read_text())["test_error"]
+
+
+def test_eval_of_a_run_stopped_mid_epoch_says_it_is_unfinished(npz, tmp_path):
+    out = tmp_path / "stopped"
+    stopped = wrn_with("sigterm", 9, *train_args(npz, out))
+    assert stopped.returncode == 128 + signal.SIGTERM
+    result = wrn("eval", out)
+    assert result.returncode == 0, result.stderr
+    assert "UNFINISHED run: stopped after epoch 1 of 2, step 3 of the next" in result.stdout
+    assert json.loads(wrn("eval", out, "--json").stdout)["finished"] is False
+
+
+def test_eval_uses_the_runs_precision_by_default(npz, tmp_path):
+    out = tmp_path / "bf16"
+    assert wrn(*train_args(npz, out, "--precision", "bf16", "--epochs", "1")).returncode == 0
+    report = json.loads(wrn("eval", out, "--json").stdout)
+    assert report["precision"] == "bf16"
+    assert report["test_error"] == json.loads((out / "result.json").read_text())["test_error"]
+    assert (
+        json.loads(wrn("eval", out, "--json", "--precision", "fp32").stdout)["precision"] == "fp32"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Progress of long waits; the CPU precision choice
+# --------------------------------------------------------------------------------------------
+
+
+def test_decoding_and_evaluation_show_progress(tmp_path):
+    import numpy as np
+
+    write_image_folder(tmp_path / "images", np.random.default_rng(0), per_class=40)
+    out = tmp_path / "run"
+    args = "--model wrn-10-1 --dataset folder --epochs 1 --batch-size 32 --precision fp32"
+    result = wrn(
+        "train",
+        *args.split(),
+        "--data-dir",
+        tmp_path / "images",
+        "--out",
+        out,
+        env={"WRN_PROGRESS_AFTER": "0"},  # a small folder decodes faster than the 2 s grace
+    )
+    assert result.returncode == 0, result.stderr
+    assert "decoding" in result.stdout and "files" in result.stdout
+    assert "evaluating: " in result.stdout and "images" in result.stdout
+    quiet = wrn("train", *args.split(), "--data-dir", tmp_path / "images", "--out", tmp_path / "q")
+    assert "decoding" not in quiet.stdout  # under two seconds: nothing
+
+
+@pytest.mark.parametrize(
+    "flags, cap, bf16, reason",
+    [
+        ({"avx512f", "avx512bw"}, None, False, "no AMX bf16 or AVX512-BF16"),  # the issue's Xeon
+        ({"avx2", "fma"}, None, False, "no AMX bf16 or AVX512-BF16"),
+        ({"avx512f", "avx512_bf16"}, None, True, "AVX512-BF16"),
+        ({"avx512f", "avx512_bf16", "amx_bf16"}, None, True, "AMX bf16"),
+        ({"avx512f", "avx512_bf16"}, "AVX512_CORE", False, "ONEDNN_MAX_CPU_ISA=AVX512_CORE"),
+    ],
+)
+def test_bf16_is_chosen_only_where_the_cpu_has_bf16_instructions(flags, cap, bf16, reason):
+    chosen, why = cpu_bf16(flags, cap or "")
+    assert chosen is bf16 and reason in why
+
+
+def test_the_precision_choice_and_its_reason_are_recorded(run):
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["precision"] == "fp32" and "asked for" in resolved["reasons"]["precision"]
+    speed = Speed.resolve(make_config("cifar"), torch.device("cpu"))  # --precision auto
+    chosen, why = cpu_bf16()
+    assert speed.precision == ("bf16" if chosen else "fp32") and speed.reasons["precision"] == why
+    flags = cpu_flags()
+    if flags is not None:  # Linux: this machine's real /proc/cpuinfo
+        assert chosen is ("avx512_bf16" in flags or "amx_bf16" in flags)
