@@ -194,6 +194,7 @@ class FileServer:
     def __init__(self) -> None:
         import http.server
         import threading
+        import time
 
         server = self
 
@@ -207,8 +208,14 @@ class FileServer:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload if server.cut_at is None else payload[: server.cut_at])
-                self.wfile.flush()
+                body = payload if server.cut_at is None else payload[: server.cut_at]
+                try:
+                    for start in range(0, len(body), 1 << 16):
+                        self.wfile.write(body[start : start + (1 << 16)])
+                        self.wfile.flush()
+                        time.sleep(server.pause)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client went away
                 if server.cut_at is not None:
                     self.connection.shutdown(2)
 
@@ -217,6 +224,7 @@ class FileServer:
 
         self.files: dict[str, bytes] = {}
         self.cut_at: int | None = None
+        self.pause: float = 0.0  # seconds between 64 KiB pieces of a body (a slow server)
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -266,3 +274,74 @@ def wrn_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
         timeout=300,
         env={**os.environ, "AT_STEP": str(at_step), "ACTION": action},
     )
+
+
+def png_bytes(pixels: np.ndarray, color_type: int, bit_depth: int) -> bytes:
+    """A real PNG file written by hand, for the formats Pillow cannot write (16-bit RGB,
+    1-bit images of any size). color_type: 0 grey, 2 RGB; rows are packed big-endian."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+    if bit_depth == 16:
+        rows = [pixels[y].astype(">u2").tobytes() for y in range(height)]
+    elif bit_depth == 1:
+        rows = [np.packbits(pixels[y].astype(bool)).tobytes() for y in range(height)]
+    else:
+        rows = [pixels[y].astype(np.uint8).tobytes() for y in range(height)]
+    raw = b"".join(b"\x00" + row for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+class SmallFilesystem:
+    """A real tmpfs of `size` bytes mounted at `path` (needs the right to mount: root here);
+    `available` says whether it could be mounted."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size = path, size
+        path.mkdir(parents=True, exist_ok=True)
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+        self.available = subprocess.run(mount, capture_output=True).returncode == 0
+
+    def resize(self, size: int) -> None:
+        remount = ["mount", "-o", f"remount,size={size}", str(self.path)]
+        subprocess.run(remount, check=True, capture_output=True)
+
+    def unmount(self) -> None:
+        if self.available:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def with_file_size_limit(limit: int):
+    """preexec_fn for a child whose files cannot grow past `limit` bytes (RLIMIT_FSIZE): a
+    write beyond it fails with EFBIG (SIGXFSZ is ignored, so the write returns the error)."""
+    import resource
+    import signal as signals
+
+    def apply() -> None:
+        signals.signal(signals.SIGXFSZ, signals.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def authors_params(model) -> dict:
+    """The flat `params` dict of the authors' code: conv weights under the module's name."""
+    params = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        conv = key.endswith(".weight") and value.ndim == 4
+        params[key.removesuffix(".weight") if conv else key] = value
+    return params

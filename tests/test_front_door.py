@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHARED_DATA, FileServer, one_line_error, tar_gz, write_cifar10, wrn
+from helpers import (
+    SHARED_DATA,
+    FileServer,
+    authors_params,
+    one_line_error,
+    tar_gz,
+    write_cifar10,
+    wrn,
+)
 
 import wideresnet
 
@@ -113,17 +121,6 @@ def test_every_readme_block_says_whether_the_readme_test_runs_it():
     assert len(modes) == fences, "a README block lacks its <!-- readme-test: ... --> marker"
     for mode in modes:
         assert mode in ("run", "run shortened") or mode.startswith("skip: "), mode
-
-
-def authors_params(model: torch.nn.Module) -> dict:
-    """The flat `params` dict of the authors' code: conv weights under the module's name."""
-    params = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        conv = key.endswith(".weight") and value.ndim == 4
-        params[key.removesuffix(".weight") if conv else key] = value
-    return params
 
 
 def shell_lines(body: str) -> list[str]:

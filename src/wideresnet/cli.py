@@ -19,7 +19,7 @@ import traceback
 from typing import Any
 
 from wideresnet.config import FIELDS, SECTIONS, read_config_file
-from wideresnet.errors import Interrupted, WrnError
+from wideresnet.errors import DOWNLOAD_STOPPED, Interrupted, WrnError, signals_interrupt
 
 EXIT_USAGE, EXIT_BUG = 2, 70
 
@@ -145,6 +145,7 @@ def build_parser() -> Parser:
     )
     official.add_argument("checkpoint")
     official.add_argument("--out", required=True)
+    official.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser
 
 
@@ -269,7 +270,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from wideresnet.data import OFFICIAL, download, load_dataset
 
     if args.action == "download":
-        where = download(args.dataset, args.data_dir, args.url, args.md5)
+        with signals_interrupt(DOWNLOAD_STOPPED):
+            where = download(args.dataset, args.data_dir, args.url, args.md5)
         print(f"{args.dataset}: downloaded, md5 checked, unpacked to {where}")
         return 0
     splits = {"svhn": ["train", "test", "extra"]}.get(args.dataset, ["train", "test"])
@@ -292,7 +294,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_import_official(args: argparse.Namespace) -> int:
     from wideresnet.models.official import import_official
 
-    summary = import_official(args.checkpoint, args.out)
+    summary = import_official(args.checkpoint, args.out, args.overwrite)
     print(f"{args.checkpoint} -> {args.out}: {summary}")
     return 0
 
@@ -382,10 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except Interrupted as error:
         name = signal.Signals(error.signum).name
-        print(
-            f"wrn: stopped by {name}; checkpoint saved, continue with `wrn train --resume RUN_DIR`",
-            file=sys.stderr,
-        )
+        print(f"wrn: stopped by {name}; {error.outcome}", file=sys.stderr)
         return 128 + error.signum
     except BrokenPipeError:  # `wrn info ... | head`
         return 0

@@ -5,6 +5,10 @@ Anything else that escapes is a bug in wideresnet and is reported as one (see cl
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class WrnError(Exception):
     """A problem the user can fix: one clear line naming the thing, and an exit code."""
@@ -39,9 +43,33 @@ class WriteError(RunError):
     exit_code = 1
 
 
-class Interrupted(Exception):
-    """SIGTERM or SIGINT stopped a run after it saved a checkpoint (exit 128 + signal)."""
+CHECKPOINT_SAVED = "checkpoint saved, continue with `wrn train --resume RUN_DIR`"
+DOWNLOAD_STOPPED = "nothing half-downloaded was kept; run the command again"
 
-    def __init__(self, signum: int) -> None:
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the work cleanly (exit 128 + signal); `outcome` says what
+    was kept."""
+
+    def __init__(self, signum: int, outcome: str = CHECKPOINT_SAVED) -> None:
         super().__init__(f"stopped by signal {signum}")
-        self.signum = signum
+        self.signum, self.outcome = signum, outcome
+
+
+@contextmanager
+def signals_interrupt(outcome: str) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT raise Interrupted, so that cleanup (temporary files)
+    runs; outside the main thread, nothing changes."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum, outcome)
+
+    try:
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)

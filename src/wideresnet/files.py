@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from wideresnet.errors import WriteError
+from wideresnet.errors import Interrupted, WriteError, WrnError
 
 
 def free_space(path: Path) -> str:
@@ -71,6 +71,8 @@ def atomic_write(
         os.replace(tmp, path)
         tmp = None
         fsync_dir(path.parent)
+    except (WrnError, Interrupted):  # already one clear line (a bad download, a signal)
+        raise
     except Exception as error:  # any failure of the write is reported the same way
         raise WriteError(
             f"cannot write {path}: {_reason(error)} ({free_space(path.parent)}); "

@@ -8,6 +8,7 @@ or failed download leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -17,7 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from wideresnet.data.official import OFFICIAL
-from wideresnet.errors import DataError
+from wideresnet.errors import DataError, WriteError
+from wideresnet.files import atomic_write
 from wideresnet.progress import Progress
 
 
@@ -44,15 +46,13 @@ def safe_extract(archive: Path, target: Path) -> None:
 
 
 def fetch(url: str, destination: Path, md5: str | None) -> None:
-    """Stream url to a temporary file beside destination, check it, then rename it into place."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-    )
-    tmp = Path(tmp_name)
-    digest, received = hashlib.md5(), 0
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+    """Stream url into destination through the atomic writer: the file appears only once it
+    is complete and its md5 matches; anything else (a cut connection, a wrong md5, a full
+    disk, SIGTERM) leaves nothing behind."""
+
+    def stream(out) -> None:
+        digest, received = hashlib.md5(), 0
+        with urllib.request.urlopen(url, timeout=60) as response:
             expected_size = int(response.headers.get("Content-Length") or -1)
             total_mib = max(expected_size, 0) >> 20
             with Progress(f"downloading {destination.name}", total_mib, "MiB") as progress:
@@ -61,8 +61,6 @@ def fetch(url: str, destination: Path, md5: str | None) -> None:
                     digest.update(block)
                     received += len(block)
                     progress.update(received >> 20)
-            out.flush()
-            os.fsync(out.fileno())
         if 0 <= expected_size != received:
             raise DataError(
                 f"{url}: connection closed after {received} of {expected_size} "
@@ -73,14 +71,17 @@ def fetch(url: str, destination: Path, md5: str | None) -> None:
                 f"{url}: downloaded file has md5 {digest.hexdigest()}, expected "
                 f"{md5}; nothing was kept"
             )
-        os.replace(tmp, destination)
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        if isinstance(error, DataError):
-            raise
-        reason = getattr(error, "reason", error)
-        raise DataError(f"{url}: download failed ({reason}); nothing was kept") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    try:
+        atomic_write(destination, stream)
+    except WriteError as error:
+        cause = error.__cause__
+        if isinstance(cause, urllib.error.URLError | http.client.HTTPException | TimeoutError):
+            reason = getattr(cause, "reason", cause)
+            raise DataError(f"{url}: download failed ({reason}); nothing was kept") from None
+        if isinstance(cause, ConnectionError):
+            raise DataError(f"{url}: download failed ({cause}); nothing was kept") from None
+        raise
 
 
 def base_url(name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,17 +23,54 @@ from wideresnet.progress import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DECODE_CHUNK = 512  # images per task of the decoding threads
+MAX_IMAGE_BYTES = 64 << 20  # a larger image file is refused before it is read
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit, enforced as an error
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+REFUSED_MODES = {"I": "32-bit integer", "F": "32-bit float"}  # value ranges unknown
+
+
+def to_rgb(image, name: str):
+    """An 8-bit RGB copy: 16-bit grey scaled by 255/65535 (Pillow's convert would clip it
+    to white), other modes as Pillow converts them (alpha dropped); 32-bit ones refused."""
+    from PIL import Image
+
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif image.mode in REFUSED_MODES:
+        raise DataError(
+            f"{name}: a {REFUSED_MODES[image.mode]} image (mode {image.mode}) has no known "
+            "value range; convert it to 8 or 16 bits per channel"
+        )
+    return image.convert("RGB")
+
+
+def _open(data: bytes, name: str):
+    """A lazily decoded image, refused by name when its size makes it a decompression bomb."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below
+        image = Image.open(io.BytesIO(data))
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"{name}: {image.width}x{image.height} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel "
+            "limit (a decompression bomb?); refusing to decode it"
+        )
+    return image
 
 
 def decode_image(data: bytes, name: str, image_size: int | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            if image_size is not None and image.size != (image_size, image_size):
-                image = image.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+        with _open(data, name) as image:
+            rgb = to_rgb(image, name)
+            if image_size is not None and rgb.size != (image_size, image_size):
+                rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except Image.DecompressionBombError as error:  # Pillow's own limit (twice ours)
+        raise DataError(f"{name}: {error}; refusing to decode it") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise DataError(f"{name}: unreadable image ({error})") from None
 
@@ -114,7 +152,17 @@ class FolderSource:
         return fingerprint([extra, *lines])
 
     def read(self, relative: str) -> bytes:
+        """The bytes of one image file, refused by name before reading when over the limit."""
         try:
+            if self.zip is not None:
+                size = self.zip.getinfo(self.prefix + relative).file_size
+            else:
+                size = (self.root / relative).stat().st_size
+            if size > MAX_IMAGE_BYTES:
+                raise DataError(
+                    f"{self.root}/{relative}: {size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte "
+                    "limit for one image; refusing to read it"
+                )
             if self.zip is not None:
                 return self.zip.read(self.prefix + relative)
             return (self.root / relative).read_bytes()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from wideresnet.config import Config
+from wideresnet.data.cache import fingerprint
 from wideresnet.data.loader import BatchLoader
 from wideresnet.data.preprocess import cached_zca, normalisation, zca_transform
 from wideresnet.data.sources import load_dataset
@@ -23,6 +24,16 @@ class RunData:
     classes: list[str]
     train_size: int
     test_size: int
+    fingerprint: str = ""  # of the images and labels a run trains and tests on
+
+
+def data_fingerprint(*arrays: np.ndarray) -> str:
+    """Identifies a run's data wherever it lives: shapes, every label, a sample of images."""
+    parts: list[str | bytes] = []
+    for array in arrays:
+        step = 1 if array.ndim == 1 else max(1, len(array) // 1024)
+        parts += [f"{array.dtype}{array.shape}", np.ascontiguousarray(array[::step]).tobytes()]
+    return fingerprint(parts)
 
 
 def load_split(config: Config, split: str, dataset: str | None = None, data_dir: str | None = None):
@@ -101,6 +112,7 @@ def run_data(config: Config, device: torch.device, *, rank: int = 0, world: int 
         raise DataError(
             f"{len(x_train)} training images are fewer than one batch of {config.optim.batch_size}"
         )
+    identity = data_fingerprint(x_train, y_train, x_test, y_test)
     if config.data.preprocess == "zca":
         whiten = _whitener(config, x_train)
         x_train, x_test = whiten(x_train), whiten(x_test)
@@ -111,6 +123,7 @@ def run_data(config: Config, device: torch.device, *, rank: int = 0, world: int 
         classes=classes,
         train_size=len(x_train),
         test_size=len(x_test),
+        fingerprint=identity,
     )
 
 

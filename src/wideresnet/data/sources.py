@@ -51,8 +51,18 @@ def load_npz(path: Path, split: str):
         )
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
-    y = y.astype(np.int64).reshape(-1)
-    return np.ascontiguousarray(x), y, classes
+    return np.ascontiguousarray(x), class_indices(y, f"{path}: y_{split}"), classes
+
+
+def class_indices(y: np.ndarray, name: str) -> np.ndarray:
+    """Labels as int64 class indices: a 1-D array of integers, else refused by name (one-hot
+    or float labels are never reshaped or truncated into something else)."""
+    if y.ndim != 1:
+        hint = "; one-hot? use y.argmax(1)" if y.ndim == 2 else ""
+        raise DataError(f"{name}: labels of shape {y.shape}, expected 1-D class indices{hint}")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{name}: labels of type {y.dtype}, expected integer class indices")
+    return y.astype(np.int64)
 
 
 def load_dataset(

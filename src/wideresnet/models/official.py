@@ -81,13 +81,16 @@ def infer_official_model(params: Mapping[str, torch.Tensor]) -> tuple[str, dict]
     }
 
 
-def import_official(source: str | Path, out: str | Path) -> str:
-    """Convert an authors' model.pt7 into our checkpoint format at `out`; a one-line summary."""
+def import_official(source: str | Path, out: str | Path, overwrite: bool = False) -> str:
+    """Convert an authors' model.pt7 into our checkpoint format at `out`; a one-line summary.
+    An existing `out` is replaced only with overwrite."""
     from wideresnet.models import count_params, create_model
     from wideresnet.recipes import make_config
     from wideresnet.train.checkpoint import model_checkpoint, write_checkpoint
 
-    source = Path(source)
+    source, out = Path(source), Path(out)
+    if out.exists() and not overwrite:
+        raise RunError(f"--out {out}: exists; pass --overwrite to replace it")
     try:
         saved = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:

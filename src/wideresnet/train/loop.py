@@ -21,17 +21,11 @@ from wideresnet.config import Config
 from wideresnet.data.prepare import RunData
 from wideresnet.errors import Interrupted, RunError
 from wideresnet.models import count_params
-from wideresnet.train.checkpoint import (
-    CHECKPOINT,
-    FORMAT,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from wideresnet.train.checkpoint import FORMAT, is_finite, rng_state, set_rng_state
 from wideresnet.train.evaluate import evaluate
 from wideresnet.train.optim import begin_epoch, build_optimizer, lr_at
 from wideresnet.train.rundir import RunDir, TensorBoardLog
-from wideresnet.train.runtime import Speed, environment
+from wideresnet.train.runtime import Speed, environment, is_out_of_memory, out_of_memory
 from wideresnet.train.step import EpochSums, NonFiniteLoss, train_step
 
 log = logging.getLogger(__name__)
@@ -82,6 +76,14 @@ class StepLog:
             progress_log.info(line, extra={"progress": f"epoch{epoch}", "progress_end": False})
 
 
+def change_flag(change: dict[str, Any]) -> str:
+    """How a change made on resume is flagged in results."""
+    return (
+        f"changed on resume: {change['key']} {change['from']!r} -> {change['to']!r} from epoch "
+        f"{change['epoch']} step {change['step_in_epoch']}"
+    )
+
+
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """The line printed after each epoch."""
     test = (
@@ -120,6 +122,7 @@ class Trainer:
         self.seconds = {"train": 0.0, "eval": 0.0}
         self.stop_signal: int | None = None
         self.clock = 0.0
+        self.config_changes: list[dict[str, Any]] = []  # options changed on resume, recorded
         optim = config.optim
         self.steplog = StepLog(optim.epochs, len(data.train), optim.batch_size, log_every)
         self.tensorboard = (
@@ -150,6 +153,8 @@ class Trainer:
             "partial": self.partial,
             "train_seconds": self.seconds["train"],
             "eval_seconds": self.seconds["eval"],
+            "data_fingerprint": self.data.fingerprint,
+            "config_changes": self.config_changes,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -160,6 +165,7 @@ class Trainer:
             self.global_step, self.metrics = state["global_step"], list(state["metrics"])
             self.partial = dict(state["partial"])
             self.seconds = {"train": state["train_seconds"], "eval": state["eval_seconds"]}
+            self.config_changes = list(state.get("config_changes") or [])
             set_rng_state(state["rng"], self.device)
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise RunError(f"{self.run_dir}: checkpoint does not fit this run ({error})") from None
@@ -170,7 +176,12 @@ class Trainer:
         return {**fields, "reasons": dict(self.speed.reasons)}
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir.path, self.state())
+        """Checkpoint, never with a non-finite value; the first one settles an --overwrite."""
+        state = self.state()
+        if not is_finite(state):
+            self._stop_nonfinite(self.epoch + (self.step_in_epoch > 0), None, "weights")
+        self.run_dir.checkpoints.save(state)
+        self.run_dir.settle()
 
     # ---- the loop ----
 
@@ -209,6 +220,11 @@ class Trainer:
             train_step(self.forward, self.optimizer, x, y, self.speed, sums, self.step_in_epoch + 1)
         except NonFiniteLoss as stop:
             self._stop_nonfinite(epoch, stop.step)
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            batch = self.config.optim.batch_size
+            raise out_of_memory(self.speed.device, "training", batch, "--batch-size") from None
         self.step_in_epoch += 1
         self.global_step += 1
         self.steplog.step(epoch, self.step_in_epoch)
@@ -272,7 +288,14 @@ class Trainer:
         every, last = self.config.runtime.eval_every, self.config.optim.epochs
         if epoch % every and epoch != last:
             return {}
-        return evaluate(self.forward, self.data.test, self.speed, self.num_classes)
+        try:
+            return evaluate(self.forward, self.data.test, self.speed, self.num_classes)
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            batch = self.config.runtime.eval_batch_size
+            option = "--eval-batch-size"
+            raise out_of_memory(self.speed.device, "evaluation", batch, option) from None
 
     def _check_finite(self, epoch: int, sums: EpochSums) -> None:
         try:
@@ -280,16 +303,25 @@ class Trainer:
         except NonFiniteLoss:
             self._stop_nonfinite(epoch, None)
 
-    def _stop_nonfinite(self, epoch: int, step: int | None) -> None:
+    def _stop_nonfinite(self, epoch: int, step: int | None, what: str = "training loss") -> None:
         if step:
-            what = f"at epoch {epoch} step {step}: the run stopped before applying that update"
+            when = f"at epoch {epoch} step {step}: the run stopped before applying that update"
+        elif what == "weights":
+            when = f"in epoch {epoch}: the run stopped without saving them"
         else:  # fused SGD: found on the device, where the bad update was skipped
-            what = f"in epoch {epoch}: its update was skipped and the run stopped"
-        message = (
-            f"non-finite training loss {what}; the last good checkpoint "
-            f"{self.run_dir / CHECKPOINT} is intact (lower --lr, or check the data)"
-        )
-        failure = {"error": "non-finite loss", "epoch": epoch, "step": step, "message": message}
+            when = f"in epoch {epoch}: its update was skipped and the run stopped"
+        good = self.run_dir.checkpoints.last_good()
+        if good is None:
+            advice = "no good checkpoint was saved yet; start again with a lower --lr"
+        else:
+            path, state = good
+            advice = (
+                f"the last good checkpoint is {path} (epoch {state['epoch']}, step "
+                f"{state['step_in_epoch']}); continue with `wrn train --resume {self.run_dir} "
+                "--lr LOWER` (a recorded change), or check the data"
+            )
+        message = f"non-finite {what} {when}; {advice}"
+        failure = {"error": f"non-finite {what}", "epoch": epoch, "step": step, "message": message}
         self.run_dir.write_failure(failure)
         raise RunError(message, exit_code=1)
 
@@ -313,7 +345,8 @@ class Trainer:
             "test_top5_error": last["test_top5_error"],
             "measured": "test error (%) of the LAST epoch on the test images counted in "
             "test_images; seconds are wall clock per phase, summed over epochs (across resumes)",
-            "flags": self.config.flags(),
+            "flags": self.config.flags() + [change_flag(c) for c in self.config_changes],
+            "config_changes": self.config_changes,
             "environment": environment(self.speed),
         }
         self.run_dir.write_result(result)

@@ -13,12 +13,17 @@ from torch import nn
 from wideresnet.config import Config, typed_values
 from wideresnet.data.download import default_data_dir, ensure_official
 from wideresnet.data.official import OFFICIAL
-from wideresnet.data.prepare import eval_data, run_data
-from wideresnet.errors import ConfigError, RunError
+from wideresnet.data.prepare import RunData, eval_data, run_data
+from wideresnet.errors import DOWNLOAD_STOPPED, ConfigError, RunError, signals_interrupt
 from wideresnet.models import count_params, create_model
-from wideresnet.train.checkpoint import load_any, load_latest_checkpoint, weight_mismatch
+from wideresnet.train.checkpoint import (
+    check_identity,
+    check_training_state,
+    load_any,
+    weight_mismatch,
+)
 from wideresnet.train.evaluate import evaluate
-from wideresnet.train.loop import Trainer
+from wideresnet.train.loop import Trainer, change_flag
 from wideresnet.train.rundir import RunDir
 from wideresnet.train.runtime import Speed, process_settings, resolve_device
 
@@ -82,55 +87,114 @@ def resolve_paths(config: Config) -> Config:
 def train(
     config: Config, out: str | Path, *, overwrite: bool = False, log_every: int = 0
 ) -> dict[str, Any]:
-    """Start a run in `out` and train it to the end. Returns result.json's contents."""
+    """Start a run in `out` and train it to the end. Returns result.json's contents.
+
+    Everything (options, data, model) is checked before the folder is touched; an old run
+    replaced with `overwrite` is kept aside until the new run's first checkpoint."""
     run_dir = RunDir(out)
-    run_dir.prepare_new(overwrite)
-    config = resolve_paths(config)
+    run_dir.check_new(overwrite)
     with process_settings(config):
+        with signals_interrupt(DOWNLOAD_STOPPED):  # the official files may be fetched first
+            config = resolve_paths(config)
         trainer = make_trainer(config, run_dir, log_every)
-        run_dir.write_config(config.to_dict(), trainer.resolved())
-        speed = trainer.speed
-        log.info(
-            f"{config.model.model}: {count_params(trainer.model):,} parameters, "
-            f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
-            f"{speed.device} {speed.precision}{' compiled' if speed.compile else ''}"
+        run_dir.claim_new(overwrite)
+        try:
+            run_dir.write_config(config.to_dict(), trainer.resolved())
+            speed = trainer.speed
+            log.info(
+                f"{config.model.model}: {count_params(trainer.model):,} parameters, "
+                f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
+                f"{speed.device} {speed.precision}{' compiled' if speed.compile else ''}"
+            )
+            return trainer.run()
+        except BaseException:
+            run_dir.restore()  # only while the new run has no checkpoint
+            raise
+        finally:
+            run_dir.release()
+
+
+# Options that may change on resume, each recorded in config.json, the checkpoint and result.json
+RESUME_CHANGES = (
+    "lr",
+    "epochs",
+    "milestones",
+    "data_dir",
+    "checkpoint_every",
+    "eval_batch_size",
+    "eval_every",
+    "tensorboard",
+    "device",
+)
+
+
+def resume_changes(saved: dict[str, Any], asked: dict[str, Any]) -> dict[str, Any]:
+    """The options given again on the command line that differ from the run's: those of
+    RESUME_CHANGES are allowed, any other is refused with the list of differences."""
+    typed = typed_values(asked)
+    if typed.get("data_dir"):
+        typed["data_dir"] = str(Path(typed["data_dir"]).expanduser().absolute())
+    differing = {k: v for k, v in typed.items() if saved.get(k) != v}
+    refused = [k for k in differing if k not in RESUME_CHANGES]
+    if refused:
+        differences = "; ".join(
+            f"{k}: run has {saved.get(k)!r}, command line asks {differing[k]!r}" for k in refused
         )
-        return trainer.run()
+        raise RunError(
+            f"--resume: the command line differs from the run's config: {differences} (on "
+            f"resume only {', '.join(RESUME_CHANGES)} may change)"
+        )
+    return differing
 
 
-def config_differences(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
-    return [
-        f"{key}: run has {saved.get(key)!r}, command line asks {value!r}"
-        for key, value in asked.items()
-        if saved.get(key) != value
-    ]
+def _check_same_data(state: dict[str, Any], data: RunData, config: Config) -> None:
+    recorded = state.get("data_fingerprint")
+    if recorded and recorded != data.fingerprint:
+        raise RunError(
+            f"the data at {config.data.data_dir} is not the data this run trained on (its "
+            "fingerprint differs); resuming would not continue the same run"
+        )
 
 
 def resume(
     out: str | Path, asked: dict[str, Any] | None = None, *, log_every: int = 0
 ) -> dict[str, Any]:
-    """Continue a stopped run exactly. `asked`: flat options given again on the command line,
-    which must equal the run's."""
+    """Continue a stopped run exactly. `asked`: options given again on the command line; they
+    must equal the run's, but for RESUME_CHANGES (lower --lr, more --epochs, a moved
+    --data-dir holding the same data, ...), which are applied from here on and recorded."""
     run_dir = RunDir(out)
     if not run_dir.path.is_dir():
         raise RunError(f"--resume {out}: no such run directory")
-    state = load_latest_checkpoint(run_dir.path)
-    saved = state["config"]
-    differences = config_differences(saved, typed_values(asked or {}))
-    if differences:
-        raise RunError(
-            "--resume: the command line differs from the run's config: " + "; ".join(differences)
-        )
-    config = _config_of(state, run_dir.path)
-    with process_settings(config):
-        trainer = make_trainer(config, run_dir, log_every)
-        trainer.restore(state)
-        run_dir.write_metrics(trainer.metrics)  # drop lines past the checkpoint (after a fallback)
-        run_dir.clear_result()
-        log.info(f"resuming {out} at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}")
-        if trainer.epoch >= config.optim.epochs:
-            return trainer.finish()
-        return trainer.run()
+    run_dir.lock()
+    try:
+        state, source = run_dir.checkpoints.load_latest()
+        check_training_state(state, source)
+        recorded = run_dir.read_config()
+        if recorded is not None:
+            check_identity(state["config"], recorded, source)
+        changes = resume_changes(state["config"], asked or {})
+        config = _config_of({"config": {**state["config"], **changes}}, source)
+        if config.optim.epochs < state["epoch"]:
+            raise RunError(f"--epochs {config.optim.epochs}: the run has trained {state['epoch']}")
+        with process_settings(config):
+            trainer = make_trainer(config, run_dir, log_every)
+            trainer.restore(state)
+            _check_same_data(state, trainer.data, config)
+            for key, value in changes.items():
+                at = {"epoch": trainer.epoch + 1, "step_in_epoch": trainer.step_in_epoch}
+                change = {"key": key, "from": state["config"].get(key), "to": value, **at}
+                trainer.config_changes.append(change)
+                log.info(change_flag(change).replace("changed on resume", "resume changes"))
+            if changes:
+                run_dir.write_config(config.to_dict(), trainer.resolved())
+            run_dir.write_metrics(trainer.metrics)  # drop lines past the checkpoint
+            run_dir.clear_result()
+            log.info(f"resuming {out} at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}")
+            if trainer.epoch >= config.optim.epochs:
+                return trainer.finish()
+            return trainer.run()
+    finally:
+        run_dir.release()
 
 
 def _config_of(state: dict[str, Any], where: Path) -> Config:

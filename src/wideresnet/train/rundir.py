@@ -1,31 +1,42 @@
-"""A run directory (DESIGN.md CONTRACT): its file names and the records written into it.
+"""A run directory (DESIGN.md CONTRACT): its file names, its lock, and the records in it.
 
 config.json     the resolved config (flat) and `resolved` (the speed choices and why)
 metrics.jsonl   one JSON object per epoch
 checkpoint.pt   the latest training state (checkpoint.prev.pt: the one before)
 result.json     written when the run ends
 failure.json    written when a run stops on a non-finite loss
+.lock           held by the one process that writes the run (an OS lock: it dies with it)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from wideresnet.errors import ConfigError, RunError
 from wideresnet.files import atomic_write, read_json, write_json
-from wideresnet.train.checkpoint import CHECKPOINT, PREVIOUS
+from wideresnet.train.checkpoint import CHECKPOINT, PREVIOUS, Checkpoints
+
+log = logging.getLogger(__name__)
 
 CONFIG, METRICS, RESULT, FAILURE = "config.json", "metrics.jsonl", "result.json", "failure.json"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, RESULT, FAILURE)
+LOCK, TENSORBOARD = ".lock", "tensorboard"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, RESULT, FAILURE, TENSORBOARD)
 
 
 class RunDir:
-    """The files of one run."""
+    """The files of one run, written by one process at a time."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.checkpoints = Checkpoints(self.path)
+        self._lock_fd: int | None = None
+        self._aside: Path | None = None  # the run an --overwrite replaces, until it is safe
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -33,30 +44,112 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.path)
 
-    def prepare_new(self, overwrite: bool) -> None:
-        """Make the folder for a new run; a non-empty one only with overwrite (then only the
-        run's own files are removed)."""
-        path = self.path
-        if path.exists() and not path.is_dir():
-            raise RunError(f"--out {path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
-            if not overwrite:
-                raise RunError(
-                    f"--out {path}: not empty; use --resume {path} to continue it "
-                    "or --overwrite to start again"
-                )
-            for name in RUN_FILES:
-                (path / name).unlink(missing_ok=True)
+    # ---- one writer at a time ----
+
+    def _try_lock(self) -> tuple[int, str]:
+        """(fd holding the lock, the pid the file named before); RunError when held."""
+        fd = os.open(self / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunError(
+                f"{self.path} is in use by another wrn process (pid {holder}); wait for it to "
+                "end or stop it, then try again"
+            ) from None
+        return fd, os.pread(fd, 64, 0).decode(errors="replace").strip()
+
+    def check_free(self) -> None:
+        """Fail fast when another process writes this run (the lock is not kept)."""
+        if (self / LOCK).exists():
+            fd, _ = self._try_lock()
+            os.close(fd)
+
+    def lock(self) -> None:
+        """Own the run directory until release() or the end of this process."""
+        fd, before = self._try_lock()
+        if before and before != str(os.getpid()):
+            log.warning(
+                f"took over {self / LOCK} from pid {before}, which ended without releasing it"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- a new run ----
+
+    def run_files(self) -> list[str]:
+        return (
+            [name for name in os.listdir(self.path) if name != LOCK] if self.path.is_dir() else []
+        )
+
+    def check_new(self, overwrite: bool) -> None:
+        """Before any work: the folder can take a new run (nothing is changed yet)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"--out {self.path}: exists and is not a directory")
+        self._refuse_a_run_without(overwrite)
+        self.check_free()
+
+    def _refuse_a_run_without(self, overwrite: bool) -> None:
+        if self.run_files() and not overwrite:
+            raise RunError(
+                f"--out {self.path}: not empty; use --resume {self.path} to continue it "
+                "or --overwrite to start again"
+            )
+
+    def claim_new(self, overwrite: bool) -> None:
+        """Create and lock the folder; with overwrite, move the old run's files aside until
+        the new run has written its first checkpoint (settle) or failed (restore)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise RunError(f"--out {path}: cannot create ({error.strerror})") from None
+            raise RunError(f"--out {self.path}: cannot create ({error.strerror})") from None
+        self.lock()
+        self._refuse_a_run_without(overwrite)  # another process may have filled it meanwhile
+        old = [name for name in RUN_FILES if (self / name).exists()]
+        if old:
+            self._aside = self / f".replaced-{os.getpid()}"
+            self._aside.mkdir(exist_ok=True)
+            for name in old:
+                os.replace(self / name, self._aside / name)
+            log.info(f"--overwrite: the run in {self.path} is kept aside until the new one saves")
+
+    def settle(self) -> None:
+        """The new run has a checkpoint: the run it replaced is deleted."""
+        if self._aside is not None:
+            shutil.rmtree(self._aside, ignore_errors=True)
+            self._aside = None
+
+    def restore(self) -> None:
+        """The new run failed before its first checkpoint: the replaced run comes back."""
+        if self._aside is None:
+            return
+        for name in RUN_FILES:
+            target = self / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            target.unlink(missing_ok=True)
+        for entry in self._aside.iterdir():
+            os.replace(entry, self / entry.name)
+        self._aside.rmdir()
+        self._aside = None
+        log.info(f"the previous run in {self.path} was put back")
+
+    # ---- records ----
 
     def write_config(self, config: dict[str, Any], resolved: dict[str, Any]) -> None:
         write_json(self / CONFIG, {**config, "resolved": resolved})
 
     def read_config(self) -> dict[str, Any] | None:
-        return read_json(self / CONFIG)
+        record = read_json(self / CONFIG)
+        return record if isinstance(record, dict) else None
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         atomic_write(self / METRICS, "".join(json.dumps(row) + "\n" for row in rows).encode())
@@ -92,13 +185,16 @@ class TensorBoardLog:
             raise ConfigError(
                 '--tensorboard needs the tensorboard package: pip install "wideresnet[tensorboard]"'
             ) from None
-        self.writer = SummaryWriter(str(folder))
+        self.folder, self.make_writer, self.writer = folder, SummaryWriter, None
 
     def add(self, row: dict[str, Any]) -> None:
+        if self.writer is None:  # created at the first epoch's end, inside the claimed run
+            self.writer = self.make_writer(str(self.folder))
         for key in self.SCALARS:
             if row.get(key) is not None:
                 self.writer.add_scalar(key, row[key], row["epoch"])
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -144,6 +144,26 @@ class Speed:
             torch.cuda.synchronize(self.device)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation, on the GPU (OutOfMemoryError) or the CPU (DefaultCPUAllocator)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
+def out_of_memory(device: str, what: str, batch_size: int, option: str) -> RunError:
+    """The one line for an allocation that failed while `what` ran at `batch_size`."""
+    smaller = max(1, batch_size // 2)
+    return RunError(
+        f"out of memory on {device} during {what} at batch size {batch_size}: try {option} "
+        f"{smaller} (the paper trains with 128), a smaller model, or a device with more memory",
+        exit_code=1,
+    )
+
+
 @contextmanager
 def process_settings(config: Config) -> Iterator[None]:
     """Determinism, cuDNN autotuning and the global seed for one run, restored afterwards."""
