@@ -136,6 +136,7 @@ def test_readme_snippets_run_as_written(tmp_path, real_data_cache, monkeypatch):
     checkout = tmp_path / "work" / "main"
     checkout.mkdir(parents=True)
     (tmp_path / "work" / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
+    (checkout / "hubconf.py").symlink_to(ROOT / "hubconf.py")  # the checkout's torch.hub file
     torch.save(
         {"params": authors_params(wideresnet.create_model("wrn-16-4", 10))}, checkout / "model.pt7"
     )

@@ -84,7 +84,10 @@ def test_straight_run_writes_the_run_directory(straight):
     env = result["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
     assert env["precision"] == "fp32"
-    assert set(result["wall_seconds"]) == {"train", "eval", "total"}
+    seconds = result["wall_seconds"]
+    assert set(seconds) == {"data", "train", "eval", "total"}
+    assert seconds["total"] == pytest.approx(seconds["train"] + seconds["eval"])
+    assert seconds["data"] > 0
     state = checkpoint(straight)
     assert state["epoch"] == 3 and state["global_step"] == 3 * STEPS_PER_EPOCH
     assert state["data_order"] == {"seed": 3, "epoch": 4}

@@ -3,6 +3,7 @@
 from wideresnet.config import Config
 from wideresnet.data import BatchLoader, load_dataset
 from wideresnet.errors import ConfigError, DataError, ModelNameError, RunError
+from wideresnet.export import load_model
 from wideresnet.models import (
     CifarResNet,
     ImageNetResNet,
@@ -37,6 +38,7 @@ __all__ = [
     "evaluate_run",
     "list_models",
     "load_dataset",
+    "load_model",
     "load_official_params",
     "load_trained",
     "make_config",

@@ -16,57 +16,27 @@ import difflib
 import json
 import re
 import tomllib
-import types
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wideresnet.errors import ConfigError
-
-Check = tuple[Callable[[Any], bool], str]
-
-
-def option(default: Any, help: str, *, choices: tuple[str, ...] = (), check: Check | None = None):
-    """A config field with its help text and the rule its value must follow."""
-    return field(default=default, metadata={"help": help, "choices": choices, "check": check})
-
-
-def at_least(low: float) -> Check:
-    return (lambda v: v >= low, f"must be >= {low}")
-
-
-def between(low: float, high: float, *, closed_high: bool = False) -> Check:
-    if closed_high:
-        return (lambda v: low <= v <= high, f"must be in [{low}, {high}]")
-    return (lambda v: low <= v < high, f"must be in [{low}, {high})")
-
-
-POSITIVE: Check = (lambda v: v > 0, "must be > 0")
-INCREASING_EPOCHS: Check = (
-    lambda v: all(m >= 1 for m in v) and list(v) == sorted(set(v)),
-    "must be increasing epochs >= 1",
+from wideresnet.options import (
+    AUTO_ON_OFF,
+    EXPERIMENT_TAG,
+    INCREASING_EPOCHS,
+    ODD_KERNELS,
+    POSITIVE,
+    SEED_LIMIT,
+    FieldInfo,
+    Section,
+    at_least,
+    between,
+    coerce_value,
+    field_infos,
+    option,
 )
-ODD_KERNELS: Check = (lambda v: len(v) > 0 and all(k >= 1 and k % 2 for k in v), "must be odd")
-AUTO_ON_OFF = ("auto", "on", "off")
-SEED_LIMIT = 2**32
-
-
-class Section:
-    """Checks every field of a frozen section against its rule when it is built."""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            choices, check = f.metadata.get("choices"), f.metadata.get("check")
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
-            if check and not check[0](value):
-                shown = list(value) if isinstance(value, tuple) else value
-                raise ConfigError(f"{f.name} {check[1]} (got {shown!r})")
 
 
 @dataclass(frozen=True)
@@ -91,6 +61,25 @@ class ModelConfig(Section):
         "weight init: authors (the paper's code) | he_fan_out",
         choices=("authors", "he_fan_out"),
     )
+    activation: str | None = option(
+        None,
+        "wrn-d-k: relu (the paper) | leaky_relu:SLOPE (FixMatch's WRN: leaky_relu:0.1)",
+        check=(
+            lambda v: v == "relu" or re.fullmatch(r"leaky_relu:\d*\.?\d+", v),
+            "must be relu or leaky_relu:SLOPE",
+        ),
+    )
+    bn_momentum: float | None = option(
+        None,
+        "wrn-d-k: batch-norm momentum, PyTorch's convention (0.1; FixMatch 0.001)",
+        check=between(0, 1, closed_high=True),
+    )
+    shortcut_input: str | None = option(
+        None,
+        "wrn-d-k: preact (the paper) | raw (FixMatch: the first block of groups 2-3 reads x)",
+        choices=("preact", "raw"),
+    )
+    head_bias: bool | None = option(None, "wrn-d-k: a bias in the linear head (the paper: yes)")
     init_from: str | None = option(
         None,
         "start from the weights of a checkpoint or run directory (a new head when the class "
@@ -125,6 +114,17 @@ class DataConfig(Section):
     )
     image_size: int | None = option(None, "folder datasets: resize images to N x N", check=POSITIVE)
     verify: bool = option(True, "check the official md5s (--no-verify skips it, with a warning)")
+    policy: str | None = option(
+        None,
+        "augmentation policy after crop and flip: autoaugment | randaugment:N:M | trivialaugment",
+        check=(
+            lambda v: re.fullmatch(r"autoaugment|trivialaugment|randaugment(:\d+:\d+)?", v),
+            "must be autoaugment, randaugment:N:M or trivialaugment",
+        ),
+    )
+    cutout: int = option(
+        0, "Cutout square in pixels (16 for CIFAR-10, 8 for CIFAR-100)", check=at_least(0)
+    )
     eval_limit: int | None = option(
         None,
         "test on the first N test images only (quick runs; flagged in results)",
@@ -151,6 +151,28 @@ class OptimConfig(Section):
     nesterov: bool = option(True, "Nesterov momentum")
     weight_decay: float = option(5e-4, "L2 on every parameter, BN included", check=at_least(0))
     reset_momentum: bool = option(True, "restart momentum at each lr drop (the authors' code)")
+    lr_schedule: str = option(
+        "step",
+        "step (the paper's milestones) | cosine (per step) | cosine-epoch (per epoch)",
+        choices=("step", "cosine", "cosine-epoch"),
+    )
+    warmup_epochs: float = option(
+        0.0, "linear warm-up from 0 over N epochs (per step)", check=at_least(0)
+    )
+    label_smoothing: float = option(0.0, "label smoothing of the loss", check=between(0, 1))
+    mixup_alpha: float = option(0.0, "mixup with Beta(a, a) mixing (0: off)", check=at_least(0))
+    cutmix_alpha: float = option(
+        0.0,
+        "CutMix with Beta(a, a) areas (0: off; with mixup, each batch picks one)",
+        check=at_least(0),
+    )
+    sam_rho: float = option(0.0, "SAM neighbourhood size rho (0: plain SGD)", check=at_least(0))
+    sam_adaptive: bool = option(False, "adaptive SAM (ASAM: rho scaled by |w|)")
+    ema_decay: float = option(
+        0.0,
+        "keep an exponential moving average of the weights (e.g. 0.999) and test it too",
+        check=between(0, 1),
+    )
 
 
 @dataclass(frozen=True)
@@ -167,7 +189,9 @@ class RuntimeConfig(Section):
     )
     channels_last: bool | None = option(None, "NHWC memory format (default: on)")
     compile: str = option(
-        "auto", "torch.compile: auto (on for CUDA) | on | off", choices=AUTO_ON_OFF
+        "auto",
+        "torch.compile: auto (on for CUDA) | on (the model) | step (the whole step) | off",
+        choices=(*AUTO_ON_OFF, "step"),
     )
     fused_sgd: str = option(
         "auto", "one fused SGD kernel: auto (on for CUDA) | on | off", choices=AUTO_ON_OFF
@@ -177,6 +201,9 @@ class RuntimeConfig(Section):
         "replay compiled steps as CUDA graphs: auto (on when compiling for CUDA)",
         choices=AUTO_ON_OFF,
     )
+    sync_bn: bool = option(
+        False, "several processes: batch norm over the global batch (default: per process)"
+    )
     checkpoint_every: int = option(
         0, "also checkpoint every N steps inside an epoch", check=at_least(0)
     )
@@ -185,6 +212,11 @@ class RuntimeConfig(Section):
         1, "test every N epochs and after the last (flagged in results when > 1)", check=POSITIVE
     )
     tensorboard: bool = option(False, "also write metrics to RUN_DIR/tensorboard/ (extra)")
+    experiment: str | None = option(
+        None,
+        "the paper's table cell this run fills, TABLE/ROW@DATASET (set by `wrn table run`)",
+        check=EXPERIMENT_TAG,
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -195,93 +227,12 @@ SECTIONS: dict[str, type] = {
 }
 
 
-@dataclass(frozen=True)
-class FieldInfo:
-    key: str
-    section: str
-    kind: type  # int, float, bool, str or tuple (of ints)
-    optional: bool
-    default: Any
-    help: str
-    choices: tuple[str, ...]
-
-
-def _field_infos() -> dict[str, FieldInfo]:
-    infos = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)]
-            annotation = kinds[0] if isinstance(hints[f.name], types.UnionType) else hints[f.name]
-            kind = typing.get_origin(annotation) or annotation
-            optional = isinstance(hints[f.name], types.UnionType)
-            infos[f.name] = FieldInfo(
-                f.name,
-                section,
-                kind,
-                optional,
-                f.default,
-                f.metadata["help"],
-                f.metadata["choices"],
-            )
-    return infos
-
-
-FIELDS: dict[str, FieldInfo] = _field_infos()
-_ITEM = FieldInfo("item", "", int, False, 0, "", ())  # an element of a tuple field
-_INT = re.compile(r"[+-]?\d+")
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _parse_text(info: FieldInfo, text: str) -> Any:
-    """A value typed on the command line (or given as a string in a file)."""
-    text = text.strip()
-    if info.optional and text.lower() in ("", "none"):
-        return None
-    if info.kind is bool:
-        if text.lower() not in _TRUE + _FALSE:
-            raise ValueError
-        return text.lower() in _TRUE
-    if info.kind is int:
-        if not _INT.fullmatch(text):
-            raise ValueError
-        return int(text)
-    if info.kind is float:
-        return float(text)
-    if info.kind is tuple:
-        return tuple(_parse_text(_ITEM, v) for v in text.split(",") if v.strip())
-    return text
-
-
-def _strict(info: FieldInfo, value: Any) -> Any:
-    """A typed value from JSON or TOML: a bool is not a number, a float is not an int."""
-    if isinstance(value, str) and info.kind is not str:
-        return _parse_text(info, value)
-    if info.kind is bool and isinstance(value, bool):
-        return value
-    if info.kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if info.kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if info.kind is str and isinstance(value, str):
-        return value
-    if info.kind is tuple and isinstance(value, list | tuple):
-        return tuple(_strict(_ITEM, v) for v in value)
-    raise ValueError
+FIELDS: dict[str, FieldInfo] = field_infos(SECTIONS)
 
 
 def coerce(key: str, value: Any) -> Any:
     """`value` as the type of field `key`; ConfigError naming the key when it does not fit."""
-    info = FIELDS[key]
-    if value is None:
-        if info.optional:
-            return None
-        raise ConfigError(f"{key} cannot be empty")
-    try:
-        return _strict(info, value)
-    except (TypeError, ValueError):
-        kind = "comma-separated integers" if info.kind is tuple else f"a valid {info.kind.__name__}"
-        raise ConfigError(f"{key}: {value!r} is not {kind}") from None
+    return coerce_value(FIELDS[key], value)
 
 
 def unknown_key_error(key: str) -> ConfigError:

@@ -6,8 +6,9 @@ Anything else that escapes is a bug in wideresnet and is reported as one (see cl
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class WrnError(Exception):
@@ -57,15 +58,11 @@ class Interrupted(Exception):
 
 
 @contextmanager
-def signals_interrupt(outcome: str) -> Iterator[None]:
-    """While inside, SIGTERM and SIGINT raise Interrupted, so that cleanup (temporary files)
-    runs; outside the main thread, nothing changes."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise Interrupted(signum, outcome)
-
+def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT go to `handler` while inside (main thread only: elsewhere the
+    caller keeps its own handling)."""
     try:
-        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:
         previous = {}
     try:
@@ -73,3 +70,13 @@ def signals_interrupt(outcome: str) -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+def signals_interrupt(outcome: str):
+    """While inside, SIGTERM and SIGINT raise Interrupted, so that cleanup (temporary files)
+    runs; `outcome` says what was kept."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum, outcome)
+
+    return stop_signals(stop)

@@ -45,7 +45,7 @@ def to_rgb(image, name: str):
     return image.convert("RGB")
 
 
-def _open(data: bytes, name: str):
+def open_image(data: bytes, name: str):
     """A lazily decoded image, refused by name when its size makes it a decompression bomb."""
     from PIL import Image
 
@@ -64,7 +64,7 @@ def decode_image(data: bytes, name: str, image_size: int | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with _open(data, name) as image:
+        with open_image(data, name) as image:
             rgb = to_rgb(image, name)
             if image_size is not None and rgb.size != (image_size, image_size):
                 rgb = rgb.resize((image_size, image_size), Image.BILINEAR)

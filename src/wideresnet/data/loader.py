@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from wideresnet.data.augment import CropFlip, epoch_generator
+from wideresnet.data.policies import Policy, cutout_boxes
+from wideresnet.data.policies import cutout as apply_cutout
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -25,7 +27,8 @@ class BatchLoader:
 
     images: uint8 (N, H, W, C), or float32 when already preprocessed (ZCA). With augment=True
     each image gets a random HxW crop of its `pad`-pixel reflection-padded self and a random
-    horizontal flip, applied to the batch with one gather. `mean`/`std` normalise on the 0-255
+    horizontal flip, applied to the batch with one gather; then, when training, the `policy`
+    (data/policies.py) and a `cutout` square. `mean`/`std` normalise on the 0-255
     scale. With shuffle=True the order is a function of (seed, epoch) and the last partial
     batch is dropped; evaluation (shuffle=False) covers every image. `rank` of `world`
     processes takes its slice of each batch. Yields (x (B, C, H, W) float32 in channels_last
@@ -47,6 +50,8 @@ class BatchLoader:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        policy: str | None = None,
+        cutout: int = 0,
     ) -> None:
         images = torch.as_tensor(images)
         self.device = torch.device(device)
@@ -54,6 +59,8 @@ class BatchLoader:
         self.n, self.height, self.width, channels = images.shape
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.rank, self.world = rank, world
+        self.policy = Policy(policy) if policy and shuffle else None
+        self.cutout = cutout if shuffle else 0
         self.pad = pad if augment else 0
         if self.pad:
             # reflection-pad once; a crop is then a window of this stored tensor
@@ -89,6 +96,11 @@ class BatchLoader:
             crops = CropFlip.draw(
                 self.n, self.pad, epoch_generator(self.seed, epoch, 1), self.device
             )
+        if self.policy is not None:
+            draws = self.policy.draw(self.n, epoch_generator(self.seed, epoch, 2))
+        if self.cutout:
+            generator = epoch_generator(self.seed, epoch, 3)
+            boxes = cutout_boxes(self.n, self.cutout, self.height, self.width, generator)
         for b in range(start_batch, len(self)):
             positions = self._local(b * self.batch_size, min((b + 1) * self.batch_size, self.n))
             index = order[positions]
@@ -96,7 +108,12 @@ class BatchLoader:
                 x = crops.apply(self.images, index, positions, (self.height, self.width))
             else:
                 x = self.images[index]
-            x = (x.float() - self.mean) / self.std
+            x = x.float()
+            if self.policy is not None:
+                x = self.policy.apply(x, draws, positions)
+            x = (x - self.mean) / self.std
+            if self.cutout:
+                x = apply_cutout(x, boxes[positions])
             yield x.permute(0, 3, 1, 2), self.labels[index]
 
     __iter__ = batches

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ class RunData:
     train_size: int
     test_size: int
     fingerprint: str = ""  # of the images and labels a run trains and tests on
+    seconds: float = 0.0  # wall clock spent loading and preparing them
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:
@@ -84,6 +86,8 @@ def _loader(config: Config, images, labels, device, *, train: bool, rank: int, w
         seed=config.runtime.seed,
         rank=rank,
         world=world,
+        policy=config.data.policy if train else None,
+        cutout=config.data.cutout if train else 0,
     )
 
 
@@ -98,6 +102,7 @@ def check_classes(config: Config, classes: list[str]) -> None:
 
 def run_data(config: Config, device: torch.device, *, rank: int = 0, world: int = 1) -> RunData:
     """Training and test loaders of a run (the test set is the held-out tail with val_size)."""
+    start = time.perf_counter()
     (x_train, y_train), held_out, classes = training_split(config)
     if held_out is not None:
         x_test, y_test = held_out
@@ -124,6 +129,7 @@ def run_data(config: Config, device: torch.device, *, rank: int = 0, world: int 
         train_size=len(x_train),
         test_size=len(x_test),
         fingerprint=identity,
+        seconds=time.perf_counter() - start,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from wideresnet.data.cache import cached_arrays, fingerprint
 
@@ -65,3 +66,30 @@ def cached_zca(images: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
     name = "zca-" + fingerprint([key])[:8]  # a new fit for the same source replaces the old
     arrays = cached_arrays("zca", name, digest, fit)
     return arrays["mean"], arrays["whiten"]
+
+
+class InputTransform(torch.nn.Module):
+    """uint8 images (N, H, W, 3) -> the float (N, 3, H, W) input a model was trained on: the
+    run's mean/std (on the 0-255 scale), or GCN + ZCA with the run's fit."""
+
+    def __init__(self, mean=None, std=None, zca_mean=None, zca_whiten=None) -> None:
+        super().__init__()
+        self.zca = zca_whiten is not None
+        if self.zca:
+            self.register_buffer("zca_mean", torch.as_tensor(zca_mean, dtype=torch.float32))
+            self.register_buffer("zca_whiten", torch.as_tensor(zca_whiten, dtype=torch.float32))
+        else:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if self.zca:
+            flat = x.reshape(x.shape[0], -1)
+            flat = flat - flat.mean(dim=1, keepdim=True)
+            norms = torch.sqrt((flat * flat).sum(dim=1, keepdim=True)) / GCN_SCALE
+            flat = flat / torch.where(norms < 1e-8, torch.ones_like(norms), norms)
+            x = ((flat - self.zca_mean) @ self.zca_whiten).reshape(x.shape)
+        else:
+            x = (x - self.mean) / self.std
+        return x.permute(0, 3, 1, 2)

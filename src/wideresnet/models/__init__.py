@@ -108,7 +108,17 @@ def _imagenet_resnet(match, num_classes, **options):
     r"wrn-(\d+)-" + _NUMBER,
     "wrn-d-k",
     "wrn-d-k: CIFAR/SVHN WRN, d = 6N+4, k may be fractional",
-    {"dropout", "block", "blocks_per_group", "init", "in_channels"},
+    {
+        "dropout",
+        "block",
+        "blocks_per_group",
+        "init",
+        "in_channels",
+        "activation",
+        "bn_momentum",
+        "shortcut_input",
+        "head_bias",
+    },
 )
 def _wrn(match, num_classes, **options):
     return WideResNet(int(match[1]), _number(match[2]), num_classes, **options)

@@ -111,6 +111,7 @@ class PreActResNet(ThreeGroups):
             self.add_module(f"group{g}", nn.Sequential(*blocks))
         self.bn = nn.BatchNorm2d(c_in)
         self.fc = nn.Linear(c_in, num_classes)
+        self.act = F.relu
         apply_init(self, init)
 
     forward = WideResNet.forward

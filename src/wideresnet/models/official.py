@@ -86,17 +86,10 @@ def import_official(source: str | Path, out: str | Path, overwrite: bool = False
     An existing `out` is replaced only with overwrite."""
     from wideresnet.models import count_params, create_model
     from wideresnet.recipes import make_config
-    from wideresnet.train.checkpoint import model_checkpoint, write_checkpoint
+    from wideresnet.train.checkpoint import load_weights_file, model_checkpoint, write_checkpoint
 
     source, out = Path(source), Path(out)
-    if out.exists() and not overwrite:
-        raise RunError(f"--out {out}: exists; pass --overwrite to replace it")
-    try:
-        saved = torch.load(source, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RunError(f"{source}: no such file") from None
-    except Exception as error:  # torch raises many types for a torn or foreign file
-        raise RunError(f"{source}: not loadable as weights ({error})") from None
+    saved = load_weights_file(source, out, overwrite)
     params = saved.get("params", saved) if isinstance(saved, dict) else None
     if not isinstance(params, dict):
         raise RunError(f"{source}: no params dict inside")

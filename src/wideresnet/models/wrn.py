@@ -7,6 +7,7 @@ Module names mirror the authors' PyTorch code (`conv0`, `group{g}.block{i}.bn0|c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,22 @@ def apply_init(model: nn.Module, init: str) -> None:
     INITS[init](model)
 
 
+def activation_of(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ "relu" (the paper) or "leaky_relu:SLOPE" (FixMatch's WRN uses leaky_relu:0.1)."""
+    if spec == "relu":
+        return F.relu
+    name, _, slope = spec.partition(":")
+    if name == "leaky_relu":
+        try:
+            return partial(F.leaky_relu, negative_slope=float(slope or 0.01))
+        except ValueError:
+            pass
+    raise ValueError(f"activation must be relu or leaky_relu:SLOPE, not {spec!r}")
+
+
+SHORTCUT_INPUTS = ("preact", "raw")
+
+
 def conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     """A bias-free conv with 'same' padding, as every conv of the paper."""
     return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
@@ -76,25 +93,37 @@ class WideBlock(nn.Module):
     unchanged, else a bias-free 1x1 conv (`convdim`, same stride, no BN) reading the SAME
     BN-ReLU output as the first conv. Dropout, when on, sits after the ReLU before every conv
     but the first (for B(3,3): between the two convs, as in the paper).
+
+    `preact_input=False` is FixMatch's variant for the first block of groups 2 and 3: that
+    block's first conv and its projection read the raw input x (its bn0 goes unused).
     """
 
     def __init__(
-        self, c_in: int, c_out: int, stride: int, kernels: Sequence[int], dropout: float
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        kernels: Sequence[int],
+        dropout: float,
+        *,
+        act: Callable[[torch.Tensor], torch.Tensor] = F.relu,
+        bn_momentum: float = 0.1,
+        preact_input: bool = True,
     ) -> None:
         super().__init__()
         self.kernels = tuple(kernels)
-        self.dropout = dropout
+        self.dropout, self.act, self.preact_input = dropout, act, preact_input or c_in == c_out
         for i, k in enumerate(self.kernels):
             width_in = c_in if i == 0 else c_out
-            self.add_module(f"bn{i}", nn.BatchNorm2d(width_in))
+            self.add_module(f"bn{i}", nn.BatchNorm2d(width_in, momentum=bn_momentum))
             self.add_module(f"conv{i}", conv(width_in, c_out, k, stride if i == 0 else 1))
         self.convdim = conv(c_in, c_out, 1, stride) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o1 = F.relu(self.bn0(x))
+        o1 = self.act(self.bn0(x)) if self.preact_input else x
         y = self.conv0(o1)
         for i in range(1, len(self.kernels)):
-            y = F.relu(getattr(self, f"bn{i}")(y))
+            y = self.act(getattr(self, f"bn{i}")(y))
             if self.dropout > 0:
                 y = F.dropout(y, p=self.dropout, training=self.training)
             y = getattr(self, f"conv{i}")(y)
@@ -113,6 +142,11 @@ class WideResNet(ThreeGroups):
         blocks_per_group: N, overriding the one derived from depth (Table 3).
         in_channels: channels of the input image.
         init: "authors" (He fan_in, BN gamma ~ U[0,1)) or "he_fan_out" (BN gamma = 1).
+
+    Other ports' variants, default off (the paper's network): activation ("leaky_relu:0.1"),
+    bn_momentum (PyTorch's convention; FixMatch 0.001), shortcut_input ("raw": FixMatch's
+    first blocks of groups 2 and 3 read x, not BN-ReLU(x)), head_bias (False: RobustBench's
+    bias_last=False).
     """
 
     def __init__(
@@ -126,8 +160,14 @@ class WideResNet(ThreeGroups):
         blocks_per_group: int | None = None,
         in_channels: int = 3,
         init: str = "authors",
+        activation: str = "relu",
+        bn_momentum: float = 0.1,
+        shortcut_input: str = "preact",
+        head_bias: bool = True,
     ) -> None:
         super().__init__()
+        if shortcut_input not in SHORTCUT_INPUTS:
+            raise ValueError(f"shortcut_input must be preact or raw, not {shortcut_input!r}")
         if blocks_per_group is None:
             if depth is None or (depth - 4) % 6 != 0 or depth < 10:
                 raise ValueError(f"depth must be 6N+4 with N >= 1, got {depth}")
@@ -143,24 +183,33 @@ class WideResNet(ThreeGroups):
         self.widths = [int(v * widen_factor) for v in (16, 32, 64)]
         self.blocks_per_group = blocks_per_group
         self.block = tuple(block)
+        self.act = activation_of(activation)
         self.conv0 = conv(in_channels, 16, 3)
         c_in = 16
         for g, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
             group = nn.Sequential()
             for i in range(blocks_per_group):
-                group.add_module(
-                    f"block{i}",
-                    WideBlock(c_in, width, stride if i == 0 else 1, self.block, dropout),
+                raw = shortcut_input == "raw" and g > 0 and i == 0
+                block = WideBlock(
+                    c_in,
+                    width,
+                    stride if i == 0 else 1,
+                    self.block,
+                    dropout,
+                    act=self.act,
+                    bn_momentum=bn_momentum,
+                    preact_input=not raw,
                 )
+                group.add_module(f"block{i}", block)
                 c_in = width
             self.add_module(f"group{g}", group)
-        self.bn = nn.BatchNorm2d(c_in)
-        self.fc = nn.Linear(c_in, num_classes)
+        self.bn = nn.BatchNorm2d(c_in, momentum=bn_momentum)
+        self.fc = nn.Linear(c_in, num_classes, bias=head_bias)
         apply_init(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv0(x)
         x = self.group2(self.group1(self.group0(x)))
-        x = F.relu(self.bn(x))
+        x = self.act(self.bn(x))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # the 8x8 average pool for 32x32 inputs
         return self.fc(x)

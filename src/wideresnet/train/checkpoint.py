@@ -96,6 +96,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def load_weights_file(source: Path, out: Path | None = None, overwrite: bool = False) -> Any:
+    """What another program saved (torch.load with weights_only=True), refusing to replace an
+    existing `out` without overwrite first; RunError naming the file when it cannot be read."""
+    if out is not None and out.exists() and not overwrite:
+        raise RunError(f"--out {out}: exists; pass --overwrite to replace it")
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunError(f"{source}: no such file") from None
+    except Exception as error:  # torch raises many types for a torn or foreign file
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{source}: not loadable with weights_only=True ({first})") from None
+
+
 def load_any(path: Path) -> dict[str, Any]:
     """The checkpoint of a run directory (newest readable) or a checkpoint file."""
     return Checkpoints(path).load_latest()[0] if path.is_dir() else load_checkpoint(path)

@@ -10,6 +10,7 @@ from torch import nn
 
 from wideresnet.data.loader import BatchLoader
 from wideresnet.progress import Progress
+from wideresnet.train.distributed import World
 from wideresnet.train.runtime import Speed
 
 TOP_K = 5  # the top-k error reported beside top-1 (all classes when there are fewer)
@@ -22,9 +23,11 @@ def evaluate(
     speed: Speed,
     num_classes: int,
     flip: bool = False,
+    world: World = World(),
 ) -> dict[str, Any]:
     """Loss, top-1 and top-5 error (%) and the confusion matrix over every image of the
-    loader (`flip`: also the error of flip-averaged predictions)."""
+    loader (`flip`: also the error of flip-averaged predictions). On several processes each
+    evaluates its share of every batch and the sums are added up."""
     device = torch.device(speed.device)
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -46,6 +49,8 @@ def evaluate(
                     probs += model(x.flip(3)).float().softmax(1)
                 confusion_flip.index_put_((y, probs.argmax(1)), torch.ones_like(y), accumulate=True)
             progress.update(min((b + 1) * loader.batch_size, loader.n))
+    for total in (confusion, loss_sum, top5_wrong) + ((confusion_flip,) if flip else ()):
+        world.sum_(total)
     result = _errors(confusion.cpu())
     result["loss"] = loss_sum.item() / max(1, loader.n)
     result["top5_error"] = 100.0 * top5_wrong.item() / max(1, loader.n)

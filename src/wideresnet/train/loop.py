@@ -2,100 +2,35 @@
 
 The data order and augmentation are functions of (seed, epoch), every RNG state is saved and
 the learning rate is a function of the epoch, so a resumed run repeats nothing and skips
-nothing. Only this process writes the run directory.
+nothing. On several processes (train/distributed.py) rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
 
-import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from wideresnet.config import Config
 from wideresnet.data.prepare import RunData
-from wideresnet.errors import Interrupted, RunError
+from wideresnet.errors import ConfigError, Interrupted, RunError, stop_signals
 from wideresnet.models import count_params
 from wideresnet.train.checkpoint import FORMAT, is_finite, rng_state, set_rng_state
+from wideresnet.train.distributed import World, wrap
+from wideresnet.train.ema import WeightAverage
 from wideresnet.train.evaluate import evaluate
-from wideresnet.train.optim import begin_epoch, build_optimizer, lr_at
+from wideresnet.train.optim import begin_epoch, build_optimizer, lr_at, per_step, set_lr
+from wideresnet.train.records import RECIPE_CHANGES, StepLog, change_flag, epoch_line, log
 from wideresnet.train.rundir import RunDir, TensorBoardLog
 from wideresnet.train.runtime import Speed, environment, is_out_of_memory, out_of_memory
-from wideresnet.train.step import EpochSums, NonFiniteLoss, train_step
+from wideresnet.train.step import EpochSums, NonFiniteLoss, Recipe, WholeStep, train_step
 
-log = logging.getLogger(__name__)
-progress_log = logging.getLogger("wideresnet.progress")
-
-
-@contextmanager
-def stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """SIGTERM and SIGINT go to `handler` while a run trains (main thread only)."""
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:  # not the main thread: the caller keeps its own handling
-        previous = {}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-
-
-class StepLog:
-    """Progress within an epoch: a plain line every `every` steps when asked, else progress
-    records (a bar on a terminal)."""
-
-    def __init__(self, epochs: int, steps: int, batch_size: int, every: int) -> None:
-        self.epochs, self.steps, self.batch_size, self.every = epochs, steps, batch_size, every
-        self.started, self.counted, self.last = 0.0, 0, 0.0
-
-    def start(self) -> None:
-        self.started, self.counted, self.last = time.perf_counter(), 0, 0.0
-
-    def step(self, epoch: int, step: int) -> None:
-        self.counted += 1
-        now = time.perf_counter()
-        plain = self.every and step % self.every == 0
-        if not plain and now - self.last < 0.5:
-            return
-        self.last = now
-        rate = self.counted * self.batch_size / max(now - self.started, 1e-9)
-        eta = (self.steps - step) * self.batch_size / max(rate, 1e-9)
-        line = (
-            f"epoch {epoch}/{self.epochs} step {step}/{self.steps} "
-            f"{rate:,.0f} img/s (wall clock, this epoch) eta {eta:.0f}s"
-        )
-        if plain:
-            log.info(line)
-        else:
-            progress_log.info(line, extra={"progress": f"epoch{epoch}", "progress_end": False})
-
-
-def change_flag(change: dict[str, Any]) -> str:
-    """How a change made on resume is flagged in results."""
-    return (
-        f"changed on resume: {change['key']} {change['from']!r} -> {change['to']!r} from epoch "
-        f"{change['epoch']} step {change['step_in_epoch']}"
-    )
-
-
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    """The line printed after each epoch."""
-    test = (
-        f"test loss {row['test_loss']:.4f} error {row['test_error']:.2f}%"
-        if row["test_error"] is not None
-        else "test: not measured this epoch (eval_every)"
-    )
-    return (
-        f"epoch {row['epoch']}/{epochs} lr {row['lr']:.5g} "
-        f"train loss {row['train_loss']:.4f} error {row['train_error']:.2f}% | "
-        f"{test} | {row['epoch_seconds']:.1f}s"
-    )
+STOP_CHECK_STEPS = {"cpu": 1, "cuda": 32}  # how often processes agree on a stop request
 
 
 class Trainer:
@@ -109,34 +44,45 @@ class Trainer:
         model: nn.Module,
         speed: Speed,
         log_every: int = 0,
+        world: World = World(),
     ) -> None:
         self.config, self.run_dir, self.data, self.speed = config, run_dir, data, speed
-        self.device = torch.device(speed.device)
+        self.world, self.device = world, torch.device(speed.device)
         self.model = model
         self.optimizer = build_optimizer(model, config.optim, speed.fused_sgd)
-        self.forward = speed.compiled(model)
+        self.forward = speed.compiled(wrap(model, world, self.device))
+        self.recipe = Recipe.of(config.optim)
+        self.whole_step = None
+        if speed.whole_step:
+            if self.recipe.mixing or self.recipe.sam_rho:
+                raise ConfigError("--compile step does not combine with mixup, CutMix or SAM")
+            self.whole_step = WholeStep(self.forward, self.optimizer, speed, world)
+            self.whole_step.smoothing = self.recipe.label_smoothing
+        decay = config.optim.ema_decay
+        self.ema = WeightAverage(model, decay) if decay else None
         self.num_classes = len(data.classes)
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.metrics: list[dict[str, Any]] = []
         self.partial = self._no_partial()
-        self.seconds = {"train": 0.0, "eval": 0.0}
+        self.seconds = {"data": data.seconds, "train": 0.0, "eval": 0.0}
         self.stop_signal: int | None = None
         self.clock = 0.0
         self.config_changes: list[dict[str, Any]] = []  # options changed on resume, recorded
         optim = config.optim
         self.steplog = StepLog(optim.epochs, len(data.train), optim.batch_size, log_every)
-        self.tensorboard = (
-            TensorBoardLog(run_dir / "tensorboard") if config.runtime.tensorboard else None
-        )
+        tensorboard = config.runtime.tensorboard and world.main
+        self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if tensorboard else None
 
     # ---- state ----
 
     @staticmethod
     def _no_partial() -> dict[str, Any]:
-        """Sums of the part of an epoch done before a mid-epoch checkpoint."""
+        """Sums of the part of an epoch done before a mid-epoch checkpoint (all processes)."""
         return {"loss": 0.0, "wrong": 0, "seen": 0, "seconds": 0.0}
 
     def state(self) -> dict[str, Any]:
+        """The checkpoint; every rank's RNG state is gathered (a collective on all ranks)."""
+        generators = self.world.gather(rng_state(self.device))
         return {
             "format": FORMAT,
             "config": self.config.to_dict(),
@@ -148,13 +94,16 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "data_order": {"seed": self.config.runtime.seed, "epoch": self.epoch + 1},
-            "rng": rng_state(self.device),
+            "rng": generators[0],
+            "rng_ranks": generators,
             "metrics": self.metrics,
             "partial": self.partial,
             "train_seconds": self.seconds["train"],
             "eval_seconds": self.seconds["eval"],
+            "data_seconds": self.seconds["data"],
             "data_fingerprint": self.data.fingerprint,
             "config_changes": self.config_changes,
+            **({"ema": self.ema.model.state_dict()} if self.ema else {}),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -164,24 +113,42 @@ class Trainer:
             self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
             self.global_step, self.metrics = state["global_step"], list(state["metrics"])
             self.partial = dict(state["partial"])
-            self.seconds = {"train": state["train_seconds"], "eval": state["eval_seconds"]}
+            self.seconds["train"] = state["train_seconds"]
+            self.seconds["eval"] = state["eval_seconds"]
+            self.seconds["data"] += state.get("data_seconds", 0.0)
             self.config_changes = list(state.get("config_changes") or [])
-            set_rng_state(state["rng"], self.device)
+            if self.ema is not None:
+                self.ema.model.load_state_dict(state["ema"])
+            self._restore_generators(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise RunError(f"{self.run_dir}: checkpoint does not fit this run ({error})") from None
+
+    def _restore_generators(self, state: dict[str, Any]) -> None:
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) == self.world.size:
+            set_rng_state(ranks[self.world.rank], self.device)
+            return
+        log.info(
+            f"resuming on {self.world.size} process(es); the run used {len(ranks)}: the data "
+            "order is the same, dropout draws and per-process batch norm are not bit-identical"
+        )
+        torch.manual_seed(self.config.runtime.seed * 65_537 + self.world.rank + self.global_step)
 
     def resolved(self) -> dict[str, Any]:
         """The speed choices in force, for config.json and the checkpoint."""
         fields = {k: v for k, v in vars(self.speed).items() if k != "reasons"}
-        return {**fields, "reasons": dict(self.speed.reasons)}
+        return {**fields, "processes": self.world.size, "reasons": dict(self.speed.reasons)}
 
     def save(self) -> None:
-        """Checkpoint, never with a non-finite value; the first one settles an --overwrite."""
+        """Checkpoint (rank 0 writes), never with a non-finite value; the first one settles an
+        --overwrite. Every rank passes here together."""
         state = self.state()
         if not is_finite(state):
             self._stop_nonfinite(self.epoch + (self.step_in_epoch > 0), None, "weights")
-        self.run_dir.checkpoints.save(state)
-        self.run_dir.settle()
+        if self.world.main:
+            self.run_dir.checkpoints.save(state)
+            self.run_dir.settle()
+        self.world.barrier()
 
     # ---- the loop ----
 
@@ -202,22 +169,38 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> None:
         sums = self._begin_epoch(epoch)
-        for x, y in self.data.train.batches(epoch, self.step_in_epoch):
-            self._step(epoch, x, y, sums)
+        batches = self.data.train.batches(epoch, self.step_in_epoch)
+        while (batch := self._next(batches)) is not None:
+            self._step(epoch, *batch, sums)
             if self._checkpoint_due():
                 self._save_mid_epoch(epoch, sums)
         self._end_epoch(epoch, sums)
+
+    def _next(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The next batch, its host time counted as data time (on CUDA: the time to queue it)."""
+        start = time.perf_counter()
+        batch = next(batches, None)
+        self.seconds["data"] += time.perf_counter() - start
+        return batch
 
     def _begin_epoch(self, epoch: int) -> EpochSums:
         begin_epoch(self.optimizer, self.config.optim, epoch, fresh=self.step_in_epoch == 0)
         self.model.train()
         self.steplog.start()
         self.clock = time.perf_counter()
+        if not self.world.main:  # the sums so far are rank 0's to carry
+            return EpochSums.start(self.device)
         return EpochSums.start(self.device, self.partial["loss"], self.partial["wrong"])
 
     def _step(self, epoch: int, x: torch.Tensor, y: torch.Tensor, sums: EpochSums) -> None:
+        optim = self.config.optim
+        if per_step(optim):
+            set_lr(self.optimizer, lr_at(optim, epoch, self.step_in_epoch, len(self.data.train)))
         try:
-            train_step(self.forward, self.optimizer, x, y, self.speed, sums, self.step_in_epoch + 1)
+            if self.whole_step is not None:
+                self.whole_step(x, y, self.speed, sums)
+            else:
+                self._eager_step(x, y, sums)
         except NonFiniteLoss as stop:
             self._stop_nonfinite(epoch, stop.step)
         except RuntimeError as error:
@@ -225,12 +208,36 @@ class Trainer:
                 raise
             batch = self.config.optim.batch_size
             raise out_of_memory(self.speed.device, "training", batch, "--batch-size") from None
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step_in_epoch += 1
         self.global_step += 1
         self.steplog.step(epoch, self.step_in_epoch)
 
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor, sums: EpochSums) -> None:
+        """train_step with this step's own generator for mixup and CutMix (seed, step, rank)."""
+        seed, rank = self.config.runtime.seed, self.world.rank
+        draw = np.random.default_rng([seed, self.global_step, rank]) if self.recipe.mixing else None
+        step, world = self.step_in_epoch + 1, self.world
+        train_step(
+            self.forward, self.optimizer, x, y, self.speed, sums, step, world, self.recipe, draw
+        )
+
+    def _stop_requested(self, now: bool = False) -> bool:
+        """A signal reached this process, or (on several processes, checked every few steps
+        or `now`) any of them."""
+        if not self.world.distributed:
+            return self.stop_signal is not None
+        if not now and self.global_step % STOP_CHECK_STEPS[self.device.type]:
+            return False
+        flag = torch.tensor([float(self.stop_signal is not None)], device=self.device)
+        if self.world.sum_(flag).item() > 0:
+            self.stop_signal = self.stop_signal or signal.SIGTERM
+            return True
+        return False
+
     def _checkpoint_due(self) -> bool:
-        if self.stop_signal is not None:
+        if self._stop_requested():
             return True
         every = self.config.runtime.checkpoint_every
         in_epoch = self.step_in_epoch < len(self.data.train)  # the epoch's end saves anyway
@@ -239,12 +246,10 @@ class Trainer:
     def _save_mid_epoch(self, epoch: int, sums: EpochSums) -> None:
         self._check_finite(epoch, sums)
         now = time.perf_counter()
-        self.partial = {
-            "loss": sums.loss.item(),
-            "wrong": int(sums.wrong.item()),
-            "seen": self.step_in_epoch * self.config.optim.batch_size,
-            "seconds": self.partial["seconds"] + now - self.clock,
-        }
+        loss, wrong = sums.totals(self.world)
+        seen = self.step_in_epoch * self.config.optim.batch_size
+        seconds = self.partial["seconds"] + now - self.clock
+        self.partial = {"loss": loss, "wrong": wrong, "seen": seen, "seconds": seconds}
         self.clock = now
         self.save()
         if self.stop_signal is not None:
@@ -258,14 +263,16 @@ class Trainer:
         tested = self._test(epoch)
         eval_time = time.perf_counter() - eval_start
         seen = len(self.data.train) * self.config.optim.batch_size
+        loss, wrong = sums.totals(self.world)
         row = {
             "epoch": epoch,
             "lr": lr_at(self.config.optim, epoch),
-            "train_loss": sums.loss.item() / seen,
-            "train_error": 100.0 * sums.wrong.item() / seen,
+            "train_loss": loss / seen,
+            "train_error": 100.0 * wrong / seen,
             "test_loss": tested.get("loss"),
             "test_error": tested.get("error"),
             "test_top5_error": tested.get("top5_error"),
+            **({"ema_test_error": tested.get("ema_error")} if self.ema else {}),
             "epoch_seconds": train_time + eval_time,
             "train_seconds": train_time,
             "eval_seconds": eval_time,
@@ -275,10 +282,12 @@ class Trainer:
         self.seconds["train"] += train_time
         self.seconds["eval"] += eval_time
         self.epoch, self.step_in_epoch, self.partial = epoch, 0, self._no_partial()
+        self._stop_requested(now=True)  # every process ends the epoch knowing whether to stop
         self.save()
-        self.run_dir.write_metrics(self.metrics)
-        if self.tensorboard is not None:
-            self.tensorboard.add(row)
+        if self.world.main:
+            self.run_dir.write_metrics(self.metrics)
+            if self.tensorboard is not None:
+                self.tensorboard.add(row)
         log.info(epoch_line(row, self.config.optim.epochs))
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
@@ -289,12 +298,18 @@ class Trainer:
         if epoch % every and epoch != last:
             return {}
         try:
-            return evaluate(self.forward, self.data.test, self.speed, self.num_classes)
+            classes, world = self.num_classes, self.world
+            tested = evaluate(self.forward, self.data.test, self.speed, classes, world=world)
+            if self.ema is not None:
+                averaged = evaluate(
+                    self.ema.model, self.data.test, self.speed, classes, world=world
+                )
+                tested["ema_error"] = averaged["error"]
+            return tested
         except RuntimeError as error:
             if not is_out_of_memory(error):
                 raise
-            batch = self.config.runtime.eval_batch_size
-            option = "--eval-batch-size"
+            batch, option = self.config.runtime.eval_batch_size, "--eval-batch-size"
             raise out_of_memory(self.speed.device, "evaluation", batch, option) from None
 
     def _check_finite(self, epoch: int, sums: EpochSums) -> None:
@@ -321,12 +336,14 @@ class Trainer:
                 "--lr LOWER` (a recorded change), or check the data"
             )
         message = f"non-finite {what} {when}; {advice}"
-        failure = {"error": f"non-finite {what}", "epoch": epoch, "step": step, "message": message}
-        self.run_dir.write_failure(failure)
+        if self.world.main:
+            failure = {"error": f"non-finite {what}", "epoch": epoch, "step": step}
+            self.run_dir.write_failure({**failure, "message": message})
         raise RunError(message, exit_code=1)
 
     def finish(self) -> dict[str, Any]:
         last = self.metrics[-1]
+        seconds = self.seconds
         result = {
             "test_error": last["test_error"],
             "test_loss": last["test_loss"],
@@ -338,16 +355,23 @@ class Trainer:
             "train_images": self.data.train_size,
             "test_images": self.data.test_size,
             "wall_seconds": {
-                "train": self.seconds["train"],
-                "eval": self.seconds["eval"],
-                "total": self.seconds["train"] + self.seconds["eval"],
+                "data": seconds["data"],
+                "train": seconds["train"],
+                "eval": seconds["eval"],
+                "total": seconds["train"] + seconds["eval"],
             },
             "test_top5_error": last["test_top5_error"],
+            **({"ema_test_error": last["ema_test_error"]} if self.ema else {}),
             "measured": "test error (%) of the LAST epoch on the test images counted in "
-            "test_images; seconds are wall clock per phase, summed over epochs (across resumes)",
-            "flags": self.config.flags() + [change_flag(c) for c in self.config_changes],
+            "test_images; seconds are wall clock, summed over epochs and resumes: train and eval "
+            "per phase, data the loading before training plus producing batches (inside train; "
+            "on CUDA, the time to queue them)",
+            "flags": self.config.flags()
+            + [change_flag(c) for c in self.config_changes if c["key"] in RECIPE_CHANGES],
             "config_changes": self.config_changes,
+            "processes": self.world.size,
             "environment": environment(self.speed),
         }
-        self.run_dir.write_result(result)
+        if self.world.main:
+            self.run_dir.write_result(result)
         return result

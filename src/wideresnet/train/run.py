@@ -1,69 +1,59 @@
-"""Starting, resuming and evaluating runs: the library's entry points for `wrn train|eval`."""
+"""Starting and resuming runs: the library's entry points for `wrn train` (one process, or
+one of several launched by torchrun)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from wideresnet.config import Config, typed_values
 from wideresnet.data.download import default_data_dir, ensure_official
 from wideresnet.data.official import OFFICIAL
-from wideresnet.data.prepare import RunData, eval_data, run_data
+from wideresnet.data.prepare import RunData, run_data
 from wideresnet.errors import DOWNLOAD_STOPPED, ConfigError, RunError, signals_interrupt
-from wideresnet.models import count_params, create_model
-from wideresnet.train.checkpoint import (
-    check_identity,
-    check_training_state,
-    load_any,
-    weight_mismatch,
+from wideresnet.models import count_params
+from wideresnet.train.checkpoint import check_identity, check_training_state
+from wideresnet.train.distributed import (
+    World,
+    shutdown,
+    use_global_batch_norm,
+    world_from_environment,
 )
-from wideresnet.train.evaluate import evaluate
-from wideresnet.train.loop import Trainer, change_flag
+from wideresnet.train.loop import Trainer
+from wideresnet.train.records import change_flag
 from wideresnet.train.rundir import RunDir
 from wideresnet.train.runtime import Speed, process_settings, resolve_device
+from wideresnet.train.trained import build_model, config_of, load_initial_weights
 
 log = logging.getLogger(__name__)
 
 
-def build_model(config: Config, num_classes: int) -> nn.Module:
-    """The config's model with `num_classes` outputs (options not given keep their defaults)."""
-    return create_model(config.model.model, num_classes, **config.given_model_options())
-
-
-def load_initial_weights(model: nn.Module, source: str) -> None:
-    """`--init-from`: the weights of a checkpoint or run; a new head when the class count
-    differs (said in the log)."""
-    weights = load_any(Path(source))["model"]
-    ours = model.state_dict()
-    head = tuple(k for k in ours if k.startswith("fc."))
-    new_head = any(k in weights and weights[k].shape != ours[k].shape for k in head)
-    problem = weight_mismatch(ours, weights, ignore=head if new_head else ())
-    if problem:
-        raise RunError(f"--init-from {source}: weights do not fit {model.name}: {problem}")
-    if new_head:
-        log.info(
-            f"--init-from {source}: a new head for {ours['fc.weight'].shape[0]} classes (the "
-            f"checkpoint's has {weights['fc.weight'].shape[0]}); every other weight loaded"
-        )
-        weights = {k: v for k, v in weights.items() if k not in head}
-    model.load_state_dict(weights, strict=False)
-
-
-def make_trainer(config: Config, run_dir: RunDir, log_every: int = 0) -> Trainer:
+def make_trainer(
+    config: Config, run_dir: RunDir, log_every: int = 0, world: World = World()
+) -> Trainer:
     """A Trainer with its device, speed settings, data and model built from the config."""
     device = resolve_device(config.runtime.device)
-    speed = Speed.resolve(config, device)
-    data = run_data(config, device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    if config.optim.batch_size % world.size:
+        raise ConfigError(
+            f"--batch-size {config.optim.batch_size} (the global batch) does not split evenly "
+            f"over {world.size} processes"
+        )
+    speed = Speed.resolve(config, device, world.size)
+    data = run_data(config, device, rank=world.rank, world=world.size)
     torch.manual_seed(config.runtime.seed)  # the model's init does not depend on data loading
     model = build_model(config, len(data.classes))
     if config.model.init_from:
         load_initial_weights(model, config.model.init_from)
-    return Trainer(config, run_dir, data, speed.prepare(model), speed, log_every)
+    if world.distributed:
+        if config.runtime.sync_bn:
+            use_global_batch_norm(model)
+        torch.manual_seed(config.runtime.seed * 65_537 + world.rank + 1)  # own dropout draws
+    return Trainer(config, run_dir, data, speed.prepare(model), speed, log_every, world)
 
 
 def resolve_paths(config: Config) -> Config:
@@ -76,12 +66,17 @@ def resolve_paths(config: Config) -> Config:
         root = default_data_dir(data.dataset)
         log.info(f"no --data-dir: the official {data.dataset} files in {root}")
         splits = [data.train_split] + ([] if data.val_size else [data.test_split])
-        ensure_official(data.dataset, root, splits, data.verify)
+        with signals_interrupt(DOWNLOAD_STOPPED):  # a stopped download leaves nothing
+            ensure_official(data.dataset, root, splits, data.verify)
         config = config.replace(data_dir=str(root))
     changes = {"data_dir": str(Path(config.data.data_dir).expanduser().absolute())}
     if config.model.init_from:
         changes["init_from"] = str(Path(config.model.init_from).expanduser().absolute())
     return config.replace(**changes)
+
+
+def _world(config: Config) -> World:
+    return world_from_environment(resolve_device(config.runtime.device).type)
 
 
 def train(
@@ -90,27 +85,43 @@ def train(
     """Start a run in `out` and train it to the end. Returns result.json's contents.
 
     Everything (options, data, model) is checked before the folder is touched; an old run
-    replaced with `overwrite` is kept aside until the new run's first checkpoint."""
-    run_dir = RunDir(out)
-    run_dir.check_new(overwrite)
-    with process_settings(config):
-        with signals_interrupt(DOWNLOAD_STOPPED):  # the official files may be fetched first
-            config = resolve_paths(config)
-        trainer = make_trainer(config, run_dir, log_every)
-        run_dir.claim_new(overwrite)
-        try:
+    replaced with `overwrite` is kept aside until the new run's first checkpoint. Under
+    torchrun, rank 0 fetches, checks and writes; the others follow it."""
+    run_dir, world = RunDir(out), _world(config)
+    try:
+        with process_settings(config):
+            if world.main:
+                run_dir.check_new(overwrite)
+                config = resolve_paths(config)
+            world.barrier()
+            config = config if world.main else resolve_paths(config)
+            trainer = make_trainer(config, run_dir, log_every, world)
+            if world.main:
+                run_dir.claim_new(overwrite)
+            world.barrier()
+            return _start(trainer, config, run_dir, world)
+    finally:
+        shutdown(world)
+
+
+def _start(trainer: Trainer, config: Config, run_dir: RunDir, world: World) -> dict[str, Any]:
+    try:
+        if world.main:
             run_dir.write_config(config.to_dict(), trainer.resolved())
-            speed = trainer.speed
-            log.info(
-                f"{config.model.model}: {count_params(trainer.model):,} parameters, "
-                f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
-                f"{speed.device} {speed.precision}{' compiled' if speed.compile else ''}"
-            )
-            return trainer.run()
-        except BaseException:
+        speed = trainer.speed
+        log.info(
+            f"{config.model.model}: {count_params(trainer.model):,} parameters, "
+            f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
+            f"{speed.device} {speed.precision}{' compiled' if speed.compile else ''}"
+            + (f", {world.size} processes" if world.distributed else "")
+        )
+        return trainer.run()
+    except BaseException:
+        if world.main:
             run_dir.restore()  # only while the new run has no checkpoint
-            raise
-        finally:
+        raise
+    finally:
+        if world.main:
             run_dir.release()
 
 
@@ -165,121 +176,46 @@ def resume(
     run_dir = RunDir(out)
     if not run_dir.path.is_dir():
         raise RunError(f"--resume {out}: no such run directory")
-    run_dir.lock()
+    state, source = run_dir.checkpoints.load_latest()
+    check_training_state(state, source)
+    recorded = run_dir.read_config()
+    if recorded is not None:
+        check_identity(state["config"], recorded, source)
+    changes = resume_changes(state["config"], asked or {})
+    config = config_of({"config": {**state["config"], **changes}}, source)
+    if config.optim.epochs < state["epoch"]:
+        raise RunError(f"--epochs {config.optim.epochs}: the run has trained {state['epoch']}")
+    world = _world(config)
     try:
-        state, source = run_dir.checkpoints.load_latest()
-        check_training_state(state, source)
-        recorded = run_dir.read_config()
-        if recorded is not None:
-            check_identity(state["config"], recorded, source)
-        changes = resume_changes(state["config"], asked or {})
-        config = _config_of({"config": {**state["config"], **changes}}, source)
-        if config.optim.epochs < state["epoch"]:
-            raise RunError(f"--epochs {config.optim.epochs}: the run has trained {state['epoch']}")
+        if world.main:
+            run_dir.lock()
         with process_settings(config):
-            trainer = make_trainer(config, run_dir, log_every)
+            trainer = make_trainer(config, run_dir, log_every, world)
             trainer.restore(state)
             _check_same_data(state, trainer.data, config)
-            for key, value in changes.items():
-                at = {"epoch": trainer.epoch + 1, "step_in_epoch": trainer.step_in_epoch}
-                change = {"key": key, "from": state["config"].get(key), "to": value, **at}
-                trainer.config_changes.append(change)
-                log.info(change_flag(change).replace("changed on resume", "resume changes"))
-            if changes:
-                run_dir.write_config(config.to_dict(), trainer.resolved())
-            run_dir.write_metrics(trainer.metrics)  # drop lines past the checkpoint
-            run_dir.clear_result()
+            _record_changes(trainer, state, changes, config, run_dir)
             log.info(f"resuming {out} at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}")
+            world.barrier()
             if trainer.epoch >= config.optim.epochs:
                 return trainer.finish()
             return trainer.run()
     finally:
-        run_dir.release()
+        if world.main:
+            run_dir.release()
+        shutdown(world)
 
 
-def _config_of(state: dict[str, Any], where: Path) -> Config:
-    try:
-        return Config.from_dict(state["config"])
-    except ConfigError as error:
-        raise RunError(f"{where}: the checkpoint's config is not valid ({error})") from None
-
-
-@dataclass
-class Trained:
-    """A trained model with what rebuilt it: its config, classes and how far it trained."""
-
-    model: nn.Module
-    config: Config
-    classes: list[str]
-    epoch: int
-    step_in_epoch: int
-    precision: str | None  # the precision it was trained in, when recorded
-
-    @property
-    def finished(self) -> bool:
-        return self.epoch >= self.config.optim.epochs and self.step_in_epoch == 0
-
-
-def load_trained(path: str | Path) -> Trained:
-    """The model of a run directory (newest readable checkpoint) or of a checkpoint file."""
-    path = Path(path)
-    state = load_any(path)
-    config = _config_of(state, path)
-    classes = [str(c) for c in state.get("classes") or []]
-    model = build_model(config, len(classes))
-    problem = weight_mismatch(model.state_dict(), state["model"])
-    if problem:
-        raise RunError(f"{path}: weights do not fit {config.model.model}: {problem}")
-    model.load_state_dict(state["model"])
-    resolved = state.get("resolved")
-    if not isinstance(resolved, dict) and path.is_dir():  # older checkpoints: the run's record
-        resolved = (RunDir(path).read_config() or {}).get("resolved")
-    precision = resolved.get("precision") if isinstance(resolved, dict) else None
-    epoch = state.get("epoch", config.optim.epochs)
-    step = state.get("step_in_epoch", 0)
-    return Trained(model, config, classes, epoch, step, precision)
-
-
-def evaluate_run(
-    path: str | Path,
-    *,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    split: str | None = None,
-    device: str = "auto",
-    precision: str | None = None,
-    flip: bool = False,
-) -> dict[str, Any]:
-    """Test error of a run or checkpoint, prepared as its run prepared the data."""
-    trained = load_trained(path)
-    config = trained.config
-    torch_device = resolve_device(device)
-    chosen = precision or trained.precision or "fp32"
-    channels_last = config.runtime.channels_last is not False
-    speed = Speed(str(torch_device), chosen, channels_last, False, False, False)
-    data = eval_data(config, torch_device, dataset=dataset, data_dir=data_dir, split=split)
-    if len(data.classes) != len(trained.classes):
-        raise RunError(
-            f"{data_dir or config.data.data_dir}: {len(data.classes)} classes, but the model "
-            f"was trained on {len(trained.classes)}"
-        )
-    model = speed.prepare(trained.model)
-    result = evaluate(model, data.test, speed, len(trained.classes), flip=flip)
-    return {
-        "checkpoint": str(path),
-        "dataset": dataset or config.data.dataset,
-        "split": split or config.data.test_split,
-        "classes": trained.classes,
-        "test_error": result["error"],
-        "test_top5_error": result["top5_error"],
-        "test_loss": result["loss"],
-        "images": result["images"],
-        "per_class_error": result["per_class_error"],
-        "confusion": result["confusion"],
-        "precision": chosen,
-        "epoch": trained.epoch,
-        "step_in_epoch": trained.step_in_epoch,
-        "epochs": config.optim.epochs,
-        "finished": trained.finished,
-        **({"flip_test_error": result["flip"]["error"]} if flip else {}),
-    }
+def _record_changes(
+    trainer: Trainer, state: dict, changes: dict, config: Config, run_dir: RunDir
+) -> None:
+    """Apply and record what resume changed; rank 0 rewrites config.json and metrics.jsonl."""
+    for key, value in changes.items():
+        at = {"epoch": trainer.epoch + 1, "step_in_epoch": trainer.step_in_epoch}
+        change = {"key": key, "from": state["config"].get(key), "to": value, **at}
+        trainer.config_changes.append(change)
+        log.info(change_flag(change).replace("changed on resume", "resume changes"))
+    if trainer.world.main:
+        if changes:
+            run_dir.write_config(config.to_dict(), trainer.resolved())
+        run_dir.write_metrics(trainer.metrics)  # drop lines past the checkpoint
+        run_dir.clear_result()

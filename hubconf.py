@@ -1,0 +1,53 @@
+"""torch.hub entry points: `torch.hub.load(REPO, "wrn_28_10", num_classes=10, dropout=0.3)`.
+
+Each builds the network exactly as `wideresnet.create_model` does; `weights=` takes a file
+exported by `wrn export --format safetensors`, one of our checkpoints, or a run directory.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
+
+dependencies = ["torch", "numpy"]
+
+
+def _build(name: str, num_classes: int, weights: str | None, **options):
+    import wideresnet
+
+    if weights is not None:
+        model = wideresnet.load_model(weights)
+        if model.fc.out_features != num_classes:
+            raise ValueError(f"{weights} has {model.fc.out_features} classes, not {num_classes}")
+        return model
+    return wideresnet.create_model(name, num_classes, **options)
+
+
+def wrn_16_4(num_classes: int = 10, dropout: float = 0.0, weights: str | None = None):
+    """WRN-16-4 (PAPER.md Table 6), for 32x32 images."""
+    return _build("wrn-16-4", num_classes, weights, dropout=dropout)
+
+
+def wrn_16_8(num_classes: int = 10, dropout: float = 0.0, weights: str | None = None):
+    """WRN-16-8 (Tables 4-5), for 32x32 images."""
+    return _build("wrn-16-8", num_classes, weights, dropout=dropout)
+
+
+def wrn_28_2(num_classes: int = 10, dropout: float = 0.0, weights: str | None = None):
+    """WRN-28-2 (the semi-supervised backbone), for 32x32 images."""
+    return _build("wrn-28-2", num_classes, weights, dropout=dropout)
+
+
+def wrn_28_10(num_classes: int = 10, dropout: float = 0.0, weights: str | None = None):
+    """WRN-28-10 (Tables 4-6), for 32x32 images."""
+    return _build("wrn-28-10", num_classes, weights, dropout=dropout)
+
+
+def wrn_40_4(num_classes: int = 10, dropout: float = 0.0, weights: str | None = None):
+    """WRN-40-4 (Tables 4-5), for 32x32 images."""
+    return _build("wrn-40-4", num_classes, weights, dropout=dropout)
+
+
+def wrn_50_2(num_classes: int = 1000, weights: str | None = None):
+    """WRN-50-2 for ImageNet (torchvision's wide_resnet50_2 layout), 224x224 images."""
+    return _build("wrn-50-2", num_classes, weights)

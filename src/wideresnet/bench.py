@@ -1,0 +1,238 @@
+"""`wrn bench`: training and inference speed of the settings `wrn train` picks here, against
+plain eager fp32 measured in the same process, with the model FLOP utilisation.
+
+Training rows run the real training step (step.train_step, or step.WholeStep for
+--compile step) on one batch held on the device; inference rows run the model in eval mode.
+Each is warmed up first (compilation included, reported apart), then timed over whole steps
+with the device synchronised at the end only. With --data-dir, an end-to-end row also times
+real batches from the tensor loader (gather, crop, flip, normalise) through the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from wideresnet.config import Config, OptimConfig
+from wideresnet.data.loader import BatchLoader
+from wideresnet.data.preprocess import CIFAR_MEAN, CIFAR_STD
+from wideresnet.data.sources import load_dataset
+from wideresnet.models import create_model, model_summary
+from wideresnet.train.optim import build_optimizer
+from wideresnet.train.runtime import Speed, cpu_bf16, cpu_flags
+from wideresnet.train.step import EpochSums, WholeStep, train_step
+
+FLOPS_PER_MAC = 2
+WARMUP_STEPS = {False: 2, True: 5}  # with CUDA graphs: recorded on a later call than the first
+TRAIN_FORWARDS = 3  # a training image costs about three forward passes
+GPU_PEAKS = {  # dense tensor-core FLOP/s (bf16, and fp32 as TF32), from the vendors' sheets
+    "H200": (989e12, 494e12),
+    "H100": (989e12, 494e12),
+    "A100": (312e12, 156e12),
+    "L40S": (362e12, 183e12),
+    "RTX 4090": (165e12, 82.6e12),
+}
+
+
+@dataclass
+class Measured:
+    setting: str
+    images_per_second: float
+    warmup_seconds: float
+    inference_images_per_second: float
+
+
+def _synthetic(speed: Speed, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=generator)
+    return x.to(speed.device), torch.randint(0, 10, (batch,), generator=generator).to(speed.device)
+
+
+def _build(model_name: str, speed: Speed):
+    torch.manual_seed(0)
+    model = speed.prepare(create_model(model_name, 10))
+    optimizer = build_optimizer(model, OptimConfig(), speed.fused_sgd)
+    forward = speed.compiled(model)
+    step = WholeStep(forward, optimizer, speed) if speed.whole_step else None
+    return model, optimizer, forward, step
+
+
+def _timed(run, steps: int, speed: Speed) -> tuple[float, float]:
+    """(seconds for `steps` calls after warm-up, warm-up seconds)."""
+    start = time.perf_counter()
+    for _ in range(WARMUP_STEPS[speed.cuda_graphs]):
+        run()
+    speed.sync()
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    speed.sync()
+    return time.perf_counter() - start, warmup
+
+
+def measure(model_name: str, setting: str, speed: Speed, batch: int, steps: int) -> Measured:
+    model, optimizer, forward, whole = _build(model_name, speed)
+    x, y = _synthetic(speed, batch, getattr(model, "input_size", 32))
+    sums = EpochSums.start(torch.device(speed.device))
+
+    def train_once() -> None:
+        if whole is not None:
+            whole(x, y, speed, sums)
+        else:
+            train_step(forward, optimizer, x, y, speed, sums)
+
+    model.train()
+    seconds, warmup = _timed(train_once, steps, speed)
+    model.eval()
+
+    @torch.no_grad()
+    def infer_once() -> None:
+        with speed.autocast():
+            forward(speed.input(x))
+
+    infer_seconds, _ = _timed(infer_once, steps, speed)
+    return Measured(setting, batch * steps / seconds, warmup, batch * steps / infer_seconds)
+
+
+def settings(device: str, compile_step: bool) -> list[tuple[str, Speed]]:
+    """The plain baseline, what `wrn train` picks here, and the steps between."""
+    cuda = torch.device(device).type == "cuda"
+    rows = [("eager fp32 NCHW (baseline)", Speed(device, "fp32", False, False, False, False))]
+    rows.append(("channels_last fp32", Speed(device, "fp32", True, False, False, False)))
+    chosen = Speed.resolve(Config.from_dict({"device": device}), torch.device(device))
+    if chosen.precision == "bf16" or cuda:
+        rows.append(("channels_last bf16", Speed(device, "bf16", True, False, cuda, False)))
+    rows.append((f"wrn train's default ({chosen.precision})", chosen))
+    if compile_step:
+        whole = Config.from_dict({"device": device, "compile": "step"})
+        rows.append(
+            ("whole step compiled (--compile step)", Speed.resolve(whole, torch.device(device)))
+        )
+    return rows
+
+
+def peak(device: str, precision: str) -> tuple[float | None, str]:
+    """(peak FLOP/s assumed for the device and precision, what that assumes)."""
+    if torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, (bf16, fp32) in GPU_PEAKS.items():
+            if key in name:
+                value = bf16 if precision == "bf16" else fp32
+                return value, f"{name}: {value / 1e12:.0f} TFLOP/s dense {precision} (vendor sheet)"
+        return None, f"{name}: peak unknown to wideresnet, no utilisation given"
+    flags, cores = cpu_flags() or set(), os.cpu_count() or 1
+    ghz = _cpu_ghz()
+    width = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4  # fp32 lanes
+    per_cycle = 2 * 2 * width * (2 if precision == "bf16" and cpu_bf16()[0] else 1)
+    if ghz is None:
+        return None, "CPU clock unknown: no utilisation given"
+    value = cores * ghz * 1e9 * per_cycle
+    return value, (
+        f"CPU: {cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle (2 FMA units of "
+        f"{width} fp32 lanes{', x2 for bf16 dot products' if per_cycle > 4 * width else ''}; "
+        "an upper bound)"
+    )
+
+
+def _cpu_ghz() -> float | None:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1]) / 1000
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def end_to_end(model_name: str, speed: Speed, dataset: str, data_dir: str, batch: int, steps: int):
+    """Training img/s with real batches from the tensor loader (after the warm-up batches)."""
+    images, labels, _ = load_dataset(dataset, data_dir, "train")
+    needed = batch * (steps + WARMUP_STEPS[speed.cuda_graphs])
+    loader = BatchLoader(
+        images[:needed],
+        labels[:needed],
+        batch,
+        device=speed.device,
+        shuffle=True,
+        augment=True,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    )
+    model, optimizer, forward, whole = _build(model_name, speed)
+    sums = EpochSums.start(torch.device(speed.device))
+    batches = iter(loader.batches(1))
+
+    def once() -> None:
+        x, y = next(batches)
+        if whole is not None:
+            whole(x, y, speed, sums)
+        else:
+            train_step(forward, optimizer, x, y, speed, sums)
+
+    seconds, _ = _timed(once, steps, speed)
+    return batch * steps / seconds
+
+
+def bench(
+    model_name: str,
+    device: str = "auto",
+    batch: int = 128,
+    steps: int | None = None,
+    *,
+    compile_step: bool = False,
+    dataset: str = "folder",
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Every row (as `wrn bench --json` prints it), ratios against the first row."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    steps = steps or (50 if torch.device(device).type == "cuda" else 5)
+    macs = model_summary(create_model(model_name, 10))["macs"]
+    rows, baseline = [], None
+    for label, speed in settings(device, compile_step):
+        measured = measure(model_name, label, speed, batch, steps)
+        baseline = baseline or measured
+        top, _ = peak(device, speed.precision)
+        flops = TRAIN_FORWARDS * FLOPS_PER_MAC * macs * measured.images_per_second
+        rows.append(
+            {
+                "setting": label,
+                "images_per_second": measured.images_per_second,
+                "ratio": measured.images_per_second / baseline.images_per_second,
+                "inference_images_per_second": measured.inference_images_per_second,
+                "inference_ratio": measured.inference_images_per_second
+                / baseline.inference_images_per_second,
+                "warmup_seconds": measured.warmup_seconds,
+                "mfu": None if top is None else flops / top,
+                "precision": speed.precision,
+            }
+        )
+    result = {
+        "model": model_name,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "CPU",
+        "batch_size": batch,
+        "steps": steps,
+        "macs_per_image": macs,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": rows,
+        "peaks": {p: peak(device, p)[1] for p in ("fp32", "bf16")},
+        "measured": (
+            f"images/s over {steps} whole steps after warm-up, one batch of {batch} held on "
+            "the device, wall clock with the device synchronised at the end; ratio against "
+            "the first row measured in the same process; mfu = 3 x 2 x multiply-accumulates "
+            "x images/s / the assumed peak"
+        ),
+    }
+    if data_dir:
+        chosen = settings(device, False)[-1][1]
+        result["end_to_end"] = {
+            "setting": "wrn train's default, real batches from the tensor loader",
+            "images_per_second": end_to_end(model_name, chosen, dataset, data_dir, batch, steps),
+        }
+    return result

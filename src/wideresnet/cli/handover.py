@@ -1,0 +1,69 @@
+"""The verbs that take a trained model away: `wrn export`, `wrn predict`, `wrn import`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wideresnet.errors import RunError
+
+
+def _refuse_existing(path: str, overwrite: bool) -> None:
+    if Path(path).exists() and not overwrite:
+        raise RunError(f"--out {path}: exists; pass --overwrite to replace it")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from wideresnet.export import export_onnx, export_safetensors
+
+    _refuse_existing(args.out, args.overwrite)
+    if args.format == "safetensors":
+        if args.include_preprocessing:
+            raise RunError("--include-preprocessing is for --format onnx")
+        print(f"{args.source} -> {args.out}: {export_safetensors(args.source, args.out)}")
+        return 0
+    summary, difference = export_onnx(args.source, args.out, args.include_preprocessing)
+    print(
+        f"{args.source} -> {args.out}: {summary}; largest difference from PyTorch {difference:.2e}"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from wideresnet.predict import predict
+
+    results = predict(args.model, args.images, args.top_k)
+    if args.json:
+        print(json.dumps(results))
+    for entry in results:
+        if "error" in entry:
+            print(f"wrn: error: {entry['error']}", file=sys.stderr)
+        elif not args.json:
+            best = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in entry["top"])
+            print(f"{entry['file']}: {best}")
+    return 2 if any("error" in entry for entry in results) else 0
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in text.split(",")) if text else None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from wideresnet.models.foreign import import_checkpoint
+
+    summary = import_checkpoint(
+        args.layout,
+        args.file,
+        args.out,
+        overwrite=args.overwrite,
+        key=args.key,
+        mean=_floats(args.mean),
+        std=_floats(args.std),
+    )
+    print(f"{args.file} -> {args.out}: {summary}")
+    return 0
+
+
+HANDOVER_COMMANDS = {"export": cmd_export, "predict": cmd_predict, "import": cmd_import}

@@ -1,0 +1,246 @@
+"""The command line's grammar: every verb's options, config options generated from config.py."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from typing import Any
+
+from wideresnet.config import FIELDS, SECTIONS
+from wideresnet.errors import WrnError
+
+
+class UsageError(WrnError):
+    """A command line that does not parse (argparse's own message)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports one line (with a 'did you mean' for unknown options).
+
+    Abbreviations are off: `--epoch` is an unknown option, not a silent `--epochs`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:
+        if "unrecognized arguments" in message:
+            unknown = message.split(":", 1)[1].split()
+            options = _all_options(self)
+            for word in unknown:
+                if word.startswith("-"):
+                    hint = difflib.get_close_matches(word.split("=")[0], options, n=1)
+                    if hint:
+                        message = f"unknown option {word}; did you mean {hint[0]}?"
+                        break
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _all_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of a parser and of its verbs' parsers."""
+    options = []
+    for action in parser._actions:
+        options += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options += _all_options(sub)
+    return options
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+METAVARS = {int: "N", float: "X", str: "TEXT", tuple: "N,N,..."}
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per config field, grouped by section, defaulting to 'not given'."""
+    for section in SECTIONS:
+        group = parser.add_argument_group(f"{section} options")
+        for info in (i for i in FIELDS.values() if i.section == section):
+            shown = info.default if info.default is not None else "not given"
+            if isinstance(shown, tuple):
+                shown = ",".join(map(str, shown))
+            if info.default is None and section == "model":
+                shown = "the model's own"
+            described = "default:" in info.help  # the help says what happens when not given
+            kwargs: dict[str, Any] = {
+                "dest": info.key,
+                "default": argparse.SUPPRESS,
+                "help": info.help if described else f"{info.help} [default: {shown}]",
+            }
+            flag = "--" + info.key.replace("_", "-")
+            if info.kind is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                group.add_argument(flag, metavar=METAVARS[info.kind], **kwargs)
+
+
+def _version() -> str:
+    import torch
+
+    from wideresnet import __version__
+
+    return f"wrn (wideresnet) {__version__}, torch {torch.__version__}"
+
+
+def _info(verbs) -> None:
+    info = verbs.add_parser("info", help="parameters, MACs and stages of a model")
+    info.add_argument("model", nargs="?")
+    info.add_argument("--num-classes", type=int, default=None)
+    info.add_argument("--block", type=_csv_ints)
+    info.add_argument("--blocks-per-group", type=int)
+    info.add_argument("--input-size", type=int)
+    info.add_argument("--json", action="store_true")
+    info.add_argument("--list", action="store_true", help="list the paper's model names")
+
+
+def _train(verbs) -> None:
+    from wideresnet.recipes import PRESETS
+
+    train = verbs.add_parser("train", help="train a model (the paper's recipe by default)")
+    train.add_argument("--out", help="run directory")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default cifar)")
+    train.add_argument("--config", help="JSON or TOML file of options (a run's config.json too)")
+    train.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
+    train.add_argument("--log-every", type=int, default=0, help="progress line every N steps")
+    _add_config_options(train)
+
+
+def _eval(verbs) -> None:
+    evaluate = verbs.add_parser("eval", help="test error of a run or checkpoint")
+    evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("--dataset")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--split", default=None)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--precision", default=None, choices=["fp32", "bf16"])
+    evaluate.add_argument("--flip", action="store_true", help="also report flip-averaged error")
+    evaluate.add_argument("--json", action="store_true")
+
+
+def _data(verbs) -> None:
+    data = verbs.add_parser("data", help="download or verify a dataset")
+    data.add_argument("action", choices=["verify", "download"])
+    data.add_argument("--dataset", required=True)
+    data.add_argument("--data-dir", required=True)
+    data.add_argument("--url", help="a mirror: the archive's URL (CIFAR) or base URL (SVHN)")
+    data.add_argument("--md5", help="expected md5 of the archive fetched from --url")
+    data.add_argument("--no-verify", action="store_true")
+    data.add_argument("--labels", default="fine", choices=["fine", "coarse"])
+    official = verbs.add_parser(
+        "import-official", help="convert the authors' PyTorch model.pt7 into a checkpoint"
+    )
+    official.add_argument("checkpoint")
+    official.add_argument("--out", required=True)
+    official.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _table(verbs) -> None:
+    table = verbs.add_parser("table", help="the paper's tables: list, show, run, save")
+    actions = table.add_subparsers(dest="table_action", required=True, parser_class=Parser)
+    listing = actions.add_parser("list", help="the tables")
+    listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="rows, the paper's numbers, our parameters, the cost")
+    show.add_argument("table")
+    show.add_argument("--json", action="store_true")
+    run = actions.add_parser(
+        "run",
+        help="run every row of a table (resumably)",
+        epilog="options after -- go to every `wrn train` run (e.g. -- --batch-size 64)",
+    )
+    run.add_argument("table")
+    run.add_argument("--dataset", required=True)
+    run.add_argument("--data-dir", help="the dataset's folder (none: the official files, fetched)")
+    run.add_argument("--out", required=True, help="the experiment folder")
+    run.add_argument("--rows", help="comma-separated row ids (default: every row)")
+    run.add_argument("--seeds", default="0", help="comma-separated seeds (the paper: 5 runs)")
+    run.add_argument("--epochs", type=int, help="shorten the schedule to N epochs")
+    run.add_argument("--schedule-scale", type=float, help="scale epochs and milestones by F")
+    run.add_argument("--devices", help="run one process per device at once: 0,1 or cpu,cpu")
+    run.add_argument("--print-commands", action="store_true", help="print, do not run")
+    run.add_argument("--paper-dataset", help="the paper's column a folder/npz stands for")
+    run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    save = actions.add_parser("save", help="copy a table run's small files into the ledger")
+    save.add_argument("exp_dir")
+    save.add_argument("--to", required=True, help="a folder under results/")
+
+
+def _report(verbs) -> None:
+    report = verbs.add_parser("report", help="the tables of run directories, beside the paper")
+    report.add_argument("exp_dir", metavar="EXP_DIR")
+    report.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    report.add_argument("--out", help="write to FILE instead of printing")
+    report.add_argument("--plots", metavar="DIR", help="write PNG and SVG plots into DIR")
+    report.add_argument("--into", metavar="FILE", help="replace the results section of FILE")
+
+
+def _bench(verbs) -> None:
+    bench = verbs.add_parser("bench", help="training and inference speed against eager fp32")
+    bench.add_argument("model")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--steps", type=int, help="timed steps (default: 50 on a GPU, 5 on a CPU)")
+    bench.add_argument("--compile-step", action="store_true", help="also the whole step compiled")
+    bench.add_argument("--dataset", default="folder", help="with --data-dir: the end-to-end row")
+    bench.add_argument("--data-dir", help="real images for an end-to-end row")
+    bench.add_argument("--json", action="store_true")
+
+
+def _handover(verbs) -> None:
+    from wideresnet.models.foreign import LAYOUTS
+
+    export = verbs.add_parser("export", help="a trained model as safetensors or ONNX")
+    export.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    export.add_argument("--format", choices=["safetensors", "onnx"], required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument(
+        "--include-preprocessing",
+        action="store_true",
+        help="ONNX: uint8 images in, probabilities out",
+    )
+    export.add_argument("--overwrite", action="store_true")
+    predict = verbs.add_parser("predict", help="class probabilities for image files")
+    predict.add_argument("model", metavar="MODEL_FILE_OR_RUN")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="files, folders or patterns")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--json", action="store_true")
+    imports = verbs.add_parser("import", help="another project's checkpoint as ours")
+    imports.add_argument("--from", dest="layout", choices=LAYOUTS, required=True)
+    imports.add_argument("file")
+    imports.add_argument("--out", required=True)
+    imports.add_argument("--key", help="the entry holding the state_dict (default: found)")
+    imports.add_argument("--mean", help="input mean, comma-separated (0-1 or 0-255 scale)")
+    imports.add_argument("--std", help="input std, comma-separated")
+    imports.add_argument("--overwrite", action="store_true")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="wrn", description="Wide Residual Networks: build, train, evaluate.")
+    parser.add_argument("--version", action="version", version=_version())
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    for add in (_info, _train, _eval, _data, _table, _report, _bench, _handover):
+        add(verbs)
+    return parser
+
+
+def split_train_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the command line before `--`, the `wrn train` options after it)."""
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1 :]
+
+
+def parse_train_options(words: list[str]) -> dict[str, Any]:
+    """`wrn train` config options given as words (after `wrn table run ... --`), as a dict."""
+    parser = Parser(prog="wrn table run ... --", add_help=False)
+    _add_config_options(parser)
+    return {k: v for k, v in vars(parser.parse_args(words)).items() if k in FIELDS}

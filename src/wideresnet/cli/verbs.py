@@ -1,0 +1,193 @@
+"""The verbs for models, runs and data: each a thin call into the library, then printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from wideresnet.cli.parser import UsageError
+from wideresnet.config import FIELDS, read_config_file
+from wideresnet.errors import DOWNLOAD_STOPPED, signals_interrupt
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from wideresnet.models import create_model, list_models, model_name_patterns, model_summary
+
+    if args.list or not args.model:
+        print("\n".join(list_models()))
+        print("\naccepted names:\n  " + "\n  ".join(model_name_patterns()))
+        return 0
+    options = {"block": args.block, "blocks_per_group": args.blocks_per_group}
+    model = create_model(args.model, args.num_classes, **options)
+    summary = model_summary(model, args.input_size)
+    classes = model.fc.out_features
+    summary = {"model": args.model.lower(), "num_classes": classes, **summary}
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(
+        f"{summary['model']}: {summary['params']:,} parameters, "
+        f"{summary['macs'] / 1e9:.3f} G multiply-accumulates per "
+        f"{summary['input'][1]}x{summary['input'][2]} image (convs + linear, counted by "
+        "running the built module)"
+    )
+    print(f"{'stage':<8} {'output':<16} {'blocks':>6} {'params':>12}")
+    for row in summary["stages"]:
+        shape = "x".join(str(v) for v in row["output"])
+        print(f"{row['stage']:<8} {shape:<16} {row['blocks']:>6} {row['params']:>12,}")
+    return 0
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in FIELDS}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from wideresnet.recipes import make_config
+    from wideresnet.train import resume, train
+
+    given = _given(args)
+    if args.resume:
+        if args.out or args.preset or args.config or args.overwrite:
+            raise UsageError(
+                "wrn train: --resume takes the run's own config; drop --out, "
+                "--preset, --config and --overwrite"
+            )
+        result = resume(args.resume, given, log_every=args.log_every)
+    else:
+        if not args.out:
+            raise UsageError("wrn train: --out RUN_DIR is required (or --resume RUN_DIR)")
+        overrides: dict[str, Any] = {}
+        preset = args.preset
+        if args.config:
+            overrides = read_config_file(args.config)
+            preset = preset or overrides.get("preset")
+            overrides.pop("preset", None)
+        overrides.update(given)
+        config = make_config(preset or "cifar", overrides)
+        result = train(config, args.out, overwrite=args.overwrite, log_every=args.log_every)
+    print(
+        f"done: test error {result['test_error']:.2f}% after {result['epochs']} epochs "
+        f"(last epoch, {result['test_images']:,} test images), "
+        f"{result['wall_seconds']['total']:.0f}s wall clock"
+    )
+    for flag in result["flags"]:
+        print(f"  flagged: {flag}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from wideresnet.train import evaluate_run
+
+    report = evaluate_run(
+        args.run,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        split=args.split,
+        device=args.device,
+        precision=args.precision,
+        flip=args.flip,
+    )
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    if report["finished"]:
+        state = f"finished run ({report['epochs']} epochs)"
+    else:
+        state = f"UNFINISHED run: stopped after epoch {report['epoch']} of {report['epochs']}" + (
+            f", step {report['step_in_epoch']} of the next" if report["step_in_epoch"] else ""
+        )
+    print(
+        f"{args.run}: {state}; test error {report['test_error']:.2f}% (top-5 "
+        f"{report['test_top5_error']:.2f}%) on {report['images']:,} {report['split']} images "
+        f"of {report['dataset']}, loss {report['test_loss']:.4f} ({report['precision']})"
+    )
+    if args.flip:
+        print(
+            f"with horizontal-flip averaging: {report['flip_test_error']:.2f}% (reported "
+            "separately; the paper's numbers use no test-time augmentation)"
+        )
+    for name, error in zip(report["classes"], report["per_class_error"]):
+        print(f"  {name:<16} {error:6.2f}%")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from wideresnet.data import OFFICIAL, download, load_dataset
+
+    if args.action == "download":
+        with signals_interrupt(DOWNLOAD_STOPPED):
+            where = download(args.dataset, args.data_dir, args.url, args.md5)
+        print(f"{args.dataset}: downloaded, md5 checked, unpacked to {where}")
+        return 0
+    splits = {"svhn": ["train", "test", "extra"]}.get(args.dataset, ["train", "test"])
+    for split in splits:
+        images, labels, classes = load_dataset(
+            args.dataset, args.data_dir, split, not args.no_verify, labels=args.labels
+        )
+        counts = np.bincount(labels, minlength=len(classes))
+        print(
+            f"{split}: {len(images):,} images {'x'.join(map(str, images.shape[1:]))}, "
+            f"{len(classes)} classes"
+        )
+        for name, count in zip(classes, counts):
+            print(f"  {name:<20} {count:,}")
+    if not args.no_verify and args.dataset in OFFICIAL:
+        print("official md5 checksums: OK")
+    return 0
+
+
+def cmd_import_official(args: argparse.Namespace) -> int:
+    from wideresnet.models.official import import_official
+
+    summary = import_official(args.checkpoint, args.out, args.overwrite)
+    print(f"{args.checkpoint} -> {args.out}: {summary}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from wideresnet.bench import bench
+
+    result = bench(
+        args.model,
+        args.device,
+        args.batch_size,
+        args.steps,
+        compile_step=args.compile_step,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"{result['model']}, batch {result['batch_size']}, {result['steps']} timed steps, "
+        f"{result['device_name']}, torch {result['torch']}, {result['threads']} threads"
+    )
+    columns = f"{'train img/s':>11} {'ratio':>6} {'infer img/s':>11} {'ratio':>6} {'MFU':>6}"
+    print(f"{'setting':<40} {columns}")
+    for row in result["rows"]:
+        mfu = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+        print(
+            f"{row['setting']:<40} {row['images_per_second']:>11,.0f} {row['ratio']:>5.2f}x "
+            f"{row['inference_images_per_second']:>11,.0f} {row['inference_ratio']:>5.2f}x {mfu:>6}"
+        )
+    if "end_to_end" in result:
+        print(f"end to end, real batches: {result['end_to_end']['images_per_second']:,.0f} img/s")
+    print(f"measured: {result['measured']}")
+    for precision, assumed in result["peaks"].items():
+        print(f"peak assumed for {precision}: {assumed}")
+    return 0
+
+
+COMMANDS = {
+    "info": cmd_info,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "data": cmd_data,
+    "import-official": cmd_import_official,
+    "bench": cmd_bench,
+}

@@ -1,0 +1,181 @@
+"""AutoAugment, RandAugment and TrivialAugment on batches on the device, and Cutout.
+
+Per image the policy draws its operations, their strength and sign, and whether each is
+applied; the draws of an epoch are made at once from the (seed, epoch) generator and indexed
+by an image's position in the epoch (data/augment.py), so a batch is the same however it is
+reached. The operations are data/ops.py's, Pillow's definitions on tensors.
+
+Magnitudes, as each paper's released code maps a level to a value (PARAMETER_MAX levels):
+  - AutoAugment (Cubuk et al. 2019, augmentation_transforms.py, the 25 CIFAR-10 sub-policies
+    of its appendix; levels 0-9 of 10): shear 0.3, translate 10 px, rotate 30 degrees,
+    enhancements 0.1 + 1.8 level/10, posterize 4 - int(4 level/10) bits, solarize
+    256 - int(256 level/10); fill 128.
+  - RandAugment (Cubuk et al. 2020): N operations chosen uniformly per image from the 14
+    below at level M of 10, with AutoAugment's mapping.
+  - TrivialAugment (Mueller & Hutter 2021, aug_lib.py, the "wide" space; levels 0-30 of 30):
+    one operation per image at a uniform level: shear 0.99, translate 32 px, rotate 135
+    degrees, enhancements 0.01 + 1.99 level/30, posterize 8 - int(6 level/30) bits, solarize
+    256 - int(256 level/30).
+Cutout (DeVries & Taylor 2017): one square of `size` pixels, centred anywhere in the image
+and clipped at its edges, set to zero after normalisation, as its code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from wideresnet.data.ops import OPS, SIGNED
+
+NAMES = list(OPS)  # operation ids are indexes into this list
+# RandAugment's and TrivialAugment's 14 operations (Invert is AutoAugment's only)
+RANDOM_OPS = torch.tensor([NAMES.index(n) for n in NAMES if n != "Invert"])
+
+AUTOAUGMENT_CIFAR10 = (
+    (("Invert", 0.1, 7), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, 8), ("Equalize", 0.9, 2)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, 5), ("Equalize", 0.5, 1)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, 7), ("AutoContrast", 0.4, 8)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, 3)),
+    (("Equalize", 0.2, 0), ("AutoContrast", 0.6, 0)),
+    (("Equalize", 0.2, 8), ("Equalize", 0.6, 4)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, 6)),
+    (("AutoContrast", 0.8, 4), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, 3)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, 2), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, 8), ("Invert", 0.1, 3)),
+    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, 1)),
+)
+
+
+@dataclass(frozen=True)
+class Space:
+    """How a level (0..top) becomes an operation's value."""
+
+    top: int
+    shear: float
+    translate: int
+    rotate: int
+    enhance_low: float
+    enhance_span: float
+    posterize_top: int
+    posterize_span: int
+
+    def value(self, name: str, level: torch.Tensor) -> torch.Tensor:
+        level = level.double()
+
+        def as_int(limit: int) -> torch.Tensor:  # the reference codes' int_parameter
+            return torch.floor(level * limit / self.top)
+
+        if name in ("ShearX", "ShearY"):
+            return level * self.shear / self.top
+        if name in ("TranslateX", "TranslateY"):
+            return as_int(self.translate)
+        if name == "Rotate":
+            return as_int(self.rotate)
+        if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+            return level * self.enhance_span / self.top + self.enhance_low
+        if name == "Posterize":
+            return self.posterize_top - as_int(self.posterize_span)
+        if name == "Solarize":
+            return 256 - as_int(256)
+        return level
+
+
+AUTOAUGMENT_SPACE = Space(10, 0.3, 10, 30, 0.1, 1.8, 4, 4)
+WIDE_SPACE = Space(30, 0.99, 32, 135, 0.01, 1.99, 8, 6)
+
+
+@dataclass
+class PolicyDraws:
+    """An epoch's draws: per image and slot, the operation, level, sign and whether it runs."""
+
+    ops: torch.Tensor  # (N, S) int64 index into NAMES
+    levels: torch.Tensor  # (N, S)
+    negative: torch.Tensor  # (N, S) bool
+    applied: torch.Tensor  # (N, S) bool
+
+
+class Policy:
+    """One of autoaugment | randaugment:N:M | trivialaugment."""
+
+    def __init__(self, spec: str) -> None:
+        name, *numbers = spec.split(":")
+        self.name = name
+        if name == "autoaugment":
+            self.space, self.slots = AUTOAUGMENT_SPACE, 2
+        elif name == "randaugment":
+            self.space = AUTOAUGMENT_SPACE
+            self.slots, self.magnitude = (int(v) for v in (numbers or ["2", "9"]))
+        elif name == "trivialaugment":
+            self.space, self.slots = WIDE_SPACE, 1
+        else:
+            raise ValueError(f"unknown augmentation policy {spec!r}")
+
+    def draw(self, n: int, generator: torch.Generator) -> PolicyDraws:
+        shape = (n, self.slots)
+        negative = torch.rand(shape, generator=generator) < 0.5
+        if self.name == "autoaugment":
+            chosen = torch.randint(0, len(AUTOAUGMENT_CIFAR10), (n,), generator=generator)
+            table = torch.tensor(
+                [
+                    [[NAMES.index(op), p, level] for op, p, level in sub]
+                    for sub in AUTOAUGMENT_CIFAR10
+                ]
+            )[chosen]  # (n, 2, 3)
+            applied = torch.rand(shape, generator=generator) < table[..., 1]
+            return PolicyDraws(table[..., 0].long(), table[..., 2].long(), negative, applied)
+        ops = RANDOM_OPS[torch.randint(0, len(RANDOM_OPS), shape, generator=generator)]
+        if self.name == "randaugment":
+            levels = torch.full(shape, self.magnitude)
+        else:
+            levels = torch.randint(0, self.space.top + 1, shape, generator=generator)
+        return PolicyDraws(ops, levels, negative, torch.ones(shape, dtype=torch.bool))
+
+    def apply(self, x: torch.Tensor, draws: PolicyDraws, positions: slice) -> torch.Tensor:
+        """x (B, H, W, C) float in [0, 255]: each image's operations, slot after slot."""
+        ops, levels = draws.ops[positions], draws.levels[positions]
+        negative, applied = draws.negative[positions], draws.applied[positions]
+        for slot in range(self.slots):
+            for index in ops[:, slot].unique().tolist():
+                name = NAMES[index]
+                chosen = ((ops[:, slot] == index) & applied[:, slot]).nonzero().squeeze(1)
+                if name == "Identity" or not len(chosen):
+                    continue
+                value = self.space.value(name, levels[chosen, slot])
+                if name in SIGNED:
+                    value = torch.where(negative[chosen, slot], -value, value)
+                x[chosen.to(x.device)] = OPS[name](x[chosen.to(x.device)], value.to(x.device))
+        return x
+
+
+def cutout_boxes(n: int, size: int, height: int, width: int, generator: torch.Generator):
+    """(top, bottom, left, right) per image: a size x size square, centre anywhere, clipped."""
+    centre_y = torch.randint(0, height, (n,), generator=generator)
+    centre_x = torch.randint(0, width, (n,), generator=generator)
+    top, left = (centre_y - size // 2).clamp(min=0), (centre_x - size // 2).clamp(min=0)
+    bottom = (centre_y + size - size // 2).clamp(max=height)
+    right = (centre_x + size - size // 2).clamp(max=width)
+    return torch.stack([top, bottom, left, right], 1)
+
+
+def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """x (B, H, W, C) normalised: the boxes (B, 4) set to zero."""
+    rows = torch.arange(x.shape[1], device=x.device)[None, :, None]
+    cols = torch.arange(x.shape[2], device=x.device)[None, None, :]
+    top, bottom, left, right = (b.reshape(-1, 1, 1) for b in boxes.to(x.device).unbind(1))
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    return x.masked_fill(inside[..., None], 0.0)

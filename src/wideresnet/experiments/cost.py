@@ -1,0 +1,101 @@
+"""What a table costs to run: multiply-accumulates x images x epochs, turned into hours.
+
+Training an image costs about three forward passes (forward, and a backward of twice that);
+testing costs one. Hours on this machine's CPU come from its training speed measured here (a
+few WRN-16-2 steps with the settings `wrn train` picks, remembered in the cache); hours on a
+reference GPU come from H200 throughputs measured with wideresnet 0.1, interpolated by the
+network's multiply-accumulates. Every figure says what it assumes.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+
+import torch
+
+from wideresnet.config import Config, OptimConfig
+from wideresnet.data.cache import read_record, write_record
+from wideresnet.models import create_model, model_summary
+from wideresnet.train.optim import build_optimizer
+from wideresnet.train.runtime import Speed
+from wideresnet.train.step import EpochSums, train_step
+
+IMAGES = {  # (train, test) images of each dataset column, as the paper's recipes use them
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+    "svhn": (604_388, 26_032),
+    "imagenet": (1_281_167, 50_000),
+}
+EPOCHS = {"cifar10": 200, "cifar100": 200, "svhn": 160, "imagenet": 90}
+BACKWARD_FACTOR = 3  # a training step is about three forward passes
+# H200, torch 2.11, bf16 + compile + CUDA graphs (wideresnet 0.1, README "Measured"):
+# (multiply-accumulates per image, training images per second)
+GPU_POINTS = ((0.393e9, 40_000.0), (5.243e9, 11_300.0))  # WRN-16-4 epochs, WRN-28-10 steps
+GPU_ASSUMES = (
+    "H200: training img/s interpolated (log-log, by multiply-accumulates) between WRN-16-4 at "
+    "40,000 img/s (real epochs) and WRN-28-10 at 11,300 img/s (step benchmark), measured with "
+    "wideresnet 0.1; evaluation at the same rate"
+)
+CPU_REFERENCE = "wrn-16-2"
+RECORD = "throughput.json"
+
+
+def gpu_images_per_second(macs: float) -> float:
+    """Training img/s of a network on the reference GPU, from its multiply-accumulates."""
+    (m0, r0), (m1, r1) = GPU_POINTS
+    if macs <= m0:  # smaller networks are bound by kernel launches: no faster than WRN-16-4
+        return r0
+    if macs >= m1:  # larger ones: the same multiply-accumulate rate as WRN-28-10
+        return r1 * m1 / macs
+    t = (math.log(macs) - math.log(m0)) / (math.log(m1) - math.log(m0))
+    return math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0)))
+
+
+def cpu_rate() -> tuple[float, str]:
+    """(training multiply-accumulates per second of this CPU, how it was measured)."""
+    speed = Speed.resolve(Config(), torch.device("cpu"))
+    key = f"{platform.processor() or platform.machine()}|{torch.__version__}|"
+    key += f"{torch.get_num_threads()} threads|{speed.precision}"
+    record = read_record(RECORD)
+    if key not in record:
+        record[key] = _measure_cpu(speed)
+        write_record(RECORD, record)
+    rate = record[key]
+    return rate, (
+        f"this CPU ({torch.get_num_threads()} threads, {speed.precision}): "
+        f"{rate / 1e9:.1f} G training multiply-accumulates/s, measured on {CPU_REFERENCE} "
+        "steps at batch 64 and assumed the same for every network"
+    )
+
+
+def _measure_cpu(speed: Speed, batch: int = 64, steps: int = 3) -> float:
+    torch.manual_seed(0)
+    model = create_model(CPU_REFERENCE, 10)
+    macs = model_summary(model)["macs"]
+    model = speed.prepare(model)
+    optimizer = build_optimizer(model, OptimConfig())
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    sums = EpochSums.start(torch.device("cpu"))
+    train_step(model, optimizer, x, y, speed, sums)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, optimizer, x, y, speed, sums)
+    images_per_second = batch * steps / (time.perf_counter() - start)
+    return BACKWARD_FACTOR * macs * images_per_second
+
+
+def run_cost(macs: float, column: str, epochs: int | None = None) -> dict:
+    """Multiply-accumulates and hours of one run of a network on a dataset column."""
+    train, test = IMAGES[column]
+    epochs = epochs or EPOCHS[column]
+    total = macs * epochs * (BACKWARD_FACTOR * train + test)
+    cpu, _ = cpu_rate()
+    gpu_seconds = epochs * (train + test) / gpu_images_per_second(macs)
+    return {
+        "epochs": epochs,
+        "macs": total,
+        "cpu_hours": total / cpu / 3600,
+        "gpu_hours": gpu_seconds / 3600,
+    }

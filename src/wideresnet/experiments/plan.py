@@ -1,0 +1,164 @@
+"""A table run as a list of ordinary `wrn train` runs: one run directory per (row, dataset,
+seed), each with its command line, so that `wrn table run` and any scheduler running the
+printed commands produce the same directories.
+
+    EXP_DIR/<table>/<row>/<dataset>/seed<k>/      (dataset-as-column when they differ)
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from wideresnet.errors import ConfigError
+from wideresnet.experiments.registry import PRESET_OF, get_table
+from wideresnet.files import read_json
+from wideresnet.recipes import make_config
+from wideresnet.train.checkpoint import CHECKPOINT
+from wideresnet.train.rundir import CONFIG, RESULT
+
+
+def full_schedule(preset: str) -> tuple[int, tuple[int, ...]]:
+    """The preset's epochs and milestones."""
+    optim = make_config(preset).optim
+    return optim.epochs, optim.milestones
+
+
+def scaled_schedule(preset: str, scale: float) -> tuple[int, tuple[int, ...]]:
+    """The preset's epochs and milestones scaled by `scale` (200 at 60/120/160 by 0.1: 20 at
+    6/12/16). A milestone never falls on the first epoch; ones that coincide are merged."""
+    epochs, milestones = full_schedule(preset)
+    scaled_epochs = max(1, round(epochs * scale))
+    scaled = sorted({min(scaled_epochs, max(2, round(m * scale))) for m in milestones})
+    return scaled_epochs, tuple(m for m in scaled if m <= scaled_epochs)
+
+
+def column_of(dataset: str, paper_dataset: str | None) -> str:
+    """The paper's dataset column a run fills: the dataset itself when it is an official one,
+    else what --paper-dataset says the data stands for."""
+    if dataset in PRESET_OF:
+        if paper_dataset not in (None, dataset):
+            raise ConfigError(f"--paper-dataset {paper_dataset}: the data is {dataset} itself")
+        return dataset
+    if paper_dataset not in PRESET_OF:
+        raise ConfigError(
+            f"--dataset {dataset}: say which column of the paper it stands for with "
+            f"--paper-dataset {'|'.join(PRESET_OF)}"
+        )
+    return paper_dataset
+
+
+def _flag(key: str, value) -> list[str]:
+    option = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return [option if value else "--no-" + key.replace("_", "-")]
+    if isinstance(value, tuple | list):
+        return [option, ",".join(map(str, value))]
+    return [option, str(value)]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    table: str
+    row: str
+    dataset: str
+    column: str
+    seed: int
+    run_dir: Path
+    preset: str
+    values: dict = field(hash=False)  # flat config values given on the command line
+    extra: dict = field(default_factory=dict, hash=False)  # more train options (after --)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.table}/{self.row}@{self.column}"
+
+    def train_args(self) -> list[str]:
+        args = ["train", "--preset", self.preset]
+        for key, value in {**self.values, **self.extra}.items():
+            args += _flag(key, value)
+        return [*args, "--out", str(self.run_dir)]
+
+    def args(self) -> list[str]:
+        """What to run now: resume a stopped run, else start (replacing a run that failed
+        before its first checkpoint)."""
+        state = status(self.run_dir)
+        if state in ("stopped", "failed") and (self.run_dir / CHECKPOINT).exists():
+            return ["train", "--resume", str(self.run_dir)]
+        return self.train_args() + (["--overwrite"] if self.run_dir.exists() else [])
+
+    def command(self) -> str:
+        return shlex.join(["wrn", *self.args()])
+
+
+def status(run_dir: Path) -> str:
+    """new | stopped (a checkpoint, no result) | failed (failure.json) | finished."""
+    if (run_dir / RESULT).is_file() and read_json(run_dir / RESULT) is not None:
+        return "finished"
+    if (run_dir / "failure.json").is_file():
+        return "failed"
+    if (run_dir / CHECKPOINT).is_file() or (run_dir / CONFIG).is_file():
+        return "stopped"
+    return "new"
+
+
+def plan(
+    table_name: str,
+    dataset: str,
+    data_dir: str | None,
+    out: str | Path,
+    *,
+    rows: list[str] | None = None,
+    seeds: list[int] | None = None,
+    epochs: int | None = None,
+    scale: float | None = None,
+    paper_dataset: str | None = None,
+    extra: dict | None = None,
+) -> list[PlannedRun]:
+    """Every run of a table on one dataset, each validated as `wrn train` would."""
+    table = get_table(table_name)
+    if not table.runnable:
+        raise ConfigError(f"{table.name} cannot be run: {table.note}")
+    column = column_of(dataset, paper_dataset)
+    if column not in table.columns:
+        raise ConfigError(
+            f"{table.name} has no {column} column (it has {', '.join(table.columns)})"
+        )
+    chosen = [table.row(r) for r in rows] if rows else list(table.rows)
+    folder = dataset if dataset == column else f"{dataset}-as-{column}"
+    runs = []
+    for row in chosen:
+        preset = row.preset_for(column)
+        schedule = _schedule(preset, epochs, scale)
+        for seed in seeds or [0]:
+            values = {**row.config(column), "dataset": dataset, "seed": seed, **schedule}
+            if data_dir is not None:
+                values["data_dir"] = str(Path(data_dir).expanduser().absolute())
+            if table.preprocess != "meanstd":
+                values["preprocess"] = table.preprocess
+            values["experiment"] = f"{table.name}/{row.id}@{column}"
+            run_dir = Path(out).absolute() / table.name / row.id / folder / f"seed{seed}"
+            planned = PlannedRun(table.name, row.id, dataset, column, seed, run_dir, preset, values)
+            runs.append(replace(planned, extra=dict(extra or {})))
+    _validate(runs)
+    return runs
+
+
+def _schedule(preset: str, epochs: int | None, scale: float | None) -> dict:
+    if epochs is not None and scale is not None:
+        raise ConfigError("give --epochs or --schedule-scale, not both")
+    if epochs is not None:
+        scale = epochs / full_schedule(preset)[0]
+    if scale is None:
+        return {}
+    if not 0 < scale <= 1:
+        raise ConfigError(f"--schedule-scale must be in (0, 1], not {scale}")
+    scaled_epochs, milestones = scaled_schedule(preset, scale)
+    return {"epochs": scaled_epochs, "milestones": milestones}
+
+
+def _validate(runs: list[PlannedRun]) -> None:
+    """Every run's options, checked as `wrn train` checks them, before anything runs."""
+    for run in runs:
+        make_config(run.preset, {**run.values, **run.extra})

@@ -1,0 +1,185 @@
+"""`wrn table run`: the runs of a table, one after another or one per device at once.
+
+Each run is an ordinary `wrn train` process (the same command --print-commands prints), so a
+finished run is skipped, a stopped one resumed, and a failed one recorded while the next
+starts. SIGTERM or SIGINT reaches every running process, which checkpoints; the same command
+later continues the table. Each run's output goes to EXP_DIR/logs/.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from wideresnet.errors import Interrupted, RunError
+from wideresnet.experiments.plan import PlannedRun, status
+from wideresnet.files import read_json, write_json
+from wideresnet.progress import log as progress_log
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+TABLE_STOPPED = "every running run saved a checkpoint; the same command resumes the table"
+
+
+@dataclass
+class Running:
+    run: PlannedRun
+    process: subprocess.Popen
+    started: float
+    slot: int
+
+
+@dataclass
+class Outcome:
+    finished: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+def _log_path(exp_dir: Path, run: PlannedRun) -> Path:
+    relative = run.run_dir.relative_to(exp_dir)
+    return exp_dir / "logs" / ("-".join(relative.parts) + ".log")
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Signals noted (not acted on at once): the loop passes them on to the runs."""
+    received: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    try:
+        previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:
+        previous = {}
+    try:
+        yield received
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+class TableRunner:
+    """Runs planned runs in processes, `len(devices)` at a time (one when devices is None)."""
+
+    def __init__(self, runs: list[PlannedRun], exp_dir: Path, devices: list[str] | None) -> None:
+        self.runs, self.exp_dir = runs, Path(exp_dir).absolute()
+        self.slots: list[str | None] = list(devices) if devices else [None]
+        self.record_path = self.exp_dir / "table-runs.json"
+        self.durations: list[float] = []
+
+    def pending(self, retry_failed: bool) -> list[PlannedRun]:
+        wanted = ("new", "stopped", "failed") if retry_failed else ("new", "stopped")
+        return [run for run in self.runs if status(run.run_dir) in wanted]
+
+    def run(self, retry_failed: bool = False) -> Outcome:
+        pending = self.pending(retry_failed)
+        outcome = Outcome(skipped=len(self.runs) - len(pending))
+        states = {s: sum(status(r.run_dir) == s for r in self.runs) for s in ("finished", "failed")}
+        log.info(
+            f"{len(self.runs)} runs: {states['finished']} finished (skipped), "
+            f"{states['failed']} failed{' (retried)' if retry_failed else ' (skipped)'}, "
+            f"{len(pending)} to run, {len(self.slots)} at a time"
+        )
+        active: list[Running] = []
+        total = len(pending)
+        with _stop_requests() as stop:
+            while pending or active:
+                while pending and len(active) < len(self.slots) and not stop:
+                    active.append(self._start(pending.pop(0), active, total - len(pending)))
+                for item in [a for a in active if a.process.poll() is not None]:
+                    active.remove(item)
+                    self._finished(item, outcome, total, len(pending) + len(active))
+                if stop and active:
+                    self._stop(active, stop[0])
+                    for item in active:
+                        self._finished(item, outcome, total, len(pending))
+                    active = []
+                if stop:
+                    raise Interrupted(stop[0], TABLE_STOPPED)
+                time.sleep(POLL_SECONDS)
+        return outcome
+
+    def _start(self, run: PlannedRun, active: list[Running], index: int) -> Running:
+        slot = min(set(range(len(self.slots))) - {a.slot for a in active})
+        device = self.slots[slot]
+        args = run.args() + (["--device", device] if device else [])
+        log_path = _log_path(self.exp_dir, run)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as out:
+            out.write(f"$ wrn {' '.join(args)}\n")
+            out.flush()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "wideresnet", *args], stdout=out, stderr=subprocess.STDOUT
+            )
+        what = "resuming" if "--resume" in args else "starting"
+        log.info(f"[{index}/{len(self.runs)}] {what} {run.tag} seed {run.seed} (log: {log_path})")
+        return Running(run, process, time.monotonic(), slot)
+
+    def _finished(self, item: Running, outcome: Outcome, total: int, left: int) -> None:
+        code = item.process.wait()
+        seconds = time.monotonic() - item.started
+        result = read_json(item.run.run_dir / "result.json") if code == 0 else None
+        if code == 0 and result:
+            outcome.finished += 1
+            self.durations.append(seconds)
+            said = f"test error {result['test_error']:.2f}% after {result['epochs']} epochs"
+        elif code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+            said = "stopped, checkpoint saved"
+        else:
+            outcome.failed += 1
+            said = f"FAILED (exit {code}; see {_log_path(self.exp_dir, item.run)})"
+        self._record(item.run, code, seconds)
+        done = outcome.finished + outcome.failed
+        progress_log.info(
+            f"{item.run.tag} seed {item.run.seed}: {said}, {seconds:.0f}s; {done}/{total} done"
+            f"{self._eta(left)}",
+            extra={"progress": "table", "progress_end": True},
+        )
+
+    def _eta(self, left: int) -> str:
+        if not self.durations or not left:
+            return ""
+        mean = sum(self.durations) / len(self.durations)
+        return f", ETA {mean * left / len(self.slots) / 60:.1f} min (mean of runs finished so far)"
+
+    def _stop(self, active: list[Running], signum: int) -> None:
+        log.info(f"passing {signal.Signals(signum).name} to {len(active)} running run(s)")
+        for item in active:
+            if item.process.poll() is None:
+                item.process.send_signal(signal.SIGTERM)
+        for item in active:
+            item.process.wait()
+
+    def _record(self, run: PlannedRun, code: int, seconds: float) -> None:
+        """EXP_DIR/table-runs.json: each run's last exit code and command (for the ledger)."""
+        record = read_json(self.record_path) or {}
+        key = str(run.run_dir.relative_to(self.exp_dir))
+        record[key] = {"exit": code, "seconds": round(seconds, 1), "command": run.command()}
+        write_json(self.record_path, record)
+
+
+def print_commands(runs: list[PlannedRun], retry_failed: bool = False) -> list[str]:
+    """One `wrn ...` line per pending run, for any scheduler."""
+    wanted = ("new", "stopped", "failed") if retry_failed else ("new", "stopped")
+    return [run.command() for run in runs if status(run.run_dir) in wanted]
+
+
+def check_devices(devices: list[str] | None) -> list[str] | None:
+    """'0,1' -> cuda:0, cuda:1; cpu (repeatable) and cuda:N as given."""
+    if not devices:
+        return None
+    named = [f"cuda:{d}" if d.isdigit() else d for d in devices]
+    for device in named:
+        if device != "cpu" and not device.startswith("cuda:"):
+            raise RunError(f"--devices: {device!r} is not a GPU number, cuda:N or cpu")
+    return named

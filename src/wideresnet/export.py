@@ -1,0 +1,214 @@
+"""Taking a trained WRN away: safetensors with the metadata that rebuilds it alone, ONNX
+(checked against PyTorch with onnxruntime), and `load_model` for exported files, our
+checkpoints and run directories.
+
+A loaded model is a ready eval-mode nn.Module with three plain attributes: `classes` (names),
+`input_size` (pixels) and `input_transform`, a module turning uint8 images (N, H, W, 3) into
+the input the model was trained on (its run's mean/std, or GCN + ZCA).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wideresnet.config import Config
+from wideresnet.data.prepare import load_split, training_split
+from wideresnet.data.preprocess import InputTransform, cached_zca, normalisation
+from wideresnet.errors import DataError, RunError
+from wideresnet.files import atomic_write
+from wideresnet.models import create_model
+from wideresnet.train.runtime import git_commit
+from wideresnet.train.trained import load_trained
+
+FORMAT = "wideresnet-model/1"
+ZCA_KEYS = ("input.zca_mean", "input.zca_whiten")
+
+
+@dataclass
+class Portable:
+    """A trained model and everything it needs to be used alone."""
+
+    model: nn.Module
+    config: Config
+    classes: list[str]
+    normalization: dict[str, Any]  # {"mean": [...], "std": [...]} (0-255) or {"zca": True}
+    transform: InputTransform
+    input_size: int
+
+    def finish(self) -> nn.Module:
+        """The eval-mode model with classes, input_size and input_transform attached (as plain
+        attributes, outside its state_dict)."""
+        self.model.eval()
+        self.transform.eval()
+        for key, value in (
+            ("classes", self.classes),
+            ("input_size", self.input_size),
+            ("input_transform", self.transform),
+        ):
+            object.__setattr__(self.model, key, value)
+        return self.model
+
+
+def _normalization(state: dict, config: Config) -> tuple[dict, InputTransform]:
+    if isinstance(state.get("normalization"), dict):  # imported from another project
+        mean, std = state["normalization"]["mean"], state["normalization"]["std"]
+    elif config.data.preprocess == "zca":
+        try:
+            (x_train, _), _, _ = training_split(config)
+        except DataError as error:
+            raise RunError(f"a ZCA run's whitening needs its training data: {error}") from None
+        zca_mean, whiten = cached_zca(x_train, f"{config.data.dataset}|{config.data.data_dir}")
+        return {"zca": True}, InputTransform(zca_mean=zca_mean, zca_whiten=whiten)
+    else:
+        mean, std = normalisation(config.data.preprocess)
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    return {"mean": mean, "std": std}, InputTransform(mean, std)
+
+
+def portable(source: str | Path) -> Portable:
+    """From a run directory or one of our checkpoint files."""
+    trained = load_trained(source)
+    normalization, transform = _normalization(trained.state, trained.config)
+    size = trained.config.data.image_size or getattr(trained.model, "input_size", 32)
+    return Portable(trained.model, trained.config, trained.classes, normalization, transform, size)
+
+
+def export_safetensors(source: str | Path, out: str | Path) -> str:
+    """Weights and the metadata that rebuild the model (and its input) alone."""
+    from safetensors.torch import save
+
+    item = portable(source)
+    tensors = {k: v.contiguous() for k, v in item.model.state_dict().items()}
+    if item.transform.zca:
+        tensors.update(dict(zip(ZCA_KEYS, (item.transform.zca_mean, item.transform.zca_whiten))))
+    config = item.config.to_dict()
+    metadata = {
+        "format": FORMAT,
+        "model": item.config.model.model,
+        "model_options": json.dumps(item.config.given_model_options()),
+        "classes": json.dumps(item.classes),
+        "normalization": json.dumps(item.normalization),
+        "input_size": str(item.input_size),
+        "recipe_sha256": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
+        "config": json.dumps(config),
+        "commit": git_commit() or "unknown",
+    }
+    atomic_write(out, save(tensors, metadata=metadata))
+    return f"{item.config.model.model}, {len(item.classes)} classes, {len(tensors)} tensors"
+
+
+def _from_safetensors(path: Path) -> Portable:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        meta = header.get("__metadata__") or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"not a wideresnet export (format {meta.get('format')!r})")
+        classes = json.loads(meta["classes"])
+        options = json.loads(meta["model_options"])
+        normalization = json.loads(meta["normalization"])
+    except (SafetensorError, ValueError, KeyError, OSError) as error:
+        raise RunError(f"{path}: not a readable wideresnet safetensors file ({error})") from None
+    model = create_model(meta["model"], len(classes), **options)
+    zca = [tensors.pop(k) for k in ZCA_KEYS if k in tensors]
+    model.load_state_dict(tensors)
+    if normalization.get("zca"):
+        transform = InputTransform(zca_mean=zca[0], zca_whiten=zca[1])
+    else:
+        transform = InputTransform(normalization["mean"], normalization["std"])
+    config = Config.from_dict(json.loads(meta.get("config", "{}")))
+    return Portable(model, config, classes, normalization, transform, int(meta["input_size"]))
+
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """A ready eval-mode model from an exported .safetensors file, one of our checkpoints, or a
+    run directory; `model.classes`, `model.input_size` and `model.input_transform` come with it."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path}: no such file or run directory")
+    return _portable_any(path).finish()
+
+
+def _portable_any(path: Path) -> Portable:
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":  # our checkpoints are torch's zip files; the rest: safetensors
+                return _from_safetensors(path)
+    return portable(path)
+
+
+class WithPreprocessing(nn.Module):
+    """uint8 images (N, H, W, 3) in, class probabilities out (`--include-preprocessing`)."""
+
+    def __init__(self, transform: InputTransform, model: nn.Module) -> None:
+        super().__init__()
+        self.transform, self.model = transform, model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.transform(images)).softmax(1)
+
+
+def _check_images(item: Portable, count: int = 16) -> tuple[np.ndarray, str]:
+    """Real images to check an export on: the run's test images when its data is here."""
+    try:
+        images, _, _ = load_split(item.config, item.config.data.test_split)
+        if images.shape[1:3] == (item.input_size, item.input_size):
+            return images[:count], f"{count} test images of {item.config.data.data_dir}"
+    except DataError:
+        pass
+    generator = np.random.default_rng(0)
+    size = (count, item.input_size, item.input_size, 3)
+    return generator.integers(0, 256, size, dtype=np.uint8), f"{count} random images (no data here)"
+
+
+def export_onnx(source: str | Path, out: str | Path, include_preprocessing: bool = False):
+    """The model as ONNX (dynamic batch), checked with onnxruntime against PyTorch on real
+    images; returns (summary, largest absolute difference)."""
+    import onnxruntime
+
+    item = _portable_any(Path(source))
+    item.finish()
+    images, what = _check_images(item)
+    module = WithPreprocessing(item.transform, item.model) if include_preprocessing else item.model
+    uint8 = torch.from_numpy(images)
+    example = uint8 if include_preprocessing else item.transform(uint8)
+    with torch.no_grad():
+        expected = module(example).numpy()
+    folder = Path(out).absolute().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        onnx_path = Path(scratch) / "model.onnx"
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        torch.onnx.export(
+            module,
+            (example[:2],),
+            str(onnx_path),
+            input_names=["images"],
+            output_names=["probabilities" if include_preprocessing else "logits"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            external_data=False,
+        )
+        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": example.numpy()})[0]
+        difference = float(np.abs(got - expected).max())
+        atomic_write(out, onnx_path.read_bytes())
+    if include_preprocessing:
+        kind = "uint8 NHWC images -> probabilities"
+    else:
+        kind = "float NCHW normalised images -> logits"
+    return f"{kind}; checked with onnxruntime on {what}", difference

@@ -1,0 +1,152 @@
+"""The report's plots (PNG and SVG, with matplotlib): learning curves in the style of the
+paper's Figures 2 and 3 (test error solid, train error dashed, against epoch, one colour per
+row), ours against the paper per cell, and our curve beside the authors' own log."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from wideresnet.errors import ConfigError
+from wideresnet.experiments.registry import FIGURES, authors_log
+from wideresnet.report import RunRecord
+
+FORMATS = ("png", "svg")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError('--plots needs matplotlib: pip install "wideresnet[plots]"') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curve(records: list[RunRecord], key: str) -> tuple[list[int], list[float]]:
+    by_epoch: dict[int, list[float]] = {}
+    for record in records:
+        for m in record.metrics:
+            if m.get(key) is not None:
+                by_epoch.setdefault(m["epoch"], []).append(m[key])
+    epochs = sorted(by_epoch)
+    return epochs, [statistics.median(by_epoch[e]) for e in epochs]
+
+
+def _save(figure, folder: Path, name: str) -> list[Path]:
+    paths = []
+    for fmt in FORMATS:
+        path = folder / f"{name}.{fmt}"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _draw_cells(axis, groups: list[tuple[str, list[RunRecord]]]) -> None:
+    """Median test error (solid) and train error (dashed) per epoch, one colour per label."""
+    for index, (label, records) in enumerate(groups):
+        colour = f"C{index}"
+        epochs, test = _curve(records, "test_error")
+        axis.plot(epochs, test, color=colour, linestyle="-", label=f"{label} test")
+        epochs, train = _curve(records, "train_error")
+        axis.plot(epochs, train, color=colour, linestyle="--", label=f"{label} train")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("error (%)")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+
+
+def _group(records: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecord]]:
+    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.table, r.row, r.column), []).append(r)
+    return groups
+
+
+def write_plots(records: list[RunRecord], cells: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """Every plot the runs allow; returns the files written."""
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    groups, written = _group(records), []
+    for table, column in dict.fromkeys((t, c) for t, _, c in groups):
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        rows = [(row, recs) for (t, row, c), recs in groups.items() if (t, c) == (table, column)]
+        _draw_cells(axis, rows)
+        axis.set_title(f"{table} on {column}: test error solid, train error dashed")
+        written += _save(figure, folder, f"curves-{table}-{column}")
+        plt.close(figure)
+    for figure_spec in FIGURES.values():
+        panels = {
+            title: [(f"{t}/{r}", groups[(t, r, c)]) for t, r, c in cells_ if (t, r, c) in groups]
+            for title, cells_ in figure_spec.panels.items()
+        }
+        panels = {title: curves for title, curves in panels.items() if curves}
+        if not panels:
+            continue
+        figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+        for axis, (title, curves) in zip(axes[0], panels.items()):
+            _draw_cells(axis, curves)
+            axis.set_title(title)
+        figure.suptitle(figure_spec.title, fontsize=9)
+        written += _save(figure, folder, figure_spec.name)
+        plt.close(figure)
+    written += _vs_paper(plt, cells, folder)
+    written += _against_authors(plt, groups, folder)
+    return written
+
+
+def _vs_paper(plt, cells: list[dict[str, Any]], folder: Path) -> list[Path]:
+    written = []
+    for table in dict.fromkeys(c["table"] for c in cells):
+        points = [c for c in cells if c["table"] == table and None not in (c["paper"], c["median"])]
+        if not points:
+            continue
+        figure, axis = plt.subplots(figsize=(5, 5))
+        for index, c in enumerate(points):
+            axis.errorbar(
+                c["paper"],
+                c["median"],
+                yerr=[[c["median"] - c["min"]], [c["max"] - c["median"]]],
+                fmt="o",
+                color=f"C{index % 10}",
+                label=f"{c['label']} {c['dataset']}",
+            )
+        low = min(min(c["paper"], c["min"]) for c in points)
+        high = max(max(c["paper"], c["max"]) for c in points)
+        axis.plot([low, high], [low, high], color="grey", linestyle=":", label="ours = paper")
+        axis.set_xlabel("paper test error (%)")
+        axis.set_ylabel("our test error (%), median and min-max")
+        axis.set_title(f"{table}: ours against the paper")
+        axis.legend(fontsize=7)
+        written += _save(figure, folder, f"vs-paper-{table}")
+        plt.close(figure)
+    return written
+
+
+def _against_authors(plt, groups: dict, folder: Path) -> list[Path]:
+    written = []
+    for (table, row, column), records in groups.items():
+        log = authors_log(table, row, column)
+        if log is None:
+            continue
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        axis.plot(
+            [e["epoch"] for e in log],
+            [e["test_error"] for e in log],
+            color="black",
+            label="the authors' log, test error",
+        )
+        epochs, test = _curve(records, "test_error")
+        axis.plot(epochs, test, color="C0", label="ours, test error (median)")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("test error (%)")
+        axis.set_title(f"{table} {row} on {column}: ours and the authors' own run")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        written += _save(figure, folder, f"authors-{table}-{row}-{column}")
+        plt.close(figure)
+    return written

@@ -1,0 +1,368 @@
+"""Taking a trained WRN away: safetensors and load_model, ONNX under onnxruntime, predict,
+torch.hub, and other projects' checkpoints against independent references written here from
+those projects' published definitions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import one_line_error, wrn
+from torch import nn
+
+import wideresnet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A learnable image folder: each class a colour (PNG, 32x32)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+    from PIL import Image
+
+    for split, count in (("train", 48), ("test", 8)):
+        for name, colour in colours.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (32, 32, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    options = "--model wrn-10-1 --dataset folder --epochs 2 --batch-size 16 --precision fp32"
+    result = wrn("train", *options.split(), "--data-dir", folder, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def images_of(folder: Path) -> torch.Tensor:
+    from PIL import Image
+
+    files = sorted((folder / "test").rglob("*.png"))
+    return torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+
+
+def test_safetensors_round_trip_gives_identical_logits(run, folder, tmp_path):
+    out = tmp_path / "model.safetensors"
+    result = wrn("export", run, "--format", "safetensors", "--out", out)
+    assert result.returncode == 0, result.stderr
+    exported, original = wideresnet.load_model(out), wideresnet.load_model(run)
+    assert not exported.training and exported.classes == ["blue", "green", "red"]
+    assert exported.input_size == 32 and "input_transform" not in exported.state_dict()
+    x = exported.input_transform(images_of(folder))
+    with torch.no_grad():
+        assert torch.equal(exported(x), original(x))
+    assert one_line_error(wrn("export", run, "--format", "safetensors", "--out", out)).endswith(
+        "pass --overwrite to replace it"
+    )
+
+
+@pytest.mark.parametrize("preprocessing", [False, True], ids=["normalised-in", "uint8-in"])
+def test_onnx_matches_pytorch_for_batches_of_1_and_7(run, folder, tmp_path, preprocessing):
+    import onnxruntime
+
+    out = tmp_path / "model.onnx"
+    extra = ["--include-preprocessing"] if preprocessing else []
+    result = wrn("export", run, "--format", "onnx", "--out", out, *extra)
+    assert result.returncode == 0, result.stderr
+    assert "largest difference from PyTorch" in result.stdout and "test images of" in result.stdout
+    model = wideresnet.load_model(run)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = images_of(folder)
+    for batch in (1, 7):
+        x = images[:batch] if preprocessing else model.input_transform(images[:batch])
+        with torch.no_grad():
+            expected = model(model.input_transform(images[:batch]))
+            expected = expected.softmax(1) if preprocessing else expected
+        got = session.run(None, {"images": x.numpy()})[0]
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_predict_gives_the_class_eval_gives_and_reports_a_bad_file(run, folder, tmp_path):
+    from PIL import Image
+
+    model = wideresnet.load_model(run)
+    originals = sorted((folder / "test").rglob("*.png"))[::4]
+    with torch.no_grad():
+        batch = images_of(folder)[::4]
+        expected = [model.classes[i] for i in model(model.input_transform(batch)).argmax(1)]
+    variants = []
+    for n, path in enumerate(originals):
+        image = Image.open(path).convert("RGB")
+        kinds = [
+            ("png", image),
+            ("jpg", image),
+            ("rgba.png", image.convert("RGBA")),
+            ("64px.png", image.resize((64, 64), Image.BILINEAR)),
+            ("p.png", image.convert("P", palette=Image.ADAPTIVE)),
+        ]
+        kind, variant = kinds[n % len(kinds)]
+        target = tmp_path / f"{n}.{kind}"
+        variant.save(target, quality=100) if kind == "jpg" else variant.save(target)
+        variants.append(target)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = wrn("predict", run, *variants, tmp_path / "broken.png", "--json", "--top-k", "2")
+    assert result.returncode == 2
+    entries = json.loads(result.stdout)
+    assert [e["file"] for e in entries] == [str(p) for p in variants] + [
+        str(tmp_path / "broken.png")
+    ]
+    assert [e["top"][0]["class"] for e in entries[:-1]] == expected
+    for entry in entries[:-1]:
+        assert len(entry["top"]) == 2
+        assert 0 <= entry["top"][1]["probability"] <= entry["top"][0]["probability"] <= 1
+    assert "broken.png" in entries[-1]["error"]
+    assert result.stderr.count("\n") == 1 and "broken.png" in result.stderr
+    text = wrn("predict", run, tmp_path)  # a folder: every image in it
+    assert text.stdout.count("%") >= len(variants)
+
+
+def test_torch_hub_builds_the_models_and_loads_weights(run, tmp_path):
+    model = torch.hub.load(str(ROOT), "wrn_28_10", source="local", num_classes=100, dropout=0.3)
+    assert wideresnet.count_params(model) == 36_536_884
+    assert model.group0.block0.dropout == 0.3
+    out = tmp_path / "w.safetensors"
+    wrn("export", run, "--format", "safetensors", "--out", out)
+    hub = ROOT / "hubconf.py"
+    assert "def wrn_50_2" in hub.read_text()
+    with pytest.raises(ValueError, match="3 classes, not 10"):
+        torch.hub.load(str(ROOT), "wrn_16_4", source="local", weights=str(out))
+    loaded = torch.hub.load(str(ROOT), "wrn_16_4", source="local", num_classes=3, weights=str(out))
+    assert loaded.classes == ["blue", "green", "red"]
+
+
+@pytest.mark.parametrize("case", ["truncated", "garbage", "code"])
+def test_corrupt_or_foreign_files_are_one_line(run, tmp_path, case):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "bad.pt"
+    if case == "truncated":
+        data = (run / "checkpoint.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif case == "garbage":
+        path.write_bytes(b"\0" * 200)
+    else:
+
+        class Payload:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        torch.save({"state_dict": Payload()}, path)
+    for args in (
+        ("export", path, "--format", "safetensors", "--out", tmp_path / "x.safetensors"),
+        ("predict", path, tmp_path),
+        ("import", "--from", "xternalz", path, "--out", tmp_path / "y.pt"),
+    ):
+        line = one_line_error(wrn(*args))
+        assert str(path) in line
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Independent references, written from each project's published definition
+# --------------------------------------------------------------------------------------------
+
+
+class XternalzBlock(nn.Module):
+    """xternalz/WideResNet-pytorch wideresnet.py BasicBlock (RobustBench's is the same)."""
+
+    def __init__(
+        self, in_planes, out_planes, stride, act, momentum=0.1, activate_before_residual=True
+    ):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes, momentum=momentum)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes, momentum=momentum)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.equal = in_planes == out_planes
+        self.convShortcut = (
+            None if self.equal else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+        )
+        self.act, self.activate_before_residual = act, activate_before_residual
+
+    def forward(self, x):
+        if not self.equal and self.activate_before_residual:
+            x = self.act(self.bn1(x))
+        else:
+            out = self.act(self.bn1(x))
+        out = self.act(self.bn2(self.conv1(out if self.equal else x)))
+        out = self.conv2(out)
+        return torch.add(x if self.equal else self.convShortcut(x), out)
+
+
+class NetworkBlock(nn.Module):
+    def __init__(self, n, in_planes, out_planes, stride, act, momentum, first_activates):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[
+                XternalzBlock(
+                    in_planes if i == 0 else out_planes,
+                    out_planes,
+                    stride if i == 0 else 1,
+                    act,
+                    momentum,
+                    first_activates,
+                )
+                for i in range(n)
+            ]
+        )
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class ReferenceWRN(nn.Module):
+    """xternalz's WideResNet; robustbench=True adds the unused sub_block1 and bias_last;
+    fixmatch=True is kekmodel's: leaky ReLU 0.1, momentum 0.001, activate_before_residual
+    only in block1."""
+
+    def __init__(self, depth, k, classes, *, robustbench=False, bias_last=True, fixmatch=False):
+        super().__init__()
+        n, widths = (depth - 4) // 6, [16, 16 * k, 32 * k, 64 * k]
+        act = (lambda x: F.leaky_relu(x, 0.1)) if fixmatch else F.relu
+        momentum = 0.001 if fixmatch else 0.1
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.block1 = NetworkBlock(n, widths[0], widths[1], 1, act, momentum, True)
+        if robustbench:
+            self.sub_block1 = NetworkBlock(n, widths[0], widths[1], 1, act, momentum, True)
+        self.block2 = NetworkBlock(n, widths[1], widths[2], 2, act, momentum, not fixmatch)
+        self.block3 = NetworkBlock(n, widths[2], widths[3], 2, act, momentum, not fixmatch)
+        self.bn1 = nn.BatchNorm2d(widths[3], momentum=momentum)
+        self.fc = nn.Linear(widths[3], classes, bias=bias_last)
+        self.act = act
+
+    def forward(self, x):
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.adaptive_avg_pool2d(self.act(self.bn1(out)), 1).flatten(1)
+        return self.fc(out)
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class TorchvisionBottleneck(nn.Module):
+    """torchvision.models.resnet.Bottleneck, expansion 4, width = planes * base_width / 64."""
+
+    def __init__(self, inplanes, planes, stride, base_width):
+        super().__init__()
+        width = int(planes * (base_width / 64.0))
+        self.conv1, self.bn1 = nn.Conv2d(inplanes, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = (
+            nn.Conv2d(width, planes * 4, 1, bias=False),
+            nn.BatchNorm2d(planes * 4),
+        )
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchvisionWideResNet50(nn.Module):
+    """torchvision.models.wide_resnet50_2: ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=128)."""
+
+    def __init__(self, classes=1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        inplanes = 64
+        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+            layer = []
+            for b in range(blocks):
+                layer.append(
+                    TorchvisionBottleneck(inplanes, planes, 2 if (b == 0 and i > 0) else 1, 128)
+                )
+                inplanes = planes * 4
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
+        self.fc = nn.Linear(2048, classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def randomise(model: nn.Module, seed: int) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                shape = tensor.shape
+                if name.endswith("running_var"):
+                    tensor.copy_(torch.rand(shape, generator=generator) + 0.5)
+                else:
+                    tensor.copy_(torch.randn(shape, generator=generator) * 0.1)
+    return model
+
+
+LAYOUTS = {
+    "xternalz": lambda: ReferenceWRN(16, 2, 10),
+    "robustbench": lambda: ReferenceWRN(16, 2, 10, robustbench=True, bias_last=False),
+    "fixmatch": lambda: ReferenceWRN(16, 2, 10, fixmatch=True),
+}
+
+
+@pytest.mark.parametrize("prefix", ["", "module."], ids=["plain", "module-prefix"])
+@pytest.mark.parametrize("layout", [*LAYOUTS, "torchvision"])
+def test_foreign_checkpoints_give_the_originals_logits(tmp_path, layout, prefix):
+    reference = randomise(
+        TorchvisionWideResNet50() if layout == "torchvision" else LAYOUTS[layout](), 1
+    )
+    state = {prefix + k: v for k, v in reference.state_dict().items()}
+    source = tmp_path / "theirs.pt"
+    torch.save({"state_dict": state, "epoch": 200}, source)
+    out = tmp_path / "ours.pt"
+    result = wrn("import", "--from", layout, source, "--out", out)
+    assert result.returncode == 0, result.stderr
+    ours = wideresnet.load_model(out)
+    size = 64 if layout == "torchvision" else 32
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(2))
+    for mode in ("eval", "train"):
+        reference.train(mode == "train")
+        ours.train(mode == "train")
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-5, msg=mode)
+
+
+def test_a_robustbench_normalisation_wrapper_becomes_the_input_transform(tmp_path):
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+    wrapped = nn.Sequential()
+    wrapped.add_module("normalize", Normalize(mean, std))
+    wrapped.add_module("model", randomise(ReferenceWRN(16, 2, 10, robustbench=True), 3))
+    source = tmp_path / "rb.pt"
+    torch.save(wrapped.state_dict(), source)
+    assert (
+        wrn("import", "--from", "robustbench", source, "--out", tmp_path / "o.pt").returncode == 0
+    )
+    ours = wideresnet.load_model(tmp_path / "o.pt")
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    wrapped.eval()  # as the loaded model is
+    with torch.no_grad():
+        expected = wrapped(images.permute(0, 3, 1, 2).float() / 255)
+        torch.testing.assert_close(
+            ours(ours.input_transform(images)), expected, rtol=1e-4, atol=1e-5
+        )

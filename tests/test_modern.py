@@ -1,0 +1,264 @@
+"""The modern recipes: augmentation operations against Pillow, the policies on batches,
+Cutout, mixup and CutMix, label smoothing, SAM, weight averaging, cosine with warm-up, and an
+exact resume with all of them on."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import learnable_npz, wrn, wrn_with
+from PIL import Image, ImageEnhance, ImageOps
+
+from wideresnet.config import OptimConfig
+from wideresnet.data import BatchLoader, ops
+from wideresnet.recipes import PRESETS, make_config
+from wideresnet.train.optim import lr_at
+from wideresnet.train.run import make_trainer
+from wideresnet.train.rundir import RunDir
+from wideresnet.train.step import EpochSums, Mix, loss_fn, mix_batch, mixed_loss
+
+rng = np.random.default_rng(0)
+IMAGES = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+IMAGES[0] = np.linspace(0, 200, 32, dtype=np.uint8)[None, :, None]  # a gradient
+IMAGES[1] //= 3  # a dark one
+FILL = (128, 128, 128)
+
+
+def pillow(function) -> np.ndarray:
+    return np.stack([np.asarray(function(Image.fromarray(a))) for a in IMAGES]).astype(int)
+
+
+def ours(function, value) -> np.ndarray:
+    x = torch.from_numpy(IMAGES).float()
+    level = torch.full((len(IMAGES),), float(value), dtype=torch.float64)
+    return function(x, level).numpy().astype(int)
+
+
+def transformed(*matrix):
+    return lambda im: im.transform(im.size, Image.AFFINE, matrix, fillcolor=FILL)
+
+
+def enhanced(kind, factor):
+    return lambda im: kind(im).enhance(factor)
+
+
+# our op, its value, Pillow's reference, the largest difference, the share of pixels that differ
+CASES = {
+    "shear_x": (ops.shear_x, 0.37, transformed(1, 0.37, 0, 0, 1, 0), 0, 0),
+    "shear_y": (ops.shear_y, 0.99, transformed(1, 0, 0, 0.99, 1, 0), 0, 0),
+    "translate_x": (ops.translate_x, 7, transformed(1, 0, 7, 0, 1, 0), 0, 0),
+    "translate_y": (ops.translate_y, -11, transformed(1, 0, 0, 0, 1, -11), 0, 0),
+    "shear_fixed_point": (ops.shear_y, -0.6, transformed(1, 0, 0, -0.6, 1, 0), 0, 0),
+    "rotate": (ops.rotate, 23, lambda im: im.rotate(23, fillcolor=FILL), 0, 0),
+    "rotate_back": (ops.rotate, -117, lambda im: im.rotate(-117, fillcolor=FILL), 0, 0),
+    "rotate_quarter": (ops.rotate, 90, lambda im: im.rotate(90, fillcolor=FILL), 0, 0),
+    "autocontrast": (ops.autocontrast, 0, ImageOps.autocontrast, 0, 0),
+    "equalize": (ops.equalize, 0, ImageOps.equalize, 0, 0),
+    "invert": (ops.invert, 0, ImageOps.invert, 0, 0),
+    "solarize": (ops.solarize, 100, lambda im: ImageOps.solarize(im, 100), 0, 0),
+    "posterize": (ops.posterize, 3, lambda im: ImageOps.posterize(im, 3), 0, 0),
+    # enhancements: float rounding at a whole number may truncate one level apart
+    "contrast": (ops.contrast, 1.7, enhanced(ImageEnhance.Contrast, 1.7), 1, 0.01),
+    "color": (ops.color, 0.3, enhanced(ImageEnhance.Color, 0.3), 1, 0.01),
+    "brightness": (ops.brightness, 1.45, enhanced(ImageEnhance.Brightness, 1.45), 1, 0.01),
+    "sharpness": (ops.sharpness, 1.9, enhanced(ImageEnhance.Sharpness, 1.9), 1, 0.01),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_operation_equals_pillows(name):
+    function, value, reference, largest, share = CASES[name]
+    difference = np.abs(ours(function, value) - pillow(reference))
+    assert difference.max() <= largest, name
+    assert (difference > 0).mean() <= share, name
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment:2:9", "trivialaugment"])
+def test_policies_keep_labels_shapes_range_and_are_a_function_of_seed_and_epoch(policy):
+    images = np.random.default_rng(1).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+
+    def loader(**extra):
+        return BatchLoader(
+            images, np.arange(96) % 10, 32, shuffle=True, augment=True, seed=4, **extra
+        )
+
+    plain = list(loader().batches(2))
+    first = list(loader(policy=policy).batches(2))
+    again = list(loader(policy=policy).batches(2))
+    other = list(loader(policy=policy).batches(3))
+    for (x, y), (px, py), (ax, _) in zip(first, plain, again):
+        assert torch.equal(y, py) and x.shape == px.shape and x.dtype == torch.float32
+        assert x.min() >= 0 and x.max() <= 255 and torch.equal(x, x.round())
+        assert torch.equal(x, ax)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, plain))  # it does something
+    assert not torch.equal(first[0][0], other[0][0])
+    # resuming mid-epoch gives the same remaining batches
+    assert torch.equal(next(loader(policy=policy).batches(2, start_batch=2))[0], first[2][0])
+
+
+def test_cutout_zeroes_one_square_and_nothing_else():
+    images = np.random.default_rng(2).integers(1, 256, (64, 32, 32, 3), dtype=np.uint8)
+    kwargs = dict(shuffle=True, augment=True, mean=(0, 0, 0), std=(1, 1, 1))
+    plain = next(BatchLoader(images, np.arange(64), 64, **kwargs).batches(1))[0]
+    cut = next(BatchLoader(images, np.arange(64), 64, cutout=16, **kwargs).batches(1))[0]
+    zeroed = (cut == 0).all(1)  # (B, H, W): pixels set to zero in every channel
+    assert torch.equal(cut[~zeroed[:, None].expand_as(cut)], plain[~zeroed[:, None].expand_as(cut)])
+    for mask in zeroed:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        assert 1 <= len(rows) <= 16 and 1 <= len(cols) <= 16
+        assert mask.sum() == len(rows) * len(cols)  # one rectangle
+
+
+# --------------------------------------------------------------------------------------------
+# Losses, mixing, schedules
+# --------------------------------------------------------------------------------------------
+
+
+def test_label_smoothing_is_the_formula():
+    logits, labels = torch.randn(8, 10), torch.arange(8)
+    log_p = logits.log_softmax(1)
+    expected = (0.9 * -log_p[torch.arange(8), labels] + 0.1 * -log_p.mean(1)).mean()
+    torch.testing.assert_close(loss_fn(logits, labels, 0.1), expected)
+
+
+def test_mixup_and_cutmix_are_their_formulas():
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8)
+    from wideresnet.train.step import Recipe
+
+    mixed, mix = mix_batch(x, Recipe(mixup_alpha=1.0), np.random.default_rng(0))
+    torch.testing.assert_close(mixed, mix.lam * x + (1 - mix.lam) * x[mix.partner])
+    logits = torch.randn(8, 10)
+    expected = mix.lam * F.cross_entropy(logits, y) + (1 - mix.lam) * F.cross_entropy(
+        logits, y[mix.partner]
+    )
+    torch.testing.assert_close(mixed_loss(logits, y, mix, 0.0), expected)
+    cut, box = mix_batch(x, Recipe(cutmix_alpha=1.0), np.random.default_rng(3))
+    from_partner = (cut == x[box.partner]) & (cut != x)
+    area = from_partner.all(1).float().mean((1, 2))  # the pasted share of each image
+    assert torch.allclose(area[box.partner != torch.arange(8)], torch.tensor(1 - box.lam))
+    assert mixed_loss(logits, y, Mix(box.partner, 1.0), 0.0) == F.cross_entropy(logits, y)
+
+
+def test_cosine_with_warmup_is_the_formula():
+    optim = OptimConfig(lr=0.2, epochs=10, lr_schedule="cosine", warmup_epochs=2)
+    steps = 50
+    assert lr_at(optim, 1, 0, steps) == pytest.approx(0.2 / 100)  # the first warm-up step
+    assert lr_at(optim, 2, 49, steps) == pytest.approx(0.2)  # the last
+    for epoch, step in [(3, 0), (5, 17), (10, 49)]:
+        done = (epoch - 1) * steps + step
+        progress = (done - 100) / (10 * steps - 100)
+        assert lr_at(optim, epoch, step, steps) == pytest.approx(
+            0.1 * (1 + math.cos(math.pi * progress))
+        )
+    per_epoch = OptimConfig(lr=0.2, epochs=10, lr_schedule="cosine-epoch")
+    assert lr_at(per_epoch, 4, 30, steps) == lr_at(per_epoch, 4, 0, steps)
+    assert lr_at(per_epoch, 4, 0, steps) == pytest.approx(0.1 * (1 + math.cos(math.pi * 0.3)))
+
+
+# --------------------------------------------------------------------------------------------
+# SAM and weight averaging, on a real trainer
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+def trainer_with(npz, tmp_path, **options):
+    base = {"model": "wrn-10-1", "dataset": "npz", "data_dir": str(npz), "batch_size": 32}
+    config = make_config("cifar", {**base, "precision": "fp32", "augment": False, **options})
+    return make_trainer(config, RunDir(tmp_path))
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+def test_one_sam_step_is_the_two_step_update_written_out(npz, tmp_path, adaptive):
+    plain_sgd = {"momentum": 0.0, "nesterov": False, "weight_decay": 1e-3}
+    trainer = trainer_with(npz, tmp_path, sam_rho=0.05, sam_adaptive=adaptive, **plain_sgd)
+    model = trainer.model
+    x, y = next(trainer.data.train.batches(1))
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = {n: b.clone() for n, b in model.named_buffers()}
+    # the update written out: gradient at w, move by rho along it, gradient there, come back
+    model.train()
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    scale = [w[n].abs() if adaptive else torch.ones_like(w[n]) for n, _ in model.named_parameters()]
+    norm = torch.norm(torch.stack([(s * g).norm() for s, g in zip(scale, grads)]))
+    moves = [s * s * g * 0.05 / (norm + 1e-12) for s, g in zip(scale, grads)]
+    probe = trainer_with(npz, tmp_path / "probe").model
+    probe.load_state_dict(
+        {**{n: w[n] + m for (n, _), m in zip(model.named_parameters(), moves)}, **stats}
+    )
+    probe.train()
+    grads2 = torch.autograd.grad(F.cross_entropy(probe(x), y), list(probe.parameters()))
+    expected = {
+        n: w[n] - 0.1 * (g + 1e-3 * w[n]) for (n, _), g in zip(model.named_parameters(), grads2)
+    }
+    after_one_forward = {n: b.clone() for n, b in model.named_buffers()}
+    model.load_state_dict({**w, **stats})
+    trainer.model.train()
+    trainer._step(1, x, y, EpochSums.start(trainer.device))
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    for name, b in model.named_buffers():  # batch norm saw the first pass only
+        torch.testing.assert_close(b, after_one_forward[name], msg=name)
+
+
+def test_weight_averaging_is_its_formula(npz, tmp_path):
+    trainer = trainer_with(npz, tmp_path, ema_decay=0.9)
+    tracked = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.model.train()
+    for x, y in list(trainer.data.train.batches(1))[:3]:
+        trainer._step(1, x, y, EpochSums.start(trainer.device))
+        for n, p in trainer.model.named_parameters():
+            tracked[n] = 0.9 * tracked[n] + 0.1 * p.detach()
+    for n, p in trainer.ema.model.named_parameters():
+        torch.testing.assert_close(p, tracked[n], msg=n)
+
+
+# --------------------------------------------------------------------------------------------
+# Every option on: training runs, resume stays exact, presets
+# --------------------------------------------------------------------------------------------
+
+EVERYTHING = (
+    "--policy trivialaugment --cutout 8 --lr-schedule cosine --warmup-epochs 1 "
+    "--label-smoothing 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0 --sam-rho 0.05 --ema-decay 0.9"
+)
+
+
+def test_resume_is_bit_exact_with_every_new_option_on(npz, tmp_path):
+    options = "--model wrn-10-1 --dataset npz --epochs 3 --batch-size 32 --precision fp32 --seed 2"
+    common = [*options.split(), *EVERYTHING.split(), "--data-dir", npz]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert wrn("train", *common, "--out", straight).returncode == 0
+    assert wrn_with("sigterm", 8, "train", *common, "--out", stopped).returncode == 143
+    assert wrn("train", "--resume", stopped).returncode == 0
+    timing = ("epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second")
+
+    def rows(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+    assert rows(stopped) == rows(straight)
+    assert "ema_test_error" in rows(straight)[0]
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+
+
+@pytest.mark.parametrize(
+    "preset", ["cifar-cutout", "cifar-autoaugment", "cifar-trivialaugment", "cifar-sam"]
+)
+def test_modern_presets_leave_the_papers_alone(preset):
+    config = make_config(preset)
+    assert config.optim.epochs == 200 and config.optim.batch_size == 128 and config.optim.lr == 0.1
+    assert make_config("cifar") == make_config("cifar", {})  # the paper's recipe, unchanged
+    assert PRESETS["cifar"] == {}
