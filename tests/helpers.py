@@ -3,6 +3,7 @@ official formats, written by the tests themselves."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -345,3 +346,31 @@ def authors_params(model) -> dict:
         conv = key.endswith(".weight") and value.ndim == 4
         params[key.removesuffix(".weight") if conv else key] = value
     return params
+
+
+TIMING = ("epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second")
+
+
+def metrics(run: Path, timing: bool = True) -> list[dict]:
+    """The rows of a run's metrics.jsonl (without the wall-clock figures: timing=False)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return rows if timing else [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def tiny_config(npz: Path, **overrides):
+    """The config of a quick CPU run of WRN-10-1 on a small .npz (fp32, batch 32)."""
+    from wideresnet.recipes import make_config
+
+    fields = {"model": "wrn-10-1", "dataset": "npz", "data_dir": str(npz), "batch_size": 32}
+    return make_config("cifar", {**fields, "precision": "fp32", **overrides})
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> None:
+    """Until `path` exists, while `process` still runs."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)

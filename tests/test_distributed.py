@@ -9,20 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import learnable_npz, wrn
+from helpers import learnable_npz, metrics, tiny_config, wait_for, wrn
 
-from wideresnet.recipes import make_config
 from wideresnet.train.checkpoint import load_checkpoint
 from wideresnet.train.run import make_trainer
 from wideresnet.train.rundir import RunDir
 from wideresnet.train.step import EpochSums
 
-TIMING = ("epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second")
 OPTIONS = "--model wrn-10-1 --dataset npz --batch-size 32 --lr 0.05 --precision fp32 --seed 3"
 OPTIONS += " --device cpu --milestones 2,3"
 
@@ -30,6 +27,10 @@ OPTIONS += " --device cpu --milestones 2,3"
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory) -> Path:
     return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+def metrics_of(run: Path) -> list[dict]:
+    return metrics(run, timing=False)
 
 
 def train_args(npz: Path, out: Path, *extra, epochs: int = 3) -> list[str]:
@@ -57,11 +58,6 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.Comple
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def rows(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
-
-
 def ranks(parent: int) -> dict[int, int]:
     """rank -> pid of the worker processes torchrun started."""
     found = {}
@@ -81,14 +77,6 @@ def ranks(parent: int) -> dict[int, int]:
     return found
 
 
-def wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def two_rank_run(npz, tmp_path_factory) -> Path:
     """An uninterrupted 2-process run (batch norm per process, as the authors' runs)."""
@@ -105,7 +93,7 @@ def test_two_processes_with_sync_bn_follow_one_process(npz, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads((two / "config.json").read_text())["resolved"]["processes"] == 2
     # the same global batch of 32, split 16 + 16: only the order of float sums differs
-    for a, b in zip(rows(one), rows(two)):
+    for a, b in zip(metrics_of(one), metrics_of(two)):
         assert a["epoch"] == b["epoch"] and a["lr"] == b["lr"]
         for key in ("train_loss", "test_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
@@ -126,7 +114,7 @@ def test_sigterm_on_one_rank_then_resume_is_bit_identical(npz, two_rank_run, tmp
     assert state["global_step"] > 6 and not (out / "result.json").exists()
     resumed = finish(torchrun("train", "--resume", out))
     assert resumed.returncode == 0, resumed.stderr
-    assert rows(out) == rows(two_rank_run)
+    assert metrics_of(out) == metrics_of(two_rank_run)
     ours, theirs = (
         load_checkpoint(out / "checkpoint.pt"),
         load_checkpoint(two_rank_run / "checkpoint.pt"),
@@ -156,7 +144,7 @@ def test_resume_on_another_number_of_processes_says_so(npz, tmp_path):
     resumed = wrn("train", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming on 1 process(es); the run used 2" in resumed.stdout
-    assert [r["epoch"] for r in rows(out)] == [1, 2, 3]
+    assert [r["epoch"] for r in metrics_of(out)] == [1, 2, 3]
 
 
 def test_the_global_batch_must_split_evenly(npz, tmp_path):
@@ -174,18 +162,7 @@ def test_the_whole_step_compiled_follows_the_eager_step(npz, tmp_path):
     compiler may reorder float sums; the recipe itself must not change)."""
     losses = {}
     for mode in ("off", "step"):
-        config = make_config(
-            "cifar",
-            {
-                "model": "wrn-10-1",
-                "dataset": "npz",
-                "data_dir": str(npz),
-                "batch_size": 32,
-                "precision": "fp32",
-                "compile": mode,
-            },
-        )
-        trainer = make_trainer(config, RunDir(tmp_path / mode))
+        trainer = make_trainer(tiny_config(npz, compile=mode), RunDir(tmp_path / mode))
         trainer.model.train()
         trace = []
         for x, y in list(trainer.data.train.batches(1))[:5]:

@@ -22,8 +22,11 @@ from helpers import (
     SmallFilesystem,
     authors_params,
     learnable_npz,
+    metrics,
     one_line_error,
     png_bytes,
+    tiny_config,
+    wait_for,
     with_file_size_limit,
     wrn,
     wrn_with,
@@ -32,12 +35,9 @@ from helpers import (
 from wideresnet import create_model, load_dataset
 from wideresnet.data.folders import MAX_IMAGE_BYTES
 from wideresnet.errors import DataError, RunError
-from wideresnet.recipes import make_config
 from wideresnet.train.checkpoint import content_checksum, load_checkpoint, write_checkpoint
 from wideresnet.train.run import make_trainer
 from wideresnet.train.rundir import RunDir
-
-TIMING = ("epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,7 @@ def args(npz: Path, out: Path, *extra, epochs: int = 3) -> list:
 
 
 def rows(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+    return metrics(run, timing=False)
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +65,6 @@ def straight(npz, tmp_path_factory) -> Path:
 def spawn(*arguments) -> subprocess.Popen:
     command = [sys.executable, "-m", "wideresnet", *map(str, arguments)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -445,12 +436,7 @@ def test_a_nan_names_the_good_checkpoint_and_its_advice_is_accepted(npz, tmp_pat
 
 
 def test_non_finite_weights_are_never_saved(npz, tmp_path):
-    config = make_config(
-        "cifar",
-        {"model": "wrn-10-1", "dataset": "npz", "data_dir": str(npz), "batch_size": 32},
-    )
-    run_dir = RunDir(tmp_path)
-    trainer = make_trainer(config, run_dir)
+    trainer = make_trainer(tiny_config(npz), RunDir(tmp_path))
     with torch.no_grad():
         trainer.model.bn.running_var[0] = float("inf")
     with pytest.raises(RunError, match="non-finite weights"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import learnable_npz, wrn, wrn_with
+from helpers import learnable_npz, tiny_config, wrn, wrn_with
 from PIL import Image, ImageEnhance, ImageOps
 
 from wideresnet.config import OptimConfig
@@ -171,9 +171,7 @@ def npz(tmp_path_factory):
 
 
 def trainer_with(npz, tmp_path, **options):
-    base = {"model": "wrn-10-1", "dataset": "npz", "data_dir": str(npz), "batch_size": 32}
-    config = make_config("cifar", {**base, "precision": "fp32", "augment": False, **options})
-    return make_trainer(config, RunDir(tmp_path))
+    return make_trainer(tiny_config(npz, augment=False, **options), RunDir(tmp_path))
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])

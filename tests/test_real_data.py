@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import SHARED_DATA, wrn
+from helpers import SHARED_DATA, metrics, wrn
 
 from wideresnet import load_dataset
 
@@ -26,10 +26,6 @@ def isolated_cache(real_data_cache, monkeypatch):
     """One decoded cache for the real data: the folder is decoded once per session."""
     monkeypatch.setenv("WRN_CACHE_DIR", str(real_data_cache))
     return real_data_cache
-
-
-def rows(run) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -73,10 +69,10 @@ def test_short_training_learns(tmp_path):
         timeout=1800,
     )
     assert result.returncode == 0, result.stderr
-    assert [r["lr"] for r in rows(out)] == pytest.approx([0.1, 0.1, 0.02])
+    assert [r["lr"] for r in metrics(out)] == pytest.approx([0.1, 0.1, 0.02])
     final = json.loads((out / "result.json").read_text())
     assert final["train_images"] == 20_000 and final["test_images"] == 2_000
-    errors = [round(r["test_error"], 2) for r in rows(out)]
+    errors = [round(r["test_error"], 2) for r in metrics(out)]
     print(f"WRN-16-1, 3 short epochs on real CIFAR-10 (JPEG copy): test error by epoch {errors}")
     assert final["test_error"] <= 50.0, errors  # chance is 90%
 
@@ -92,7 +88,7 @@ def test_readme_command_three_epochs_reaches_30_percent(tmp_path):
         timeout=3 * 3600,
     )
     assert result.returncode == 0, result.stderr
-    assert [r["lr"] for r in rows(out)] == pytest.approx([0.1, 0.02, 0.004])
+    assert [r["lr"] for r in metrics(out)] == pytest.approx([0.1, 0.02, 0.004])
     final = json.loads((out / "result.json").read_text())
     assert final["test_images"] == 10_000 and final["train_images"] == 50_000
     print(

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import learnable_npz, one_line_error, write_image_folder, wrn, wrn_with
+from helpers import (
+    learnable_npz,
+    metrics,
+    one_line_error,
+    tiny_config,
+    write_image_folder,
+    wrn,
+    wrn_with,
+)
 
 from wideresnet.recipes import make_config
 from wideresnet.train.run import make_trainer
@@ -48,10 +56,6 @@ def run(npz, tmp_path_factory) -> Path:
     return out
 
 
-def rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 # --------------------------------------------------------------------------------------------
 # Repeating a run, --init-from
 # --------------------------------------------------------------------------------------------
@@ -65,23 +69,13 @@ def test_a_run_repeated_from_its_config_json_has_the_same_config(run, tmp_path):
     assert first == second
     # and, on the CPU, the same run: every epoch's errors to the bit
     strip = ("epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second")
-    assert [{k: v for k, v in r.items() if k not in strip} for r in rows(again)] == [
-        {k: v for k, v in r.items() if k not in strip} for r in rows(run)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in metrics(again)] == [
+        {k: v for k, v in r.items() if k not in strip} for r in metrics(run)
     ]
 
 
 def test_init_from_loads_the_weights_with_a_fresh_optimiser(run, npz, tmp_path):
-    config = make_config(
-        "cifar",
-        {
-            "model": "wrn-10-1",
-            "dataset": "npz",
-            "data_dir": str(npz),
-            "batch_size": 32,
-            "init_from": str(run),
-        },
-    )
-    trainer = make_trainer(config, RunDir(tmp_path))
+    trainer = make_trainer(tiny_config(npz, init_from=str(run)), RunDir(tmp_path))
     trained = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, trained[key]), key
@@ -119,7 +113,7 @@ def test_eval_limit_and_eval_every_are_recorded_and_flagged(npz, tmp_path):
     )
     result = wrn(*args)
     assert result.returncode == 0, result.stderr
-    tested = [r["test_error"] is not None for r in rows(out)]
+    tested = [r["test_error"] is not None for r in metrics(out)]
     assert tested == [False, True, True]  # every 2nd epoch, and always the last
     final = json.loads((out / "result.json").read_text())
     assert final["test_images"] == 20
@@ -141,7 +135,7 @@ def test_tensorboard_holds_the_same_numbers_as_metrics_jsonl(npz, tmp_path):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     logged = [(e.step, e.value) for e in events.Scalars("test_error")]
-    expected = [(r["epoch"], r["test_error"]) for r in rows(out)]
+    expected = [(r["epoch"], r["test_error"]) for r in metrics(out)]
     assert [s for s, _ in logged] == [s for s, _ in expected]
     assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)
     assert {"lr", "train_loss", "test_top5_error"} <= set(events.Tags()["scalars"])

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import learnable_npz, one_line_error, wrn
+from helpers import learnable_npz, metrics, one_line_error, wrn
 
 from wideresnet import count_params, create_model
 from wideresnet.experiments import TABLES, authors_log
@@ -103,8 +103,7 @@ def run_dirs(out: Path) -> list[Path]:
 
 
 def last_errors(run: Path) -> float:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return rows[-1]["test_error"]
+    return metrics(run)[-1]["test_error"]
 
 
 @pytest.fixture(scope="module")
