@@ -16,6 +16,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from wideresnet.config import OptimConfig
 from wideresnet.data import BatchLoader, ops
+from wideresnet.data.policies import Policy
 from wideresnet.recipes import PRESETS, make_config
 from wideresnet.train.optim import lr_at
 from wideresnet.train.run import make_trainer
@@ -99,6 +100,21 @@ def test_policies_keep_labels_shapes_range_and_are_a_function_of_seed_and_epoch(
     assert not torch.equal(first[0][0], other[0][0])
     # resuming mid-epoch gives the same remaining batches
     assert torch.equal(next(loader(policy=policy).batches(2, start_batch=2))[0], first[2][0])
+
+
+@pytest.mark.parametrize("spec", ["autoaugment", "randaugment:3:7", "trivialaugment"])
+def test_the_gpu_way_of_applying_a_policy_gives_the_cpu_ways_images(spec):
+    """On a GPU every operation runs on the whole batch and is kept where chosen (nothing
+    waits for the device); on the CPU it runs on the chosen images only. Same images."""
+    policy = Policy(spec)
+    images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (128, 32, 32, 3)))
+    images[:4] //= 5  # dark images: autocontrast and equalize stretch them
+    draws = policy.draw(128, torch.Generator().manual_seed(3))
+    assert draws.ops.unique().numel() > 5  # the batch holds many operations
+    subsets = policy.apply(images.float(), draws, slice(0, 128), masked=False)
+    masked = policy.apply(images.float(), draws, slice(0, 128), masked=True)
+    assert torch.equal(subsets, masked)
+    assert not torch.equal(subsets, images.float())
 
 
 def test_cutout_zeroes_one_square_and_nothing_else():

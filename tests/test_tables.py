@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -171,6 +172,20 @@ def test_report_medians_equal_the_runs_metrics(table_run, tmp_path):
     assert "| 16-4-dropout | cifar10 | 5.24 |" in markdown and "shortened schedule" in markdown
     csv_text = wrn("report", table_run, "--format", "csv").stdout
     assert csv_text.splitlines()[0].startswith("table,id,label,dataset,data,paper")
+
+
+def test_runs_of_a_row_on_another_schedule_are_their_own_line(table_run, npz32, tmp_path):
+    """A 2-epoch run beside the 3-epoch ones is not pooled into their median."""
+    shutil.copytree(table_run / "table6", tmp_path / "both" / "three" / "table6")
+    out = tmp_path / "both" / "two"
+    more = ["--rows", "16-4", "--seeds", "0", "--epochs", "2"]
+    assert wrn(*table_args(npz32, out, *more)).returncode == 0
+    cells = json.loads(wrn("report", tmp_path / "both", "--format", "json").stdout)["cells"]
+    lines = [(c["id"], c["runs"], c["epochs"], c["median"]) for c in cells]
+    two = last_errors(run_dirs(out)[0])
+    three = statistics.median(last_errors(r) for r in run_dirs(table_run / "table6" / "16-4"))
+    assert lines[:2] == [("16-4", 2, 3, pytest.approx(three)), ("16-4", 1, 2, two)]
+    assert [c["devices"] for c in cells] == [["CPU"]] * 3
 
 
 def test_printed_commands_make_the_same_run_directories(table_run, npz32, tmp_path):

@@ -10,6 +10,7 @@ real batches from the tensor loader (gather, crop, flip, normalise) through the 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from wideresnet.models import create_model, model_summary
 from wideresnet.train.optim import build_optimizer
 from wideresnet.train.runtime import Speed, cpu_bf16, cpu_flags
 from wideresnet.train.step import EpochSums, WholeStep, train_step
+
+log = logging.getLogger(__name__)
 
 FLOPS_PER_MAC = 2
 WARMUP_STEPS = {False: 2, True: 5}  # with CUDA graphs: recorded on a later call than the first
@@ -195,6 +198,12 @@ def bench(
     rows, baseline = [], None
     for label, speed in settings(device, compile_step):
         measured = measure(model_name, label, speed, batch, steps)
+        log.info(
+            "%s: %.0f train img/s (warm-up %.0f s)",
+            label,
+            measured.images_per_second,
+            measured.warmup_seconds,
+        )
         baseline = baseline or measured
         top, _ = peak(device, speed.precision)
         flops = TRAIN_FORWARDS * FLOPS_PER_MAC * macs * measured.images_per_second

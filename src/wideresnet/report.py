@@ -62,6 +62,13 @@ class RunRecord:
         return self.result["epochs"] if self.result else len(self.metrics)
 
     @property
+    def device(self) -> str:
+        """Where the run trained: "CPU", or the GPU's name."""
+        environment = (self.result or {}).get("environment") or {}
+        device = environment.get("device") or self.config.get("resolved", {}).get("device", "?")
+        return "CPU" if device == "cpu" else environment.get("device_name") or device
+
+    @property
     def wall_seconds(self) -> float:
         if self.result:
             return self.result["wall_seconds"]["total"]
@@ -167,7 +174,7 @@ def _median_curve(records: list[RunRecord], key: str) -> dict[int, float | None]
 
 
 def cell(records: list[RunRecord]) -> dict[str, Any]:
-    """One cell of a table from its runs (all of the same table, row and column)."""
+    """One cell of a table from its runs (all of the same table, row, column and protocol)."""
     first = records[0]
     table, row = get_table(first.table), get_table(first.table).row(first.row)
     finished = [r for r in records if r.finished]
@@ -203,6 +210,7 @@ def cell(records: list[RunRecord]) -> dict[str, Any]:
         "epochs": statistics.median([r.epochs for r in used]),
         "schedule_epochs": first.config["epochs"],
         "wall_seconds": statistics.median([r.wall_seconds for r in used]),
+        "devices": sorted({r.device for r in used}),
         "shortened": any(f.startswith("shortened") for f in flags),
         "official_data": official,
         "flags": flags,
@@ -210,15 +218,25 @@ def cell(records: list[RunRecord]) -> dict[str, Any]:
     }
 
 
-def cells(records: list[RunRecord]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
-    for record in records:
-        groups.setdefault((record.table, record.row, record.column), []).append(record)
+def protocol(record: RunRecord) -> tuple:
+    """What must be equal for runs to share a median: the schedule, the data and every
+    deviation from the paper (a 3-epoch run and a 200-epoch run of a row are two lines)."""
+    config = record.config
+    flags = tuple(sorted(deviations(record) + _run_flags(record)))
+    return (-config["epochs"], tuple(config["milestones"]), config["dataset"], flags)
 
-    def order(key: tuple[str, str, str]) -> tuple:
+
+def cells(records: list[RunRecord]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        key = (record.table, record.row, record.column, protocol(record))
+        groups.setdefault(key, []).append(record)
+
+    def order(key: tuple) -> tuple:
         table = get_table(key[0])
         rows = [r.id for r in table.rows]
-        return (key[0], rows.index(key[1]) if key[1] in rows else 99, table.columns.index(key[2]))
+        row = rows.index(key[1]) if key[1] in rows else 99
+        return (key[0], row, table.columns.index(key[2]), key[3])
 
     return [cell(groups[key]) for key in sorted(groups, key=order)]
 
@@ -240,8 +258,8 @@ def format_markdown(all_cells: list[dict[str, Any]]) -> str:
             "runs [min-max], test error (%) of the last epoch.",
             "",
             "| row | dataset | paper | ours | min-max | runs | diff | params | epochs | wall "
-            "| flags |",
-            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+            "| device | flags |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
         ]
         for c in (c for c in all_cells if c["table"] == table_name):
             params = "-" if c["params"] is None else f"{c['params'] / 1e6:.2f}M"
@@ -251,7 +269,7 @@ def format_markdown(all_cells: list[dict[str, Any]]) -> str:
                 f"| {c['label']} | {c['dataset']} | {_number(c['paper'])} | "
                 f"{_number(c['median'])} | {_number(c['min'])}-{_number(c['max'])} | "
                 f"{c['finished']}/{c['runs']} | {_signed(c['difference'])} | {params} | "
-                f"{epochs} | {wall} | {'; '.join(c['flags']) or '-'} |"
+                f"{epochs} | {wall} | {', '.join(c['devices'])} | {'; '.join(c['flags']) or '-'} |"
             )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

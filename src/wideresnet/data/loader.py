@@ -97,10 +97,11 @@ class BatchLoader:
                 self.n, self.pad, epoch_generator(self.seed, epoch, 1), self.device
             )
         if self.policy is not None:
-            draws = self.policy.draw(self.n, epoch_generator(self.seed, epoch, 2))
+            draws = self.policy.draw(self.n, epoch_generator(self.seed, epoch, 2)).to(self.device)
         if self.cutout:
             generator = epoch_generator(self.seed, epoch, 3)
             boxes = cutout_boxes(self.n, self.cutout, self.height, self.width, generator)
+            boxes = boxes.to(self.device)  # once per epoch: a batch copies nothing
         for b in range(start_batch, len(self)):
             positions = self._local(b * self.batch_size, min((b + 1) * self.batch_size, self.n))
             index = order[positions]

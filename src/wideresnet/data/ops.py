@@ -6,6 +6,13 @@ batch x of shape (B, H, W, C), float32 holding whole numbers in [0, 255], with o
 per image. Geometric ops follow Image.transform(AFFINE, NEAREST): the output pixel centre
 (x + 0.5, y + 0.5) is mapped through the matrix and truncated, and pixels from outside take
 `fill`. Enhancements blend with Pillow's degenerate image and truncate, as Image.blend does.
+
+Every operation belongs to one of three families, each one computation with a parameter per
+image: a geometric op is an affine matrix (MATRICES), a tonal op a lookup table per channel
+(TABLES), an enhancement a blend with a degenerate image (DEGENERATES). So a batch whose
+images chose different operations takes one affine, one lookup and one blend
+(data/policies.py), not one pass per operation; the identity matrix, table and factor 1
+leave an image exactly as it was.
 """
 
 from __future__ import annotations
@@ -49,34 +56,45 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, fill: float = FILL) -> torch.T
     return torch.where(inside[..., None], taken.reshape(x.shape), torch.full_like(x, fill))
 
 
-def _affine_op(entry: int):
-    """The op that puts its value at `entry` of the identity matrix (1, 0, 0, 0, 1, 0)."""
-
-    def op(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        matrix = torch.tensor([1.0, 0, 0, 0, 1, 0], dtype=torch.float64).repeat(len(value), 1)
-        matrix[:, entry] = value.double().cpu()
-        return affine(x, matrix)
-
-    return op
+def identity_matrix(n: int, device: torch.device) -> torch.Tensor:
+    matrix = torch.zeros(n, 6, dtype=torch.float64, device=device)
+    matrix[:, 0] = matrix[:, 4] = 1.0
+    return matrix
 
 
-shear_x, translate_x = _affine_op(1), _affine_op(2)  # x' = x + v y, x' = x + v
-shear_y, translate_y = _affine_op(3), _affine_op(5)  # y' = v x + y, y' = y + v
+def _entry(entry: int):
+    """The matrix with the value at `entry` of the identity (1, 0, 0, 0, 1, 0)."""
+
+    def matrix(value: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        out = identity_matrix(len(value), value.device)
+        out[:, entry] = value.double()
+        return out
+
+    return matrix
 
 
-def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+def rotation(degrees: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Image.rotate(degrees) about the centre, counter-clockwise (Pillow's own matrix)."""
-    height, width = x.shape[1:3]
+    height, width = size
     angle = -torch.deg2rad(degrees.double())
     cos = torch.round(torch.cos(angle) * 1e15) / 1e15  # Pillow rounds to 15 decimals
     sin = torch.round(torch.sin(angle) * 1e15) / 1e15
     cx, cy = width / 2, height / 2
     c = cos * -cx + sin * -cy + cx
     f = -sin * -cx + cos * -cy + cy
-    return affine(x, torch.stack([cos, sin, c, -sin, cos, f], 1))
+    return torch.stack([cos, sin, c, -sin, cos, f], 1)
 
 
-def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+MATRICES = {
+    "ShearX": _entry(1),  # x' = x + v y
+    "ShearY": _entry(3),  # y' = v x + y
+    "TranslateX": _entry(2),  # x' = x + v
+    "TranslateY": _entry(5),  # y' = y + v
+    "Rotate": rotation,
+}
+
+
+def blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Image.blend(degenerate, image, factor): interpolate or extrapolate, clip, truncate."""
     out = degenerate + _per_image(factor).to(x.dtype) * (x - degenerate)
     return out.clamp(0, 255).floor()
@@ -84,26 +102,22 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> t
 
 def grey(x: torch.Tensor) -> torch.Tensor:
     """convert("L"): (19595 R + 38470 G + 7471 B + 2^15) >> 16, as Pillow computes it."""
-    weights = torch.tensor([19595, 38470, 7471], device=x.device, dtype=torch.int64)
-    return ((x.long() * weights).sum(-1, keepdim=True) + 32768).div(65536, rounding_mode="floor")
+    r, g, b = x.long().split(1, dim=-1)  # (no host-made tensor: nothing waits for a GPU)
+    return (19595 * r + 38470 * g + 7471 * b + 32768).div(65536, rounding_mode="floor")
 
 
-def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(torch.zeros_like(x), x, factor)
+def _colourless(x: torch.Tensor) -> torch.Tensor:
+    return grey(x).to(x.dtype).expand_as(x)
 
 
-def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(grey(x).to(x.dtype).expand_as(x), x, factor)
-
-
-def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the mean of the grey image, rounded (ImageEnhance.Contrast)."""
+def _grey_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of the grey image, rounded (ImageEnhance.Contrast's degenerate)."""
     mean = torch.floor(grey(x).double().mean((1, 2, 3)) + 0.5).to(x.dtype)
-    return _blend(_per_image(mean).expand_as(x), x, factor)
+    return _per_image(mean).expand_as(x)
 
 
-def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with ImageFilter.SMOOTH (3x3, centre 5, the rest 1, over 13; edges kept)."""
+def _smoothed(x: torch.Tensor) -> torch.Tensor:
+    """ImageFilter.SMOOTH (3x3, centre 5, the rest 1, over 13; edges kept)."""
     channels_first = x.permute(0, 3, 1, 2)
     kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
     kernel[1, 1] = 5.0
@@ -111,35 +125,53 @@ def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     smooth = torch.nn.functional.conv2d(channels_first, kernel, groups=x.shape[3])
     degenerate = channels_first.clone()
     degenerate[:, :, 1:-1, 1:-1] = (smooth + 0.5).floor().clamp(0, 255)
-    return _blend(degenerate.permute(0, 2, 3, 1), x, factor)
+    return degenerate.permute(0, 2, 3, 1)
 
 
-def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    step = _per_image(2.0 ** (8 - bits.to(x.dtype)))
-    return torch.floor(x / step) * step
+DEGENERATES = {
+    "Brightness": torch.zeros_like,
+    "Color": _colourless,
+    "Contrast": _grey_mean,
+    "Sharpness": _smoothed,
+}
 
 
-def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    return torch.where(x < _per_image(threshold).to(x.dtype), x, 255.0 - x)
+def _levels(x: torch.Tensor) -> torch.Tensor:
+    """The 256 input levels, (1, 1, 256), on x's device."""
+    return torch.arange(256, device=x.device).reshape(1, 1, 256)
 
 
-def invert(x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
-    return 255.0 - x
+def identity_table(x: torch.Tensor) -> torch.Tensor:
+    """The table that changes nothing, (B, C, 256)."""
+    return _levels(x).expand(x.shape[0], x.shape[3], 256)
 
 
-def identity(x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
-    return x
-
-
-def _lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Apply a per-image, per-channel table (B, C, 256) to x."""
     batch, height, width, channels = x.shape
+    table = table.expand(batch, channels, 256)
     flat = x.long().permute(0, 3, 1, 2).reshape(batch, channels, -1)
     out = table.gather(2, flat).reshape(batch, channels, height, width)
     return out.permute(0, 2, 3, 1).to(x.dtype)
 
 
-def autocontrast(x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+def _invert_table(x: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
+    return 255 - _levels(x)
+
+
+def _solarize_table(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Levels at or above the threshold inverted (ImageOps.solarize)."""
+    levels = _levels(x)
+    return torch.where(levels < threshold.reshape(-1, 1, 1), levels, 255 - levels)
+
+
+def _posterize_table(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """The lowest 8 - bits bits cleared (ImageOps.posterize)."""
+    step = (2 ** (8 - bits.long())).reshape(-1, 1, 1)
+    return _levels(x).div(step, rounding_mode="floor") * step
+
+
+def _autocontrast_table(x: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
     """ImageOps.autocontrast: each channel's [min, max] stretched to [0, 255] (int())."""
     low = x.amin((1, 2)).double()  # (B, C)
     high = x.amax((1, 2)).double()
@@ -147,11 +179,10 @@ def autocontrast(x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Te
     scale = torch.full_like(span, 255.0) / span  # a true division, as Python's 255.0 / n
     values = torch.arange(256, device=x.device, dtype=torch.float64)
     table = (values * scale[..., None] - (low * scale)[..., None]).long().clamp(0, 255)
-    flat = (high <= low)[..., None]
-    return _lookup(x, torch.where(flat, values.long(), table))
+    return torch.where((high <= low)[..., None], values.long(), table)
 
 
-def equalize(x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+def _equalize_table(x: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
     """ImageOps.equalize, channel by channel, with Pillow's step and rounding."""
     batch, _, _, channels = x.shape
     flat = x.long().permute(0, 3, 1, 2).reshape(batch * channels, -1)
@@ -168,24 +199,65 @@ def equalize(x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor
     keep = (nonzero.sum(1) <= 1) | (step == 0)
     values = torch.arange(256, device=x.device)
     table = torch.where(keep[:, None], values, table.clamp(max=255))
-    return _lookup(x, table.reshape(batch, channels, 256))
+    return table.reshape(batch, channels, 256)
 
 
-OPS = {
-    "Identity": identity,
-    "ShearX": shear_x,
-    "ShearY": shear_y,
-    "TranslateX": translate_x,
-    "TranslateY": translate_y,
-    "Rotate": rotate,
-    "AutoContrast": autocontrast,
-    "Invert": invert,
-    "Equalize": equalize,
-    "Solarize": solarize,
-    "Posterize": posterize,
-    "Contrast": contrast,
-    "Color": color,
-    "Brightness": brightness,
-    "Sharpness": sharpness,
+TABLES = {
+    "AutoContrast": _autocontrast_table,
+    "Invert": _invert_table,
+    "Equalize": _equalize_table,
+    "Solarize": _solarize_table,
+    "Posterize": _posterize_table,
 }
+
+
+# the value with which each operation leaves an image as it was (given to the images of a
+# batch that chose another operation, so that no parameter is out of its operation's range)
+NEUTRAL = {name: 0.0 for name in MATRICES} | {"Solarize": 256.0, "Posterize": 8.0}
+NEUTRAL |= {name: 0.0 for name in ("AutoContrast", "Invert", "Equalize")}
+NEUTRAL |= {name: 1.0 for name in DEGENERATES}
+
+
+def _geometric(name: str):
+    def op(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return affine(x, MATRICES[name](value.to(x.device), x.shape[1:3]))
+
+    return op
+
+
+def _tonal(name: str):
+    def op(x: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
+        value = torch.zeros(len(x), device=x.device) if value is None else value.to(x.device)
+        return lookup(x, TABLES[name](x, value))
+
+    return op
+
+
+def _enhancement(name: str):
+    def op(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        return blend(DEGENERATES[name](x), x, factor.to(x.device))
+
+    return op
+
+
+def identity(x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+    return x
+
+
+OPS = {"Identity": identity}  # the order is the policies' operation ids: keep it
+for _name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
+    OPS[_name] = _geometric(_name)
+for _name in ("AutoContrast", "Invert", "Equalize", "Solarize", "Posterize"):
+    OPS[_name] = _tonal(_name)
+for _name in ("Contrast", "Color", "Brightness", "Sharpness"):
+    OPS[_name] = _enhancement(_name)
+shear_x, shear_y, translate_x, translate_y, rotate = (
+    OPS[n] for n in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+)
+autocontrast, invert, equalize, solarize, posterize = (
+    OPS[n] for n in ("AutoContrast", "Invert", "Equalize", "Solarize", "Posterize")
+)
+contrast, color, brightness, sharpness = (
+    OPS[n] for n in ("Contrast", "Color", "Brightness", "Sharpness")
+)
 SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}  # a random sign per image

@@ -26,7 +26,19 @@ from dataclasses import dataclass
 
 import torch
 
-from wideresnet.data.ops import OPS, SIGNED
+from wideresnet.data.ops import (
+    DEGENERATES,
+    MATRICES,
+    NEUTRAL,
+    OPS,
+    SIGNED,
+    TABLES,
+    affine,
+    blend,
+    identity_matrix,
+    identity_table,
+    lookup,
+)
 
 NAMES = list(OPS)  # operation ids are indexes into this list
 # RandAugment's and TrivialAugment's 14 operations (Invert is AutoAugment's only)
@@ -101,12 +113,18 @@ WIDE_SPACE = Space(30, 0.99, 32, 135, 0.01, 1.99, 8, 6)
 
 @dataclass
 class PolicyDraws:
-    """An epoch's draws: per image and slot, the operation, level, sign and whether it runs."""
+    """An epoch's draws: per image and slot, the operation, its value (from the level and the
+    sign drawn, by the policy's space) and whether it runs."""
 
     ops: torch.Tensor  # (N, S) int64 index into NAMES
-    levels: torch.Tensor  # (N, S)
-    negative: torch.Tensor  # (N, S) bool
+    values: torch.Tensor  # (N, S) float64
     applied: torch.Tensor  # (N, S) bool
+    host_ops: torch.Tensor | None = None  # `ops` on the CPU, to plan a batch without a sync
+
+    def to(self, device: torch.device) -> PolicyDraws:
+        """The draws on `device` (one copy per epoch), keeping the operations on the host."""
+        moved = (t.to(device) for t in (self.ops, self.values, self.applied))
+        return PolicyDraws(*moved, host_ops=self.ops)
 
 
 class Policy:
@@ -137,28 +155,80 @@ class Policy:
                 ]
             )[chosen]  # (n, 2, 3)
             applied = torch.rand(shape, generator=generator) < table[..., 1]
-            return PolicyDraws(table[..., 0].long(), table[..., 2].long(), negative, applied)
-        ops = RANDOM_OPS[torch.randint(0, len(RANDOM_OPS), shape, generator=generator)]
-        if self.name == "randaugment":
-            levels = torch.full(shape, self.magnitude)
+            ops, levels = table[..., 0].long(), table[..., 2].long()
         else:
-            levels = torch.randint(0, self.space.top + 1, shape, generator=generator)
-        return PolicyDraws(ops, levels, negative, torch.ones(shape, dtype=torch.bool))
+            ops = RANDOM_OPS[torch.randint(0, len(RANDOM_OPS), shape, generator=generator)]
+            if self.name == "randaugment":
+                levels = torch.full(shape, self.magnitude)
+            else:
+                levels = torch.randint(0, self.space.top + 1, shape, generator=generator)
+            applied = torch.ones(shape, dtype=torch.bool)
+        values = torch.zeros(shape, dtype=torch.float64)
+        for index in ops.unique().tolist():
+            name, mine = NAMES[index], ops == index
+            value = self.space.value(name, levels[mine])
+            values[mine] = torch.where(negative[mine], -value, value) if name in SIGNED else value
+        return PolicyDraws(ops, values, applied)
 
-    def apply(self, x: torch.Tensor, draws: PolicyDraws, positions: slice) -> torch.Tensor:
-        """x (B, H, W, C) float in [0, 255]: each image's operations, slot after slot."""
-        ops, levels = draws.ops[positions], draws.levels[positions]
-        negative, applied = draws.negative[positions], draws.applied[positions]
+    def apply(
+        self, x: torch.Tensor, draws: PolicyDraws, positions: slice, masked: bool | None = None
+    ) -> torch.Tensor:
+        """x (B, H, W, C) float in [0, 255]: each image's operations, slot after slot.
+
+        Which operations a batch holds is read from the host copy of the draws. On the CPU
+        each runs on the images that chose it; `masked` (the default on a GPU), each slot is
+        one affine, one lookup and one blend over the whole batch with every image's own
+        parameters (data/ops.py), the identity where an image chose another family: a few
+        dozen kernels whatever the operations, no index sent from the host, nothing that
+        waits for the device. Both give the same images."""
+        masked = x.device.type != "cpu" if masked is None else masked
+        ops, values, applied = (t[positions] for t in (draws.ops, draws.values, draws.applied))
+        planned = (draws.ops if draws.host_ops is None else draws.host_ops)[positions]
         for slot in range(self.slots):
-            for index in ops[:, slot].unique().tolist():
-                name = NAMES[index]
-                chosen = ((ops[:, slot] == index) & applied[:, slot]).nonzero().squeeze(1)
-                if name == "Identity" or not len(chosen):
-                    continue
-                value = self.space.value(name, levels[chosen, slot])
-                if name in SIGNED:
-                    value = torch.where(negative[chosen, slot], -value, value)
-                x[chosen.to(x.device)] = OPS[name](x[chosen.to(x.device)], value.to(x.device))
+            present = [NAMES[i] for i in planned[:, slot].unique().tolist()]
+            op, value, on = ops[:, slot], values[:, slot], applied[:, slot]
+            if masked:
+                x = self._families(x, present, op, value, on)
+                continue
+            for name in present:
+                rows = ((op == NAMES.index(name)) & on).nonzero().squeeze(1)
+                if name != "Identity" and len(rows):
+                    x[rows] = OPS[name](x[rows], value[rows])
+        return x
+
+    @staticmethod
+    def _families(x, present, op, value, on) -> torch.Tensor:
+        """One slot on the whole batch: an affine, a lookup and a blend."""
+
+        def chose(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+            """(images that chose `name`, their values and the neutral value elsewhere)"""
+            mine = (op == NAMES.index(name)) & on
+            return mine, torch.where(mine, value, NEUTRAL[name])
+
+        geometric = [n for n in present if n in MATRICES]
+        if geometric:
+            matrix = identity_matrix(len(x), x.device)
+            for name in geometric:
+                mine, own = chose(name)
+                matrix = torch.where(mine[:, None], MATRICES[name](own, x.shape[1:3]), matrix)
+            x = affine(x, matrix)
+        tonal = [n for n in present if n in TABLES]
+        if tonal:
+            table = identity_table(x)
+            for name in tonal:
+                mine, own = chose(name)
+                table = torch.where(mine[:, None, None], TABLES[name](x, own), table)
+            x = lookup(x, table)
+        enhancements = [n for n in present if n in DEGENERATES]
+        if enhancements:
+            degenerate, factor = x, torch.ones_like(value)
+            for name in enhancements:
+                mine, _ = chose(name)
+                degenerate = torch.where(
+                    mine[:, None, None, None], DEGENERATES[name](x), degenerate
+                )
+                factor = torch.where(mine, value, factor)
+            x = blend(degenerate, x, factor)  # factor 1 with itself: the image, exactly
         return x
 
 

@@ -3,7 +3,7 @@
 Training an image costs about three forward passes (forward, and a backward of twice that);
 testing costs one. Hours on this machine's CPU come from its training speed measured here (a
 few WRN-16-2 steps with the settings `wrn train` picks, remembered in the cache); hours on a
-reference GPU come from H200 throughputs measured with wideresnet 0.1, interpolated by the
+reference GPU come from H200 throughputs measured in real epochs, interpolated by the
 network's multiply-accumulates. Every figure says what it assumes.
 """
 
@@ -30,13 +30,17 @@ IMAGES = {  # (train, test) images of each dataset column, as the paper's recipe
 }
 EPOCHS = {"cifar10": 200, "cifar100": 200, "svhn": 160, "imagenet": 90}
 BACKWARD_FACTOR = 3  # a training step is about three forward passes
-# H200, torch 2.11, bf16 + compile + CUDA graphs (wideresnet 0.1, README "Measured"):
-# (multiply-accumulates per image, training images per second)
-GPU_POINTS = ((0.393e9, 40_000.0), (5.243e9, 11_300.0))  # WRN-16-4 epochs, WRN-28-10 steps
+# H200, torch 2.11, bf16 + compile + CUDA graphs, batch 128, real CIFAR-10 epochs with the
+# tensor loader (wideresnet 0.2, README "Speed"): (multiply-accumulates per image, train img/s)
+GPU_POINTS = (
+    (0.393e9, 39_079.0),  # WRN-16-4: median epoch of a full 200-epoch run
+    (1.299e9, 24_637.0),  # WRN-40-4: second epoch
+    (5.243e9, 11_312.0),  # WRN-28-10: second epoch
+)
 GPU_ASSUMES = (
-    "H200: training img/s interpolated (log-log, by multiply-accumulates) between WRN-16-4 at "
-    "40,000 img/s (real epochs) and WRN-28-10 at 11,300 img/s (step benchmark), measured with "
-    "wideresnet 0.1; evaluation at the same rate"
+    "H200: training img/s interpolated (log-log, by multiply-accumulates) between real epochs "
+    "measured with wideresnet 0.2: WRN-16-4 39,079 img/s, WRN-40-4 24,637, WRN-28-10 11,312; "
+    "evaluation at the same rate"
 )
 CPU_REFERENCE = "wrn-16-2"
 RECORD = "throughput.json"
@@ -44,11 +48,14 @@ RECORD = "throughput.json"
 
 def gpu_images_per_second(macs: float) -> float:
     """Training img/s of a network on the reference GPU, from its multiply-accumulates."""
-    (m0, r0), (m1, r1) = GPU_POINTS
+    (m0, r0), (m1, r1) = GPU_POINTS[0], GPU_POINTS[-1]
     if macs <= m0:  # smaller networks are bound by kernel launches: no faster than WRN-16-4
         return r0
     if macs >= m1:  # larger ones: the same multiply-accumulate rate as WRN-28-10
         return r1 * m1 / macs
+    (m0, r0), (m1, r1) = next(
+        pair for pair in zip(GPU_POINTS, GPU_POINTS[1:]) if macs <= pair[1][0]
+    )
     t = (math.log(macs) - math.log(m0)) / (math.log(m1) - math.log(m0))
     return math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0)))
 

@@ -81,7 +81,9 @@ def mix_batch(
     use_cutmix = recipe.cutmix_alpha > 0 and (recipe.mixup_alpha == 0 or draw.random() < 0.5)
     alpha = recipe.cutmix_alpha if use_cutmix else recipe.mixup_alpha
     lam = float(draw.beta(alpha, alpha))
-    partner = torch.from_numpy(draw.permutation(x.shape[0])).to(x.device)
+    partner = torch.from_numpy(draw.permutation(x.shape[0]))
+    if x.is_cuda:  # from pinned memory, the copy does not wait for the queued step
+        partner = partner.pin_memory().to(x.device, non_blocking=True)
     if not use_cutmix:
         return lam * x + (1 - lam) * x[partner], Mix(partner, lam)
     height, width = x.shape[2:]
@@ -213,6 +215,12 @@ class WholeStep:
 
     def __init__(self, forward: nn.Module, optimizer, speed: Speed, world: World = World()):
         self.forward, self.optimizer, self.speed, self.world = forward, optimizer, speed, world
+        # fused SGD reads optimizer.found_inf; the graph writes into this one tensor, as
+        # setting an attribute inside a compiled function is refused (torch 2.11)
+        params = optimizer.param_groups[0]["params"]
+        self.found_inf = torch.zeros((), device=params[0].device)
+        torch._dynamo.mark_static_address(self.found_inf)
+        optimizer.found_inf = self.found_inf
         mode = "reduce-overhead" if speed.cuda_graphs else None
         self.compiled = torch.compile(self._step, mode=mode)
         self.smoothing = 0.0
@@ -224,7 +232,7 @@ class WholeStep:
         bad = _nonfinite(loss, self.world)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.found_inf = bad.float()
+        self.found_inf.copy_(bad)
         self.optimizer.step()
         return loss.detach(), (logits.detach().argmax(1) != y).sum(), bad
 
