@@ -104,16 +104,17 @@ def test_policies_keep_labels_shapes_range_and_are_a_function_of_seed_and_epoch(
 
 @pytest.mark.parametrize("spec", ["autoaugment", "randaugment:3:7", "trivialaugment"])
 def test_the_gpu_way_of_applying_a_policy_gives_the_cpu_ways_images(spec):
-    """On a GPU every operation runs on the whole batch and is kept where chosen (nothing
-    waits for the device); on the CPU it runs on the chosen images only. Same images."""
+    """On a GPU each slot is one affine, lookup and blend of the whole batch with per-image
+    parameters (nothing waits for the device); on the CPU each operation runs on the images
+    that chose it. Same images."""
     policy = Policy(spec)
     images = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (128, 32, 32, 3)))
     images[:4] //= 5  # dark images: autocontrast and equalize stretch them
     draws = policy.draw(128, torch.Generator().manual_seed(3))
     assert draws.ops.unique().numel() > 5  # the batch holds many operations
-    subsets = policy.apply(images.float(), draws, slice(0, 128), masked=False)
-    masked = policy.apply(images.float(), draws, slice(0, 128), masked=True)
-    assert torch.equal(subsets, masked)
+    subsets = policy.apply(images.float(), draws, slice(0, 128), whole_batch=False)
+    batched = policy.apply(images.float(), draws, slice(0, 128), whole_batch=True)
+    assert torch.equal(subsets, batched)
     assert not torch.equal(subsets, images.float())
 
 

@@ -171,23 +171,27 @@ class Policy:
         return PolicyDraws(ops, values, applied)
 
     def apply(
-        self, x: torch.Tensor, draws: PolicyDraws, positions: slice, masked: bool | None = None
+        self,
+        x: torch.Tensor,
+        draws: PolicyDraws,
+        positions: slice,
+        whole_batch: bool | None = None,
     ) -> torch.Tensor:
         """x (B, H, W, C) float in [0, 255]: each image's operations, slot after slot.
 
         Which operations a batch holds is read from the host copy of the draws. On the CPU
-        each runs on the images that chose it; `masked` (the default on a GPU), each slot is
-        one affine, one lookup and one blend over the whole batch with every image's own
-        parameters (data/ops.py), the identity where an image chose another family: a few
-        dozen kernels whatever the operations, no index sent from the host, nothing that
-        waits for the device. Both give the same images."""
-        masked = x.device.type != "cpu" if masked is None else masked
+        each runs on the images that chose it. With `whole_batch` (the default on a GPU) each
+        slot is one affine, one lookup and one blend over the whole batch, with every image's
+        own matrix, table and factor (data/ops.py) and the identity where it chose another
+        family: half the kernels of one pass per operation, no index sent from the host and
+        nothing that waits for the device. Both give the same images."""
+        whole_batch = x.device.type != "cpu" if whole_batch is None else whole_batch
         ops, values, applied = (t[positions] for t in (draws.ops, draws.values, draws.applied))
         planned = (draws.ops if draws.host_ops is None else draws.host_ops)[positions]
         for slot in range(self.slots):
             present = [NAMES[i] for i in planned[:, slot].unique().tolist()]
             op, value, on = ops[:, slot], values[:, slot], applied[:, slot]
-            if masked:
+            if whole_batch:
                 x = self._families(x, present, op, value, on)
                 continue
             for name in present:
