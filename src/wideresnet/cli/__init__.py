@@ -26,8 +26,9 @@ def _debug() -> bool:
     return os.environ.get("WRN_DEBUG", "") not in ("", "0")
 
 
-def _json_format(args) -> bool:
-    return getattr(args, "format", None) in ("json", "csv")
+def _machine_readable(args) -> bool:
+    """The verb prints JSON or CSV on stdout (the log then goes to stderr)."""
+    return bool(getattr(args, "json", False)) or getattr(args, "format", None) in ("json", "csv")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if train_options and getattr(args, "table_action", None) != "run":
             raise UsageError(f"wrn: options after -- only go with `wrn table run`: {train_options}")
         args.train_options = train_options
-        configure_logging(json_output=bool(getattr(args, "json", False)) or _json_format(args))
+        configure_logging(json_output=_machine_readable(args))
         return {**COMMANDS, **TABLE_COMMANDS, **HANDOVER_COMMANDS}[args.verb](args)
     except UsageError as error:
         print(error, file=sys.stderr)
