@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from wideresnet.bench import _build
+from wideresnet.bench import build_for_bench
 from wideresnet.config import Config
 from wideresnet.data import BatchLoader
 from wideresnet.train.runtime import Speed
@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     speed = Speed.resolve(Config.from_dict({"device": args.device}), torch.device(args.device))
     batches = args.batches or (50 if args.device.startswith("cuda") else 5)
-    model, optimizer, forward, _ = _build("wrn-16-4", speed)
+    model, optimizer, forward, _ = build_for_bench("wrn-16-4", speed)
     sums = EpochSums.start(torch.device(speed.device))
     model.train()
 

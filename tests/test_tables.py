@@ -10,11 +10,10 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import learnable_npz, metrics, one_line_error, wrn
+from helpers import learnable_npz, metrics, one_line_error, wait_for, wrn
 
 from wideresnet import count_params, create_model
 from wideresnet.experiments import TABLES, authors_log
@@ -114,10 +113,7 @@ def table_run(npz32, tmp_path_factory) -> Path:
     command = [sys.executable, "-m", "wideresnet", *map(str, table_args(npz32, out))]
     runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = out / "table6" / "16-4" / "npz-as-cifar10" / "seed1" / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while not second.exists():
-        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
-        time.sleep(0.05)
+    wait_for(second, runner, 300)
     runner.send_signal(signal.SIGTERM)
     _, stderr = runner.communicate(timeout=120)
     assert runner.returncode == 143, stderr

@@ -55,7 +55,9 @@ def _synthetic(speed: Speed, batch: int, size: int) -> tuple[torch.Tensor, torch
     return x.to(speed.device), torch.randint(0, 10, (batch,), generator=generator).to(speed.device)
 
 
-def _build(model_name: str, speed: Speed):
+def build_for_bench(model_name: str, speed: Speed):
+    """(model, optimizer, forward, WholeStep or None) for `speed`, seeded: what a benchmark
+    trains (bench/augment.py uses it too)."""
     torch.manual_seed(0)
     model = speed.prepare(create_model(model_name, 10))
     optimizer = build_optimizer(model, OptimConfig(), speed.fused_sgd)
@@ -79,7 +81,7 @@ def _timed(run, steps: int, speed: Speed) -> tuple[float, float]:
 
 
 def measure(model_name: str, setting: str, speed: Speed, batch: int, steps: int) -> Measured:
-    model, optimizer, forward, whole = _build(model_name, speed)
+    model, optimizer, forward, whole = build_for_bench(model_name, speed)
     x, y = _synthetic(speed, batch, getattr(model, "input_size", 32))
     sums = EpochSums.start(torch.device(speed.device))
 
@@ -166,7 +168,7 @@ def end_to_end(model_name: str, speed: Speed, dataset: str, data_dir: str, batch
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
     )
-    model, optimizer, forward, whole = _build(model_name, speed)
+    model, optimizer, forward, whole = build_for_bench(model_name, speed)
     sums = EpochSums.start(torch.device(speed.device))
     batches = iter(loader.batches(1))
 
