@@ -10,8 +10,11 @@ model compiled once with the settings `wrn train` picks:
   - the loader alone: its time per batch with nothing else running (on a GPU mostly the
     time to queue the kernels).
 Wall clock over `--batches` batches after a warm-up epoch, the device synchronised at the end.
+With torch.compile on (the default on a GPU) the policies are compiled too, as `wrn train`
+does; a last row then times TrivialAugment + Cutout with the policy eager, and a line says
+whether the compiled policy's batches equal the eager ones on this device.
 
-    python bench/augment.py [--device cuda] [--batches 20] [--batch-size 128]
+    python bench/augment.py [--device cuda] [--compile auto|on|off] [--batches 20]
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ SETTINGS = {
     "+ RandAugment 2/9": {"policy": "randaugment:2:9"},
     "+ TrivialAugment + Cutout": {"policy": "trivialaugment", "cutout": 16},
 }
+
+
+EAGER_ROW = "+ TrivialAugment + Cutout, eager"  # on a GPU: the policy not compiled
 
 
 def loader(device: str, batch: int, batches: int, **options) -> BatchLoader:
@@ -63,8 +69,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=0, help="default: 50 GPU, 5 CPU")
+    parser.add_argument("--compile", default="auto", help="as wrn train's (auto: on for CUDA)")
     args = parser.parse_args()
-    speed = Speed.resolve(Config.from_dict({"device": args.device}), torch.device(args.device))
+    config = Config.from_dict({"device": args.device, "compile": args.compile})
+    speed = Speed.resolve(config, torch.device(args.device))
     batches = args.batches or (50 if args.device.startswith("cuda") else 5)
     model, optimizer, forward, _ = build_for_bench("wrn-16-4", speed)
     sums = EpochSums.start(torch.device(speed.device))
@@ -77,18 +85,27 @@ def main() -> None:
         f"WRN-16-4 training, batch {args.batch_size}, {speed.device} {speed.precision}; "
         f"wall clock over {batches} batches after a warm-up epoch"
     )
+    settings = {k: v | {"compile_policy": speed.compile} for k, v in SETTINGS.items()}
+    if speed.compile:  # what compiling the policy gains, and whether it changes a batch
+        settings[EAGER_ROW] = {"policy": "trivialaugment", "cutout": 16}
+        check = [
+            loader(args.device, args.batch_size, 2, **settings[EAGER_ROW], compile_policy=c)
+            for c in (True, False)
+        ]
+        same = [torch.equal(a[0], b[0]) for a, b in zip(*(s.batches(0) for s in check))]
+        print(f"compiled TrivialAugment + Cutout batches equal the eager ones: {all(same)}")
     rows = []
-    for label, options in SETTINGS.items():
+    for label, options in settings.items():
         source = loader(args.device, args.batch_size, batches, **options)
         alone = seconds_per_batch(source.batches, speed)
         rows.append((label, alone, seconds_per_batch(source.batches, speed, step)))
     _, loader_base, step_base = rows[0]
-    print(f"{'':<28} {'loader alone':>23} {'in training (batch + step)':>28}")
-    print(f"{'setting':<28} {'ms':>7} {'extra, of a step':>16} {'ms':>8} {'extra, of a step':>18}")
+    print(f"{'':<34} {'loader alone':>23} {'in training (batch + step)':>28}")
+    print(f"{'setting':<34} {'ms':>7} {'extra, of a step':>16} {'ms':>8} {'extra, of a step':>18}")
     for label, alone, trained in rows:
         extra_alone, extra_trained = alone - loader_base, trained - step_base
         print(
-            f"{label:<28} {alone * 1000:>7.2f} {extra_alone * 1000:>8.2f} "
+            f"{label:<34} {alone * 1000:>7.2f} {extra_alone * 1000:>8.2f} "
             f"{extra_alone / step_base:>7.1%} {trained * 1000:>8.2f} "
             f"{extra_trained * 1000:>9.2f} {extra_trained / step_base:>7.1%}"
         )

@@ -118,6 +118,20 @@ def test_the_gpu_way_of_applying_a_policy_gives_the_cpu_ways_images(spec):
     assert not torch.equal(subsets, images.float())
 
 
+@pytest.mark.parametrize("spec", ["randaugment:3:7", "trivialaugment"])
+def test_a_compiled_policy_gives_the_loader_the_same_batches(spec):
+    """With torch.compile (`wrn train` compiles the policy with the model) each slot is one
+    graph of every family: the batches are the eager ones, bit for bit."""
+    images = np.random.default_rng(5).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+    images[:8] //= 5  # dark images: autocontrast and equalize stretch them
+    kwargs = dict(shuffle=True, augment=True, seed=1, policy=spec)
+    eager = list(BatchLoader(images, np.arange(256) % 10, 128, **kwargs).batches(1))
+    loader = BatchLoader(images, np.arange(256) % 10, 128, compile_policy=True, **kwargs)
+    assert loader.policy.compiled is not None
+    for (x, y), (cx, cy) in zip(eager, loader.batches(1), strict=True):
+        assert torch.equal(x, cx) and torch.equal(y, cy)
+
+
 def test_cutout_zeroes_one_square_and_nothing_else():
     images = np.random.default_rng(2).integers(1, 256, (64, 32, 32, 3), dtype=np.uint8)
     kwargs = dict(shuffle=True, augment=True, mean=(0, 0, 0), std=(1, 1, 1))
@@ -189,6 +203,13 @@ def npz(tmp_path_factory):
 
 def trainer_with(npz, tmp_path, **options):
     return make_trainer(tiny_config(npz, augment=False, **options), RunDir(tmp_path))
+
+
+@pytest.mark.parametrize("compile", ["on", "off"])
+def test_wrn_train_compiles_the_policy_when_it_compiles_the_model(npz, tmp_path, compile):
+    trainer = trainer_with(npz, tmp_path, policy="trivialaugment", compile=compile)
+    assert (trainer.data.train.policy.compiled is not None) is (compile == "on")
+    assert ("compile graph" in trainer.speed.reasons.get("policy", "")) is (compile == "on")
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])

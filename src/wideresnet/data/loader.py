@@ -28,11 +28,11 @@ class BatchLoader:
     images: uint8 (N, H, W, C), or float32 when already preprocessed (ZCA). With augment=True
     each image gets a random HxW crop of its `pad`-pixel reflection-padded self and a random
     horizontal flip, applied to the batch with one gather; then, when training, the `policy`
-    (data/policies.py) and a `cutout` square. `mean`/`std` normalise on the 0-255
-    scale. With shuffle=True the order is a function of (seed, epoch) and the last partial
-    batch is dropped; evaluation (shuffle=False) covers every image. `rank` of `world`
-    processes takes its slice of each batch. Yields (x (B, C, H, W) float32 in channels_last
-    memory format, y int64).
+    (data/policies.py; with `compile_policy` each of its slots one torch.compile graph) and a
+    `cutout` square. `mean`/`std` normalise on the 0-255 scale. With shuffle=True the order
+    is a function of (seed, epoch) and the last partial batch is dropped; evaluation
+    (shuffle=False) covers every image. `rank` of `world` processes takes its slice of each
+    batch. Yields (x (B, C, H, W) float32 in channels_last memory format, y int64).
     """
 
     def __init__(
@@ -52,6 +52,7 @@ class BatchLoader:
         world: int = 1,
         policy: str | None = None,
         cutout: int = 0,
+        compile_policy: bool = False,
     ) -> None:
         images = torch.as_tensor(images)
         self.device = torch.device(device)
@@ -59,7 +60,7 @@ class BatchLoader:
         self.n, self.height, self.width, channels = images.shape
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.rank, self.world = rank, world
-        self.policy = Policy(policy) if policy and shuffle else None
+        self.policy = Policy(policy, compile_policy) if policy and shuffle else None
         self.cutout = cutout if shuffle else 0
         self.pad = pad if augment else 0
         if self.pad:

@@ -167,7 +167,7 @@ def _solarize_table(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
 
 def _posterize_table(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """The lowest 8 - bits bits cleared (ImageOps.posterize)."""
-    step = (2 ** (8 - bits.long())).reshape(-1, 1, 1)
+    step = (torch.ones_like(bits, dtype=torch.long) << (8 - bits.long())).reshape(-1, 1, 1)
     return _levels(x).div(step, rounding_mode="floor") * step
 
 

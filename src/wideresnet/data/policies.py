@@ -130,7 +130,12 @@ class PolicyDraws:
 class Policy:
     """One of autoaugment | randaugment:N:M | trivialaugment."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, compiled: bool = False) -> None:
+        """`compiled`: each slot runs as one torch.compile graph of every family on the whole
+        batch (every_family), whatever the device; else as `apply` says."""
+        self.compiled = (
+            torch.compile(every_family, dynamic=False, fullgraph=True) if compiled else None
+        )
         name, *numbers = spec.split(":")
         self.name = name
         if name == "autoaugment":
@@ -184,9 +189,14 @@ class Policy:
         slot is one affine, one lookup and one blend over the whole batch, with every image's
         own matrix, table and factor (data/ops.py) and the identity where it chose another
         family: half the kernels of one pass per operation, no index sent from the host and
-        nothing that waits for the device. Both give the same images."""
-        whole_batch = x.device.type != "cpu" if whole_batch is None else whole_batch
+        nothing that waits for the device. A compiled policy runs every_family instead, one
+        graph per slot. All give the same images."""
         ops, values, applied = (t[positions] for t in (draws.ops, draws.values, draws.applied))
+        if self.compiled is not None:
+            for slot in range(self.slots):
+                x = self.compiled(x, ops[:, slot], values[:, slot], applied[:, slot])
+            return x
+        whole_batch = x.device.type != "cpu" if whole_batch is None else whole_batch
         planned = (draws.ops if draws.host_ops is None else draws.host_ops)[positions]
         for slot in range(self.slots):
             present = [NAMES[i] for i in planned[:, slot].unique().tolist()]
@@ -234,6 +244,17 @@ class Policy:
                 factor = torch.where(mine, value, factor)
             x = blend(degenerate, x, factor)  # factor 1 with itself: the image, exactly
         return x
+
+
+FAMILY_NAMES = [n for n in NAMES if n in MATRICES or n in TABLES or n in DEGENERATES]
+
+
+def every_family(x, op, value, on) -> torch.Tensor:
+    """One slot with every operation of every family computed for the whole batch, whichever
+    the batch holds: the same images as Policy._families, in a graph whose shape never
+    changes, so torch.compile fuses it into a few kernels (about 400 eager ones for
+    TrivialAugment, each a launch, against a GPU step of a few milliseconds)."""
+    return Policy._families(x, FAMILY_NAMES, op, value, on)
 
 
 def cutout_boxes(n: int, size: int, height: int, width: int, generator: torch.Generator):

@@ -72,7 +72,17 @@ def _whitener(config: Config, x_train: np.ndarray):
     return lambda images: zca_transform(images, mean, whiten)
 
 
-def _loader(config: Config, images, labels, device, *, train: bool, rank: int, world: int):
+def _loader(
+    config: Config,
+    images,
+    labels,
+    device,
+    *,
+    train: bool,
+    rank: int,
+    world: int,
+    compile_policy: bool = False,
+):
     mean, std = normalisation(config.data.preprocess)
     return BatchLoader(
         images,
@@ -88,6 +98,7 @@ def _loader(config: Config, images, labels, device, *, train: bool, rank: int, w
         world=world,
         policy=config.data.policy if train else None,
         cutout=config.data.cutout if train else 0,
+        compile_policy=compile_policy,
     )
 
 
@@ -100,8 +111,16 @@ def check_classes(config: Config, classes: list[str]) -> None:
         )
 
 
-def run_data(config: Config, device: torch.device, *, rank: int = 0, world: int = 1) -> RunData:
-    """Training and test loaders of a run (the test set is the held-out tail with val_size)."""
+def run_data(
+    config: Config,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    compile_policy: bool = False,
+) -> RunData:
+    """Training and test loaders of a run (the test set is the held-out tail with val_size);
+    `compile_policy`: the augmentation policy's slots as torch.compile graphs."""
     start = time.perf_counter()
     (x_train, y_train), held_out, classes = training_split(config)
     if held_out is not None:
@@ -123,7 +142,9 @@ def run_data(config: Config, device: torch.device, *, rank: int = 0, world: int 
         x_train, x_test = whiten(x_train), whiten(x_test)
     common = dict(device=device, rank=rank, world=world)
     return RunData(
-        train=_loader(config, x_train, y_train, train=True, **common),
+        train=_loader(
+            config, x_train, y_train, train=True, compile_policy=compile_policy, **common
+        ),
         test=_loader(config, x_test, y_test, train=False, **common),
         classes=classes,
         train_size=len(x_train),

@@ -44,7 +44,7 @@ def make_trainer(
             f"over {world.size} processes"
         )
     speed = Speed.resolve(config, device, world.size)
-    data = run_data(config, device, rank=world.rank, world=world.size)
+    data = run_data(config, device, rank=world.rank, world=world.size, compile_policy=speed.compile)
     torch.manual_seed(config.runtime.seed)  # the model's init does not depend on data loading
     model = build_model(config, len(data.classes))
     if config.model.init_from:

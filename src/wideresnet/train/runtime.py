@@ -123,6 +123,8 @@ class Speed:
         compile = whole_step or _on(runtime.compile, cuda)
         if not cuda and runtime.compile == "auto":
             reasons["compile"] = CPU_COMPILE_REASON
+        if compile and config.data.policy:
+            reasons["policy"] = f"{config.data.policy}: each slot one torch.compile graph"
         if not cuda and runtime.channels_last is None:
             reasons["channels_last"] = CPU_CHANNELS_LAST_REASON
         fused = _on(runtime.fused_sgd, cuda) or whole_step
