@@ -63,8 +63,8 @@ except OSError as error:
     print("   no metrics:", error)
 EOF
 done
-step augment 150 python3 bench/augment.py --device cuda
-step trivialaugment-16-4 450 python3 -m wideresnet table run beyond --dataset folder \
+step augment 200 python3 bench/augment.py --device cuda
+step trivialaugment-16-4 560 python3 -m wideresnet table run beyond --dataset folder \
     --data-dir "$DATA" --paper-dataset cifar10 --rows trivialaugment --out "$WORK/exp" \
     "${EPOCHS[@]}" -- --model "$TINY" "${LIMITS[@]}"
 step "bench-$LARGE" 200 python3 -m wideresnet bench "$LARGE" --compile-step --steps "$STEPS"
