@@ -246,15 +246,12 @@ class Policy:
         return x
 
 
-FAMILY_NAMES = [n for n in NAMES if n in MATRICES or n in TABLES or n in DEGENERATES]
-
-
 def every_family(x, op, value, on) -> torch.Tensor:
     """One slot with every operation of every family computed for the whole batch, whichever
-    the batch holds: the same images as Policy._families, in a graph whose shape never
+    the batch holds: Policy._families given every name, in a graph whose shape never
     changes, so torch.compile fuses it into a few kernels (about 400 eager ones for
     TrivialAugment, each a launch, against a GPU step of a few milliseconds)."""
-    return Policy._families(x, FAMILY_NAMES, op, value, on)
+    return Policy._families(x, NAMES, op, value, on)
 
 
 def cutout_boxes(n: int, size: int, height: int, width: int, generator: torch.Generator):
