@@ -27,9 +27,9 @@ import torch
 
 from wideresnet.bench import build_for_bench
 from wideresnet.config import Config
-from wideresnet.data import BatchLoader
-from wideresnet.train.runtime import Speed
-from wideresnet.train.step import EpochSums, train_step
+from wideresnet.data import BatchLoader, TrainAugment
+from wideresnet.train.runtime import Runtime
+from wideresnet.train.step import EpochSums
 
 SETTINGS = {
     "crop + flip (baseline)": {},
@@ -46,21 +46,22 @@ EAGER_ROW = "+ TrivialAugment + Cutout, eager"  # on a GPU: the policy not compi
 def loader(device: str, batch: int, batches: int, **options) -> BatchLoader:
     images = np.random.default_rng(0).integers(0, 256, (batch * batches, 32, 32, 3), np.uint8)
     labels = np.random.default_rng(1).integers(0, 10, len(images))
-    return BatchLoader(images, labels, batch, device=device, shuffle=True, augment=True, **options)
+    augment = TrainAugment(**options)
+    return BatchLoader(images, labels, batch, device=device, shuffle=True, augment=augment)
 
 
-def seconds_per_batch(batches, speed: Speed, step=None) -> float:
+def seconds_per_batch(batches, runtime: Runtime, step=None) -> float:
     """Mean wall seconds per batch of epoch 1 (epoch 0 warms up), with `step` run on each."""
     for x, y in batches(0):
         if step is not None:
             step(x, y)
-    speed.sync()
+    runtime.sync()
     start, count = time.perf_counter(), 0
     for x, y in batches(1):
         if step is not None:
             step(x, y)
         count += 1
-    speed.sync()
+    runtime.sync()
     return (time.perf_counter() - start) / count
 
 
@@ -72,21 +73,22 @@ def main() -> None:
     parser.add_argument("--compile", default="auto", help="as wrn train's (auto: on for CUDA)")
     args = parser.parse_args()
     config = Config.from_dict({"device": args.device, "compile": args.compile})
-    speed = Speed.resolve(config, torch.device(args.device))
+    runtime = Runtime.resolve(config, torch.device(args.device))
     batches = args.batches or (50 if args.device.startswith("cuda") else 5)
-    model, optimizer, forward, _ = build_for_bench("wrn-16-4", speed)
-    sums = EpochSums.start(torch.device(speed.device))
+    model, train_step = build_for_bench("wrn-16-4", runtime)
+    sums = EpochSums.start(runtime.torch_device)
     model.train()
+    steps = iter(range(1 << 30))
 
     def step(x, y):
-        train_step(forward, optimizer, x, y, speed, sums)
+        train_step(x, y, sums, next(steps))
 
     print(
-        f"WRN-16-4 training, batch {args.batch_size}, {speed.device} {speed.precision}; "
+        f"WRN-16-4 training, batch {args.batch_size}, {runtime.device} {runtime.precision}; "
         f"wall clock over {batches} batches after a warm-up epoch"
     )
-    settings = {k: v | {"compile_policy": speed.compile} for k, v in SETTINGS.items()}
-    if speed.compile:  # what compiling the policy gains, and whether it changes a batch
+    settings = {k: v | {"compile_policy": runtime.compile} for k, v in SETTINGS.items()}
+    if runtime.compile:  # what compiling the policy gains, and whether it changes a batch
         settings[EAGER_ROW] = {"policy": "trivialaugment", "cutout": 16}
         check = [
             loader(args.device, args.batch_size, 2, **settings[EAGER_ROW], compile_policy=c)
@@ -97,8 +99,8 @@ def main() -> None:
     rows = []
     for label, options in settings.items():
         source = loader(args.device, args.batch_size, batches, **options)
-        alone = seconds_per_batch(source.batches, speed)
-        rows.append((label, alone, seconds_per_batch(source.batches, speed, step)))
+        alone = seconds_per_batch(source.batches, runtime)
+        rows.append((label, alone, seconds_per_batch(source.batches, runtime, step)))
     _, loader_base, step_base = rows[0]
     print(f"{'':<34} {'loader alone':>23} {'in training (batch + step)':>28}")
     print(f"{'setting':<34} {'ms':>7} {'extra, of a step':>16} {'ms':>8} {'extra, of a step':>18}")

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from wideresnet.data import CIFAR_MEAN, CIFAR_STD, BatchLoader, load_dataset
+from wideresnet.data import CIFAR_MEAN, CIFAR_STD, BatchLoader, TrainAugment, load_dataset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
@@ -90,7 +90,7 @@ def main() -> None:
         labels,
         args.batch_size,
         shuffle=True,
-        augment=True,
+        augment=TrainAugment(),
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
         device=args.device,

@@ -3,6 +3,8 @@ official formats, written by the tests themselves."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -30,7 +32,8 @@ SHARED_DATA = _shared_data()
 
 
 def wrn(*args: str, timeout: float = 300, env: dict | None = None, **kwargs):
-    """Run the real `wrn` command in a subprocess."""
+    """Run the real `wrn` command in a subprocess: for what only a process shows (signals,
+    locks held by another process, exit codes of the interpreter, start-up)."""
     return subprocess.run(
         [sys.executable, "-m", "wideresnet", *map(str, args)],
         capture_output=True,
@@ -39,6 +42,33 @@ def wrn(*args: str, timeout: float = 300, env: dict | None = None, **kwargs):
         env={**os.environ, **(env or {})},
         **kwargs,
     )
+
+
+def cli(*args, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`wrn ARGS` run in this process through the entry point (wideresnet.cli.main), with its
+    stdout and stderr captured: the same code path as the command, without a new interpreter
+    and a new torch import for each call. `env`: variables set while it runs; `cwd`: the
+    working directory it runs in."""
+    from wideresnet import cli as entry
+
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = entry.main(argv)
+    finally:
+        os.chdir(here)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["wrn", *argv], code, out.getvalue(), err.getvalue())
 
 
 def random_images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarray:
@@ -241,35 +271,46 @@ class FileServer:
         return f"http://127.0.0.1:{self.httpd.server_port}/{name}"
 
 
-# Signals and NaNs injected at a chosen step: a wrapper patches `wideresnet.train.step.loss_fn`
-# in the child process, then calls the real `wrn` entry point; the signal is a real SIGTERM.
-WRAPPER = """
-import os, signal, sys
-import torch
-from wideresnet import cli
-from wideresnet.train import step
+FAULT_CHILD = Path(__file__).parent / "fault_child.py"
 
-at, action, count = int(os.environ["AT_STEP"]), os.environ["ACTION"], 0
-original = step.loss_fn
 
-def loss_fn(logits, labels, *rest):
-    global count
-    count += 1
-    loss = original(logits, labels, *rest)
-    if count == at and action == "sigterm":
-        os.kill(os.getpid(), signal.SIGTERM)
-    if count == at and action == "nan":
-        loss = loss * float("nan")
-    return loss
+@contextlib.contextmanager
+def fault_at(at_step: int, action: str):
+    """While inside, the training step's loss function is wrapped so that its `at_step`-th
+    call sends this process a real SIGTERM ("sigterm") or returns NaN ("nan")."""
+    import signal
 
-step.loss_fn = loss_fn
-sys.exit(cli.main(sys.argv[1:]))
-"""
+    from wideresnet.train import step
+
+    original, calls = step.loss_fn, [0]
+
+    def loss_fn(logits, labels, *rest):
+        calls[0] += 1
+        loss = original(logits, labels, *rest)
+        if calls[0] == at_step and action == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        if calls[0] == at_step and action == "nan":
+            loss = loss * float("nan")
+        return loss
+
+    step.loss_fn = loss_fn
+    try:
+        yield
+    finally:
+        step.loss_fn = original
+
+
+def cli_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
+    """`cli(ARGS)` with the fault of fault_at (a real SIGTERM to this process, or a NaN)."""
+    with fault_at(at_step, action):
+        return cli(*args)
 
 
 def wrn_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
+    """`wrn` in a subprocess with a real fault at training step `at_step` (tests/fault_child.py):
+    action "sigterm" sends the process a real SIGTERM, "nan" makes that step's loss NaN."""
     return subprocess.run(
-        [sys.executable, "-c", WRAPPER, *map(str, args)],
+        [sys.executable, str(FAULT_CHILD), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -13,16 +13,16 @@ import torch
 from helpers import (
     FileServer,
     cifar_batch,
+    cli,
     tar_gz,
     write_cifar10,
     write_cifar100,
     write_image_folder,
     write_svhn,
-    wrn,
 )
 
 from wideresnet import data
-from wideresnet.data import BatchLoader, DataError, load_dataset, official
+from wideresnet.data import BatchLoader, DataError, TrainAugment, load_dataset, official
 from wideresnet.data.download import safe_extract
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_download_good_archive_unpacks_and_loads(tmp_path, server):
     server.files["cifar-10-python.tar.gz"] = payload
     url = server.url("cifar-10-python.tar.gz")
     target = tmp_path / "data"
-    result = wrn(
+    result = cli(
         "data",
         "download",
         "--dataset",
@@ -306,7 +306,7 @@ def test_download_wrong_checksum_keeps_nothing(tmp_path, server):
     server.files["cifar-10-python.tar.gz"] = payload
     url = server.url("cifar-10-python.tar.gz")
     target = tmp_path / "data"
-    result = wrn("data", "download", "--dataset", "cifar10", "--data-dir", target, "--url", url)
+    result = cli("data", "download", "--dataset", "cifar10", "--data-dir", target, "--url", url)
     assert result.returncode == 2
     assert "md5" in result.stderr and "nothing was kept" in result.stderr
     assert result.stderr.count("\n") == 1
@@ -343,11 +343,11 @@ def test_archive_member_escaping_the_target_is_refused(tmp_path):
 
 def test_data_verify_reports_counts(tmp_path):
     write_image_folder(tmp_path, np.random.default_rng(12), per_class=2)
-    result = wrn("data", "verify", "--dataset", "folder", "--data-dir", tmp_path)
+    result = cli("data", "verify", "--dataset", "folder", "--data-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "train: 6 images 32x32x3, 3 classes" in result.stdout
     assert "test: 3 images" in result.stdout
-    bad = wrn("data", "verify", "--dataset", "folder", "--data-dir", tmp_path / "missing")
+    bad = cli("data", "verify", "--dataset", "folder", "--data-dir", tmp_path / "missing")
     assert bad.returncode == 2 and "no such file or directory" in bad.stderr
 
 
@@ -363,7 +363,7 @@ def _distinct_images(n: int) -> np.ndarray:
 
 def test_every_crop_is_a_window_of_the_reflection_padded_image():
     images = _distinct_images(64)
-    loader = BatchLoader(images, np.arange(64), 16, shuffle=True, augment=True, seed=1)
+    loader = BatchLoader(images, np.arange(64), 16, shuffle=True, augment=TrainAugment(), seed=1)
     padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
     flips = offsets_seen = 0
     order = data.epoch_order(64, 1, 3)
@@ -391,7 +391,7 @@ def test_every_crop_is_a_window_of_the_reflection_padded_image():
 
 def test_flip_rate_is_about_half():
     images = _distinct_images(2000)
-    loader = BatchLoader(images, np.arange(2000), 500, shuffle=True, augment=True, pad=0)
+    loader = BatchLoader(images, np.arange(2000), 500, shuffle=True, augment=TrainAugment(pad=0))
     x = torch.cat([b for b, _ in loader.batches(0)]).permute(0, 2, 3, 1).numpy()
     y = torch.cat([y for _, y in loader.batches(0)]).numpy()
     flipped = np.array([not np.array_equal(a, images[i]) for a, i in zip(x, y)])
@@ -408,7 +408,7 @@ def test_same_seed_and_epoch_same_batches_different_epochs_differ():
             np.arange(100),
             32,
             shuffle=True,
-            augment=True,
+            augment=TrainAugment(),
             seed=seed,
             mean=(1, 2, 3),
             std=(4, 5, 6),
@@ -425,7 +425,9 @@ def test_same_seed_and_epoch_same_batches_different_epochs_differ():
 
 
 def test_epoch_covers_every_image_once_and_drops_last_partial_batch():
-    loader = BatchLoader(_distinct_images(100), np.arange(100), 32, shuffle=True, augment=True)
+    loader = BatchLoader(
+        _distinct_images(100), np.arange(100), 32, shuffle=True, augment=TrainAugment()
+    )
     seen = torch.cat([y for _, y in loader.batches(5)])
     assert len(loader) == 3 and len(seen) == 96 and len(set(seen.tolist())) == 96
     evaluation = BatchLoader(_distinct_images(100), np.arange(100), 32)

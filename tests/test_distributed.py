@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import learnable_npz, metrics, tiny_config, wait_for, wrn
+from helpers import cli, learnable_npz, metrics, tiny_config, wait_for
 
 from wideresnet.train.checkpoint import load_checkpoint
 from wideresnet.train.run import make_trainer
@@ -88,7 +88,7 @@ def two_rank_run(npz, tmp_path_factory) -> Path:
 
 def test_two_processes_with_sync_bn_follow_one_process(npz, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert wrn(*train_args(npz, one, epochs=2)).returncode == 0
+    assert cli(*train_args(npz, one, epochs=2)).returncode == 0
     result = finish(torchrun(*train_args(npz, two, "--sync-bn", epochs=2)))
     assert result.returncode == 0, result.stderr
     assert json.loads((two / "config.json").read_text())["resolved"]["processes"] == 2
@@ -97,8 +97,8 @@ def test_two_processes_with_sync_bn_follow_one_process(npz, tmp_path):
         assert a["epoch"] == b["epoch"] and a["lr"] == b["lr"]
         for key in ("train_loss", "test_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
-    weights_one = load_checkpoint(one / "checkpoint.pt")["model"]
-    weights_two = load_checkpoint(two / "checkpoint.pt")["model"]
+    weights_one = load_checkpoint(one / "checkpoint.pt").model
+    weights_two = load_checkpoint(two / "checkpoint.pt").model
     for key, value in weights_one.items():
         torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
@@ -110,8 +110,8 @@ def test_sigterm_on_one_rank_then_resume_is_bit_identical(npz, two_rank_run, tmp
     os.kill(ranks(process.pid)[1], signal.SIGTERM)  # rank 1 only
     stopped = finish(process)
     assert stopped.returncode != 0 and "stopped by SIGTERM" in stopped.stderr
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert state["global_step"] > 6 and not (out / "result.json").exists()
+    state = load_checkpoint(out / "checkpoint.pt").training.state
+    assert state.global_step > 6 and not (out / "result.json").exists()
     resumed = finish(torchrun("train", "--resume", out))
     assert resumed.returncode == 0, resumed.stderr
     assert metrics_of(out) == metrics_of(two_rank_run)
@@ -119,8 +119,8 @@ def test_sigterm_on_one_rank_then_resume_is_bit_identical(npz, two_rank_run, tmp
         load_checkpoint(out / "checkpoint.pt"),
         load_checkpoint(two_rank_run / "checkpoint.pt"),
     )
-    for key in theirs["model"]:
-        assert torch.equal(ours["model"][key], theirs["model"][key]), key
+    for key in theirs.model:
+        assert torch.equal(ours.model[key], theirs.model[key]), key
 
 
 def test_a_killed_rank_ends_the_run_with_a_clear_error_and_an_intact_checkpoint(npz, tmp_path):
@@ -130,8 +130,8 @@ def test_a_killed_rank_ends_the_run_with_a_clear_error_and_an_intact_checkpoint(
     os.kill(ranks(process.pid)[1], signal.SIGKILL)
     ended = finish(process, timeout=120)  # ends, rather than hangs
     assert ended.returncode != 0
-    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1  # verifies: intact
-    resumed = wrn("train", "--resume", out, "--epochs", "2")
+    assert load_checkpoint(out / "checkpoint.pt").training.state.epoch >= 1  # verifies: intact
+    resumed = cli("train", "--resume", out, "--epochs", "2")
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -141,7 +141,7 @@ def test_resume_on_another_number_of_processes_says_so(npz, tmp_path):
     wait_for(out / "checkpoint.pt", process)
     process.send_signal(signal.SIGTERM)  # torchrun passes it to both ranks
     finish(process)
-    resumed = wrn("train", "--resume", out)
+    resumed = cli("train", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming on 1 process(es); the run used 2" in resumed.stdout
     assert [r["epoch"] for r in metrics_of(out)] == [1, 2, 3]
@@ -165,16 +165,16 @@ def test_the_whole_step_compiled_follows_the_eager_step(npz, tmp_path):
         trainer = make_trainer(tiny_config(npz, compile=mode), RunDir(tmp_path / mode))
         trainer.model.train()
         trace = []
-        for x, y in list(trainer.data.train.batches(1))[:5]:
+        for index, (x, y) in enumerate(list(trainer.data.train.batches(1))[:5]):
             sums = EpochSums.start(trainer.device)
-            trainer._step(1, x, y, sums)
+            trainer.step(x, y, sums, index)
             trace.append(sums.loss.item() / len(y))
         losses[mode] = trace
     assert losses["step"] == pytest.approx(losses["off"], rel=1e-4)
 
 
 def test_wrn_bench_reports_ratios_against_eager_fp32_in_one_process():
-    result = wrn("bench", "wrn-10-1", "--batch-size", "16", "--steps", "2", "--json")
+    result = cli("bench", "wrn-10-1", "--batch-size", "16", "--steps", "2", "--json")
     assert result.returncode == 0, result.stderr
     bench = json.loads(result.stdout)
     assert bench["model"] == "wrn-10-1" and bench["device"] == "cpu"

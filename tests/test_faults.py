@@ -21,6 +21,8 @@ from helpers import (
     FileServer,
     SmallFilesystem,
     authors_params,
+    cli,
+    cli_with,
     learnable_npz,
     metrics,
     one_line_error,
@@ -29,13 +31,12 @@ from helpers import (
     wait_for,
     with_file_size_limit,
     wrn,
-    wrn_with,
 )
 
 from wideresnet import create_model, load_dataset
 from wideresnet.data.folders import MAX_IMAGE_BYTES
 from wideresnet.errors import DataError, RunError
-from wideresnet.train.checkpoint import content_checksum, load_checkpoint, write_checkpoint
+from wideresnet.train.checkpoint import content_checksum, load_checkpoint
 from wideresnet.train.run import make_trainer
 from wideresnet.train.rundir import RunDir
 
@@ -58,7 +59,7 @@ def rows(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def straight(npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "straight"
-    assert wrn(*args(npz, out)).returncode == 0
+    assert cli(*args(npz, out)).returncode == 0
     return out
 
 
@@ -81,14 +82,14 @@ def test_a_second_writer_is_refused_while_a_run_goes_on(npz, tmp_path):
     first = spawn(*args(npz, out, epochs=200))
     wait_for(out / "checkpoint.pt", first)
     pid = str(first.pid)
-    line = one_line_error(wrn(*args(npz, out, "--overwrite")))
+    line = one_line_error(cli(*args(npz, out, "--overwrite")))
     assert "in use by another wrn process" in line and pid in line
-    line = one_line_error(wrn("train", "--resume", out))
+    line = one_line_error(cli("train", "--resume", out))
     assert "in use by another wrn process" in line
     first.send_signal(signal.SIGTERM)
     assert first.wait(60) == 143
     assert json.loads((out / "config.json").read_text())["epochs"] == 200  # run A's, untouched
-    assert load_checkpoint(out / "checkpoint.pt")["config"]["epochs"] == 200
+    assert load_checkpoint(out / "checkpoint.pt").config["epochs"] == 200
 
 
 def test_the_lock_of_a_killed_run_is_taken_over_and_said_so(npz, tmp_path, straight):
@@ -97,7 +98,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_and_said_so(npz, tmp_path, strai
     wait_for(out / "checkpoint.pt", first)
     first.kill()  # SIGKILL: no chance to clean up
     first.wait()
-    resumed = wrn("train", "--resume", out)
+    resumed = cli("train", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert f"took over {out / '.lock'} from pid {first.pid}" in resumed.stderr
     assert rows(out) == rows(straight)
@@ -110,9 +111,9 @@ def test_the_lock_of_a_killed_run_is_taken_over_and_said_so(npz, tmp_path, strai
 
 def test_overwrite_with_a_bad_option_leaves_the_old_run_intact(npz, straight, tmp_path):
     before = {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()}
-    line = one_line_error(wrn(*args(tmp_path / "typo.npz", straight, "--overwrite")))
+    line = one_line_error(cli(*args(tmp_path / "typo.npz", straight, "--overwrite")))
     assert "typo.npz" in line
-    line = one_line_error(wrn(*args(npz, straight, "--overwrite", "--model", "wrn-11-1")))
+    line = one_line_error(cli(*args(npz, straight, "--overwrite", "--model", "wrn-11-1")))
     assert "wrn-11-1" in line
     after = {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()}
     assert after == before
@@ -120,14 +121,14 @@ def test_overwrite_with_a_bad_option_leaves_the_old_run_intact(npz, straight, tm
 
 def test_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_back(npz, tmp_path):
     out = tmp_path / "run"
-    assert wrn(*args(npz, out, epochs=1)).returncode == 0
+    assert cli(*args(npz, out, epochs=1)).returncode == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
-    failed = wrn_with("nan", 2, *args(npz, out, "--overwrite", "--lr", "0.01"))
+    failed = cli_with("nan", 2, *args(npz, out, "--overwrite", "--lr", "0.01"))
     assert failed.returncode == 1 and "no good checkpoint was saved yet" in failed.stderr
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == before
     assert not [p for p in out.iterdir() if p.name.startswith(".replaced")]
-    replaced = wrn(*args(npz, out, "--overwrite", "--lr", "0.01", epochs=1))
+    replaced = cli(*args(npz, out, "--overwrite", "--lr", "0.01", epochs=1))
     assert replaced.returncode == 0, replaced.stderr
     assert json.loads((out / "config.json").read_text())["lr"] == 0.01
     assert not [p for p in out.iterdir() if p.name.startswith(".replaced")]
@@ -160,15 +161,17 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_and_resume_finishes(
     size = (straight / "checkpoint.pt").stat().st_size
     fs = small_fs(int(2.5 * size) // 4096 * 4096)  # room for two checkpoints, not three
     out = fs.path / "run"
-    failed = wrn(*args(npz, out))
+    failed = cli(*args(npz, out))
     line = one_line_error(failed, code=1)
     assert f"cannot write {out / 'checkpoint.pt'}" in line and "No space left on device" in line
     assert "MiB free" in line
     assert leftovers(fs.path) == []
     kept = load_checkpoint(out / "checkpoint.pt")  # verifies: not torn
-    assert kept["epoch"] == 2 and load_checkpoint(out / "checkpoint.prev.pt")["epoch"] == 1
+    assert (
+        kept.epochs_trained == 2 and load_checkpoint(out / "checkpoint.prev.pt").epochs_trained == 1
+    )
     fs.resize(16 << 20)  # space again
-    resumed = wrn("train", "--resume", out)
+    resumed = cli("train", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert rows(out) == rows(straight)
 
@@ -177,7 +180,7 @@ def test_disk_full_before_config_json_is_one_line_and_leaves_nothing(npz, small_
     fs = small_fs(64 << 10)
     (fs.path / "filler").write_bytes(b"\0" * ((64 << 10) - 4096))
     out = fs.path / "run"
-    line = one_line_error(wrn(*args(npz, out)), code=1)
+    line = one_line_error(cli(*args(npz, out)), code=1)
     assert f"cannot write {out / 'config.json'}" in line
     assert leftovers(fs.path) == [] and not (out / "config.json").exists()
 
@@ -195,15 +198,15 @@ def test_import_official_on_a_full_disk_and_over_an_existing_file(tmp_path, smal
     source = tmp_path / "model.pt7"
     torch.save({"params": authors_params(create_model("wrn-16-2", 10))}, source)
     fs = small_fs(256 << 10)
-    line = one_line_error(wrn("import-official", source, "--out", fs.path / "ours.pt"), code=1)
+    line = one_line_error(cli("import-official", source, "--out", fs.path / "ours.pt"), code=1)
     assert "cannot write" in line and "ours.pt" in line
     assert list(fs.path.iterdir()) == []
     existing = tmp_path / "ours.pt"
     existing.write_bytes(b"keep me")
-    line = one_line_error(wrn("import-official", source, "--out", existing))
+    line = one_line_error(cli("import-official", source, "--out", existing))
     assert "exists" in line and "--overwrite" in line
     assert existing.read_bytes() == b"keep me"
-    assert wrn("import-official", source, "--out", existing, "--overwrite").returncode == 0
+    assert cli("import-official", source, "--out", existing, "--overwrite").returncode == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,9 +230,9 @@ def flip_a_bit_in_the_weights(path: Path) -> None:
 
 def test_a_flipped_bit_is_caught_and_the_previous_checkpoint_used(npz, tmp_path, straight):
     out = tmp_path / "run"
-    assert wrn_with("sigterm", 9, *args(npz, out)).returncode == 143
+    assert cli_with("sigterm", 9, *args(npz, out)).returncode == 143
     flip_a_bit_in_the_weights(out / "checkpoint.pt")
-    resumed = wrn("train", "--resume", out)
+    resumed = cli("train", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert "fails its checksum" in resumed.stderr and "falling back to" in resumed.stderr
     assert rows(out) == rows(straight)
@@ -237,38 +240,43 @@ def test_a_flipped_bit_is_caught_and_the_previous_checkpoint_used(npz, tmp_path,
 
 def test_a_corrupt_newest_checkpoint_never_replaces_the_good_previous(npz, tmp_path):
     out = tmp_path / "run"
-    assert wrn_with("sigterm", 9, *args(npz, out)).returncode == 143
+    assert cli_with("sigterm", 9, *args(npz, out)).returncode == 143
     good = (out / "checkpoint.prev.pt").read_bytes()  # end of epoch 1
     flip_a_bit_in_the_weights(out / "checkpoint.pt")
     # resumed from the previous one, stopped again at once: one save after the fallback
-    assert wrn_with("sigterm", 1, "train", "--resume", out).returncode == 143
+    assert cli_with("sigterm", 1, "train", "--resume", out).returncode == 143
     assert (out / "checkpoint.prev.pt").read_bytes() == good  # not the corrupt one
     (out / "checkpoint.pt").unlink()  # as if killed before the new one was renamed in
-    assert wrn("train", "--resume", out).returncode == 0
+    assert cli("train", "--resume", out).returncode == 0
 
 
 def test_a_checkpoint_of_another_run_is_refused(npz, tmp_path):
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    assert wrn_with("sigterm", 9, *args(npz, ours)).returncode == 143
-    assert wrn(*args(npz, theirs, "--seed", "5", epochs=1)).returncode == 0
+    assert cli_with("sigterm", 9, *args(npz, ours)).returncode == 143
+    assert cli(*args(npz, theirs, "--seed", "5", epochs=1)).returncode == 0
     (ours / "checkpoint.pt").write_bytes((theirs / "checkpoint.pt").read_bytes())
-    line = one_line_error(wrn("train", "--resume", ours))
+    line = one_line_error(cli("train", "--resume", ours))
     assert "belongs to another run" in line and "seed 5" in line and "seed 3" in line
     assert len(rows(ours)) == 1  # its metrics were not rewritten
 
 
+def write_with_checksum(path: Path, state: dict) -> None:
+    """A checkpoint file of these fields, with the checksum they make (as a crafted file)."""
+    torch.save({**state, "checksum": content_checksum(state)}, path)
+
+
 def test_crafted_fields_with_a_valid_checksum_are_one_line(straight, tmp_path):
-    state = load_checkpoint(straight / "checkpoint.pt")
+    state = torch.load(straight / "checkpoint.pt", weights_only=True)
+    assert content_checksum(state) == state["checksum"]
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_bytes((straight / "config.json").read_bytes())
-    write_checkpoint(run / "checkpoint.pt", {**state, "epoch": "3"})
-    line = one_line_error(wrn("train", "--resume", run))
+    write_with_checksum(run / "checkpoint.pt", {**state, "epoch": "3"})
+    line = one_line_error(cli("train", "--resume", run))
     assert "field epoch is a str" in line
-    write_checkpoint(run / "checkpoint.pt", {**state, "model": [1, 2]})
-    line = one_line_error(wrn("eval", run / "checkpoint.pt"))
+    write_with_checksum(run / "checkpoint.pt", {**state, "model": [1, 2]})
+    line = one_line_error(cli("eval", run / "checkpoint.pt"))
     assert "field model is a list" in line
-    assert content_checksum(state) == state["checksum"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,24 +288,24 @@ def test_a_relative_data_dir_is_stored_absolute_and_resumes_from_anywhere(npz, t
     work = tmp_path / "work"
     work.mkdir()
     (work / "tiny.npz").write_bytes(npz.read_bytes())
-    relative = wrn(*args(Path("tiny.npz"), Path("run"), epochs=1), cwd=work)
+    relative = cli(*args(Path("tiny.npz"), Path("run"), epochs=1), cwd=work)
     assert relative.returncode == 0, relative.stderr
     config = json.loads((work / "run" / "config.json").read_text())
     assert config["data_dir"] == str(work / "tiny.npz")
-    elsewhere = wrn("train", "--resume", work / "run", "--epochs", "2", cwd=tmp_path)
+    elsewhere = cli("train", "--resume", work / "run", "--epochs", "2", cwd=tmp_path)
     assert elsewhere.returncode == 0, elsewhere.stderr
 
 
 def test_a_moved_dataset_is_accepted_on_resume_when_it_is_the_same_data(npz, tmp_path, straight):
     out = tmp_path / "run"
-    assert wrn_with("sigterm", 9, *args(npz, out)).returncode == 143
+    assert cli_with("sigterm", 9, *args(npz, out)).returncode == 143
     moved = tmp_path / "moved" / "data.npz"
     moved.parent.mkdir()
     moved.write_bytes(npz.read_bytes())
     other = learnable_npz(tmp_path / "other.npz", seed=9)
-    line = one_line_error(wrn("train", "--resume", out, "--data-dir", other))
+    line = one_line_error(cli("train", "--resume", out, "--data-dir", other))
     assert "not the data this run trained on" in line
-    resumed = wrn("train", "--resume", out, "--data-dir", moved)
+    resumed = cli("train", "--resume", out, "--data-dir", moved)
     assert resumed.returncode == 0, resumed.stderr
     assert rows(out) == rows(straight)
     result = json.loads((out / "result.json").read_text())
@@ -386,7 +394,7 @@ def test_config_types_are_strict(npz, tmp_path, toml, message):
     config = tmp_path / "c.toml"
     config.write_text(toml + "\n")
     out = tmp_path / "r"
-    line = one_line_error(wrn("train", "--config", config, "--data-dir", npz, "--out", out))
+    line = one_line_error(cli("train", "--config", config, "--data-dir", npz, "--out", out))
     assert message in line
 
 
@@ -401,7 +409,7 @@ def test_config_types_are_strict(npz, tmp_path, toml, message):
 )
 def test_numeric_options_are_checked_before_any_work(npz, tmp_path, option, value, message):
     out = tmp_path / "run"
-    line = one_line_error(wrn(*args(npz, out, option, value)))
+    line = one_line_error(cli(*args(npz, out, option, value)))
     assert message in line and not out.exists()
 
 
@@ -412,7 +420,7 @@ def test_numeric_options_are_checked_before_any_work(npz, tmp_path, option, valu
 
 def test_a_nan_before_any_checkpoint_says_none_exists(npz, tmp_path):
     out = tmp_path / "run"
-    failed = wrn_with("nan", 2, *args(npz, out))
+    failed = cli_with("nan", 2, *args(npz, out))
     line = one_line_error(failed, code=1)
     assert "no good checkpoint was saved yet" in line and "lower --lr" in line
     assert not (out / "checkpoint.pt").exists()
@@ -420,17 +428,17 @@ def test_a_nan_before_any_checkpoint_says_none_exists(npz, tmp_path):
 
 def test_a_nan_names_the_good_checkpoint_and_its_advice_is_accepted(npz, tmp_path):
     out = tmp_path / "run"
-    line = one_line_error(wrn_with("nan", 8, *args(npz, out)), code=1)
+    line = one_line_error(cli_with("nan", 8, *args(npz, out)), code=1)
     assert f"the last good checkpoint is {out / 'checkpoint.pt'} (epoch 1, step 0)" in line
     assert "--lr LOWER" in line
-    resumed = wrn("train", "--resume", out, "--lr", "0.02")
+    resumed = cli("train", "--resume", out, "--lr", "0.02")
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads((out / "result.json").read_text())
     change = result["config_changes"][0]
     assert (change["key"], change["from"], change["to"], change["epoch"]) == ("lr", 0.05, 0.02, 2)
     assert any("changed on resume: lr 0.05 -> 0.02" in flag for flag in result["flags"])
     assert [r["lr"] for r in rows(out)] == pytest.approx([0.05, 0.004, 0.0008])
-    extended = wrn("train", "--resume", out, "--epochs", "4")  # a finished run, extended
+    extended = cli("train", "--resume", out, "--epochs", "4")  # a finished run, extended
     assert extended.returncode == 0, extended.stderr
     assert [r["epoch"] for r in rows(out)] == [1, 2, 3, 4]
 

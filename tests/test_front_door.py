@@ -3,6 +3,7 @@ license, and `wrn train` fetching the official files when no --data-dir is given
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -40,9 +41,13 @@ def test_bare_wrn_shows_the_verbs():
 def test_version():
     result = wrn("--version")
     assert result.returncode == 0
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert wideresnet.__version__ == version
-    assert result.stdout.strip() == f"wrn (wideresnet) {version}, torch {torch.__version__}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["dynamic"] == ["version"]  # read from wideresnet/version.py only
+    source = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert source == "wideresnet.version.__version__"
+    installed = importlib.metadata.version("wideresnet")
+    assert wideresnet.__version__ == installed
+    assert result.stdout.strip() == f"wrn (wideresnet) {installed}, torch {torch.__version__}"
 
 
 def test_license_file_matches_the_declared_license():

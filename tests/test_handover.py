@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_line_error, wrn
+from helpers import cli, one_line_error
 from torch import nn
 
 import wideresnet
@@ -40,7 +40,7 @@ def folder(tmp_path_factory) -> Path:
 def run(folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
     options = "--model wrn-10-1 --dataset folder --epochs 2 --batch-size 16 --precision fp32"
-    result = wrn("train", *options.split(), "--data-dir", folder, "--out", out)
+    result = cli("train", *options.split(), "--data-dir", folder, "--out", out)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -54,7 +54,7 @@ def images_of(folder: Path) -> torch.Tensor:
 
 def test_safetensors_round_trip_gives_identical_logits(run, folder, tmp_path):
     out = tmp_path / "model.safetensors"
-    result = wrn("export", run, "--format", "safetensors", "--out", out)
+    result = cli("export", run, "--format", "safetensors", "--out", out)
     assert result.returncode == 0, result.stderr
     exported, original = wideresnet.load_model(out), wideresnet.load_model(run)
     assert not exported.training and exported.classes == ["blue", "green", "red"]
@@ -62,7 +62,7 @@ def test_safetensors_round_trip_gives_identical_logits(run, folder, tmp_path):
     x = exported.input_transform(images_of(folder))
     with torch.no_grad():
         assert torch.equal(exported(x), original(x))
-    assert one_line_error(wrn("export", run, "--format", "safetensors", "--out", out)).endswith(
+    assert one_line_error(cli("export", run, "--format", "safetensors", "--out", out)).endswith(
         "pass --overwrite to replace it"
     )
 
@@ -73,7 +73,7 @@ def test_onnx_matches_pytorch_for_batches_of_1_and_7(run, folder, tmp_path, prep
 
     out = tmp_path / "model.onnx"
     extra = ["--include-preprocessing"] if preprocessing else []
-    result = wrn("export", run, "--format", "onnx", "--out", out, *extra)
+    result = cli("export", run, "--format", "onnx", "--out", out, *extra)
     assert result.returncode == 0, result.stderr
     assert "largest difference from PyTorch" in result.stdout and "test images of" in result.stdout
     model = wideresnet.load_model(run)
@@ -111,7 +111,7 @@ def test_predict_gives_the_class_eval_gives_and_reports_a_bad_file(run, folder, 
         variant.save(target, quality=100) if kind == "jpg" else variant.save(target)
         variants.append(target)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    result = wrn("predict", run, *variants, tmp_path / "broken.png", "--json", "--top-k", "2")
+    result = cli("predict", run, *variants, tmp_path / "broken.png", "--json", "--top-k", "2")
     assert result.returncode == 2
     entries = json.loads(result.stdout)
     assert [e["file"] for e in entries] == [str(p) for p in variants] + [
@@ -123,7 +123,7 @@ def test_predict_gives_the_class_eval_gives_and_reports_a_bad_file(run, folder, 
         assert 0 <= entry["top"][1]["probability"] <= entry["top"][0]["probability"] <= 1
     assert "broken.png" in entries[-1]["error"]
     assert result.stderr.count("\n") == 1 and "broken.png" in result.stderr
-    text = wrn("predict", run, tmp_path)  # a folder: every image in it
+    text = cli("predict", run, tmp_path)  # a folder: every image in it
     assert text.stdout.count("%") >= len(variants)
 
 
@@ -132,7 +132,7 @@ def test_torch_hub_builds_the_models_and_loads_weights(run, tmp_path):
     assert wideresnet.count_params(model) == 36_536_884
     assert model.group0.block0.dropout == 0.3
     out = tmp_path / "w.safetensors"
-    wrn("export", run, "--format", "safetensors", "--out", out)
+    cli("export", run, "--format", "safetensors", "--out", out)
     hub = ROOT / "hubconf.py"
     assert "def wrn_50_2" in hub.read_text()
     with pytest.raises(ValueError, match="3 classes, not 10"):
@@ -162,7 +162,7 @@ def test_corrupt_or_foreign_files_are_one_line(run, tmp_path, case):
         ("predict", path, tmp_path),
         ("import", "--from", "xternalz", path, "--out", tmp_path / "y.pt"),
     ):
-        line = one_line_error(wrn(*args))
+        line = one_line_error(cli(*args))
         assert str(path) in line
     assert not marker.exists()
 
@@ -336,7 +336,7 @@ def test_foreign_checkpoints_give_the_originals_logits(tmp_path, layout, prefix)
     source = tmp_path / "theirs.pt"
     torch.save({"state_dict": state, "epoch": 200}, source)
     out = tmp_path / "ours.pt"
-    result = wrn("import", "--from", layout, source, "--out", out)
+    result = cli("import", "--from", layout, source, "--out", out)
     assert result.returncode == 0, result.stderr
     ours = wideresnet.load_model(out)
     size = 64 if layout == "torchvision" else 32
@@ -356,7 +356,7 @@ def test_a_robustbench_normalisation_wrapper_becomes_the_input_transform(tmp_pat
     source = tmp_path / "rb.pt"
     torch.save(wrapped.state_dict(), source)
     assert (
-        wrn("import", "--from", "robustbench", source, "--out", tmp_path / "o.pt").returncode == 0
+        cli("import", "--from", "robustbench", source, "--out", tmp_path / "o.pt").returncode == 0
     )
     ours = wideresnet.load_model(tmp_path / "o.pt")
     images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import learnable_npz, tiny_config, wrn, wrn_with
+from helpers import cli, cli_with, learnable_npz, tiny_config
 from PIL import Image, ImageEnhance, ImageOps
 
 from wideresnet.config import OptimConfig
-from wideresnet.data import BatchLoader, ops
+from wideresnet.data import BatchLoader, TrainAugment, ops
 from wideresnet.data.policies import Policy
 from wideresnet.recipes import PRESETS, make_config
 from wideresnet.train.optim import lr_at
 from wideresnet.train.run import make_trainer
 from wideresnet.train.rundir import RunDir
-from wideresnet.train.step import EpochSums, Mix, loss_fn, mix_batch, mixed_loss
+from wideresnet.train.step import EpochSums, Mix, StepOptions, loss_fn, mix_batch, mixed_loss
 
 rng = np.random.default_rng(0)
 IMAGES = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
@@ -50,24 +50,24 @@ def enhanced(kind, factor):
 
 # our op, its value, Pillow's reference, the largest difference, the share of pixels that differ
 CASES = {
-    "shear_x": (ops.shear_x, 0.37, transformed(1, 0.37, 0, 0, 1, 0), 0, 0),
-    "shear_y": (ops.shear_y, 0.99, transformed(1, 0, 0, 0.99, 1, 0), 0, 0),
-    "translate_x": (ops.translate_x, 7, transformed(1, 0, 7, 0, 1, 0), 0, 0),
-    "translate_y": (ops.translate_y, -11, transformed(1, 0, 0, 0, 1, -11), 0, 0),
-    "shear_fixed_point": (ops.shear_y, -0.6, transformed(1, 0, 0, -0.6, 1, 0), 0, 0),
-    "rotate": (ops.rotate, 23, lambda im: im.rotate(23, fillcolor=FILL), 0, 0),
-    "rotate_back": (ops.rotate, -117, lambda im: im.rotate(-117, fillcolor=FILL), 0, 0),
-    "rotate_quarter": (ops.rotate, 90, lambda im: im.rotate(90, fillcolor=FILL), 0, 0),
-    "autocontrast": (ops.autocontrast, 0, ImageOps.autocontrast, 0, 0),
-    "equalize": (ops.equalize, 0, ImageOps.equalize, 0, 0),
-    "invert": (ops.invert, 0, ImageOps.invert, 0, 0),
-    "solarize": (ops.solarize, 100, lambda im: ImageOps.solarize(im, 100), 0, 0),
-    "posterize": (ops.posterize, 3, lambda im: ImageOps.posterize(im, 3), 0, 0),
+    "shear_x": (ops.OPS["ShearX"], 0.37, transformed(1, 0.37, 0, 0, 1, 0), 0, 0),
+    "shear_y": (ops.OPS["ShearY"], 0.99, transformed(1, 0, 0, 0.99, 1, 0), 0, 0),
+    "translate_x": (ops.OPS["TranslateX"], 7, transformed(1, 0, 7, 0, 1, 0), 0, 0),
+    "translate_y": (ops.OPS["TranslateY"], -11, transformed(1, 0, 0, 0, 1, -11), 0, 0),
+    "shear_fixed_point": (ops.OPS["ShearY"], -0.6, transformed(1, 0, 0, -0.6, 1, 0), 0, 0),
+    "rotate": (ops.OPS["Rotate"], 23, lambda im: im.rotate(23, fillcolor=FILL), 0, 0),
+    "rotate_back": (ops.OPS["Rotate"], -117, lambda im: im.rotate(-117, fillcolor=FILL), 0, 0),
+    "rotate_quarter": (ops.OPS["Rotate"], 90, lambda im: im.rotate(90, fillcolor=FILL), 0, 0),
+    "autocontrast": (ops.OPS["AutoContrast"], 0, ImageOps.autocontrast, 0, 0),
+    "equalize": (ops.OPS["Equalize"], 0, ImageOps.equalize, 0, 0),
+    "invert": (ops.OPS["Invert"], 0, ImageOps.invert, 0, 0),
+    "solarize": (ops.OPS["Solarize"], 100, lambda im: ImageOps.solarize(im, 100), 0, 0),
+    "posterize": (ops.OPS["Posterize"], 3, lambda im: ImageOps.posterize(im, 3), 0, 0),
     # enhancements: float rounding at a whole number may truncate one level apart
-    "contrast": (ops.contrast, 1.7, enhanced(ImageEnhance.Contrast, 1.7), 1, 0.01),
-    "color": (ops.color, 0.3, enhanced(ImageEnhance.Color, 0.3), 1, 0.01),
-    "brightness": (ops.brightness, 1.45, enhanced(ImageEnhance.Brightness, 1.45), 1, 0.01),
-    "sharpness": (ops.sharpness, 1.9, enhanced(ImageEnhance.Sharpness, 1.9), 1, 0.01),
+    "contrast": (ops.OPS["Contrast"], 1.7, enhanced(ImageEnhance.Contrast, 1.7), 1, 0.01),
+    "color": (ops.OPS["Color"], 0.3, enhanced(ImageEnhance.Color, 0.3), 1, 0.01),
+    "brightness": (ops.OPS["Brightness"], 1.45, enhanced(ImageEnhance.Brightness, 1.45), 1, 0.01),
+    "sharpness": (ops.OPS["Sharpness"], 1.9, enhanced(ImageEnhance.Sharpness, 1.9), 1, 0.01),
 }
 
 
@@ -84,9 +84,8 @@ def test_policies_keep_labels_shapes_range_and_are_a_function_of_seed_and_epoch(
     images = np.random.default_rng(1).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
 
     def loader(**extra):
-        return BatchLoader(
-            images, np.arange(96) % 10, 32, shuffle=True, augment=True, seed=4, **extra
-        )
+        augment = TrainAugment(**extra)
+        return BatchLoader(images, np.arange(96) % 10, 32, shuffle=True, augment=augment, seed=4)
 
     plain = list(loader().batches(2))
     first = list(loader(policy=policy).batches(2))
@@ -124,19 +123,26 @@ def test_a_compiled_policy_gives_the_loader_the_same_batches(spec):
     graph of every family: the batches are the eager ones, bit for bit."""
     images = np.random.default_rng(5).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
     images[:8] //= 5  # dark images: autocontrast and equalize stretch them
-    kwargs = dict(shuffle=True, augment=True, seed=1, policy=spec)
-    eager = list(BatchLoader(images, np.arange(256) % 10, 128, **kwargs).batches(1))
-    loader = BatchLoader(images, np.arange(256) % 10, 128, compile_policy=True, **kwargs)
-    assert loader.policy.compiled is not None
+
+    def loader(compile_policy: bool) -> BatchLoader:
+        augment = TrainAugment(policy=spec, compile_policy=compile_policy)
+        return BatchLoader(images, np.arange(256) % 10, 128, shuffle=True, augment=augment, seed=1)
+
+    eager = list(loader(False).batches(1))
+    loader = loader(True)
+    assert loader.augment.policy.compiled is not None
     for (x, y), (cx, cy) in zip(eager, loader.batches(1), strict=True):
         assert torch.equal(x, cx) and torch.equal(y, cy)
 
 
 def test_cutout_zeroes_one_square_and_nothing_else():
     images = np.random.default_rng(2).integers(1, 256, (64, 32, 32, 3), dtype=np.uint8)
-    kwargs = dict(shuffle=True, augment=True, mean=(0, 0, 0), std=(1, 1, 1))
-    plain = next(BatchLoader(images, np.arange(64), 64, **kwargs).batches(1))[0]
-    cut = next(BatchLoader(images, np.arange(64), 64, cutout=16, **kwargs).batches(1))[0]
+    kwargs = dict(shuffle=True, mean=(0, 0, 0), std=(1, 1, 1))
+    plain = next(
+        BatchLoader(images, np.arange(64), 64, augment=TrainAugment(), **kwargs).batches(1)
+    )[0]
+    cut_augment = TrainAugment(cutout=16)
+    cut = next(BatchLoader(images, np.arange(64), 64, augment=cut_augment, **kwargs).batches(1))[0]
     zeroed = (cut == 0).all(1)  # (B, H, W): pixels set to zero in every channel
     assert torch.equal(cut[~zeroed[:, None].expand_as(cut)], plain[~zeroed[:, None].expand_as(cut)])
     for mask in zeroed:
@@ -159,16 +165,14 @@ def test_label_smoothing_is_the_formula():
 
 def test_mixup_and_cutmix_are_their_formulas():
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8)
-    from wideresnet.train.step import Recipe
-
-    mixed, mix = mix_batch(x, Recipe(mixup_alpha=1.0), np.random.default_rng(0))
+    mixed, mix = mix_batch(x, StepOptions(mixup_alpha=1.0), np.random.default_rng(0))
     torch.testing.assert_close(mixed, mix.lam * x + (1 - mix.lam) * x[mix.partner])
     logits = torch.randn(8, 10)
     expected = mix.lam * F.cross_entropy(logits, y) + (1 - mix.lam) * F.cross_entropy(
         logits, y[mix.partner]
     )
     torch.testing.assert_close(mixed_loss(logits, y, mix, 0.0), expected)
-    cut, box = mix_batch(x, Recipe(cutmix_alpha=1.0), np.random.default_rng(3))
+    cut, box = mix_batch(x, StepOptions(cutmix_alpha=1.0), np.random.default_rng(3))
     from_partner = (cut == x[box.partner]) & (cut != x)
     area = from_partner.all(1).float().mean((1, 2))  # the pasted share of each image
     assert torch.allclose(area[box.partner != torch.arange(8)], torch.tensor(1 - box.lam))
@@ -208,8 +212,8 @@ def trainer_with(npz, tmp_path, **options):
 @pytest.mark.parametrize("compile", ["on", "off"])
 def test_wrn_train_compiles_the_policy_when_it_compiles_the_model(npz, tmp_path, compile):
     trainer = trainer_with(npz, tmp_path, policy="trivialaugment", compile=compile)
-    assert (trainer.data.train.policy.compiled is not None) is (compile == "on")
-    assert ("compile graph" in trainer.speed.reasons.get("policy", "")) is (compile == "on")
+    assert (trainer.data.train.augment.policy.compiled is not None) is (compile == "on")
+    assert ("compile graph" in trainer.runtime.reasons.get("policy", "")) is (compile == "on")
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
@@ -238,7 +242,7 @@ def test_one_sam_step_is_the_two_step_update_written_out(npz, tmp_path, adaptive
     after_one_forward = {n: b.clone() for n, b in model.named_buffers()}
     model.load_state_dict({**w, **stats})
     trainer.model.train()
-    trainer._step(1, x, y, EpochSums.start(trainer.device))
+    trainer.step(x, y, EpochSums.start(trainer.device), 0)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-6, msg=name)
     for name, b in model.named_buffers():  # batch norm saw the first pass only
@@ -249,8 +253,9 @@ def test_weight_averaging_is_its_formula(npz, tmp_path):
     trainer = trainer_with(npz, tmp_path, ema_decay=0.9)
     tracked = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.model.train()
-    for x, y in list(trainer.data.train.batches(1))[:3]:
-        trainer._step(1, x, y, EpochSums.start(trainer.device))
+    for index, (x, y) in enumerate(list(trainer.data.train.batches(1))[:3]):
+        trainer.step(x, y, EpochSums.start(trainer.device), index)
+        trainer.ema.update(trainer.model)
         for n, p in trainer.model.named_parameters():
             tracked[n] = 0.9 * tracked[n] + 0.1 * p.detach()
     for n, p in trainer.ema.model.named_parameters():
@@ -271,9 +276,9 @@ def test_resume_is_bit_exact_with_every_new_option_on(npz, tmp_path):
     options = "--model wrn-10-1 --dataset npz --epochs 3 --batch-size 32 --precision fp32 --seed 2"
     common = [*options.split(), *EVERYTHING.split(), "--data-dir", npz]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert wrn("train", *common, "--out", straight).returncode == 0
-    assert wrn_with("sigterm", 8, "train", *common, "--out", stopped).returncode == 143
-    assert wrn("train", "--resume", stopped).returncode == 0
+    assert cli("train", *common, "--out", straight).returncode == 0
+    assert cli_with("sigterm", 8, "train", *common, "--out", stopped).returncode == 143
+    assert cli("train", "--resume", stopped).returncode == 0
     timing = ("epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second")
 
     def rows(run):

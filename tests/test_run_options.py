@@ -10,19 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    cli,
+    cli_with,
     learnable_npz,
     metrics,
     one_line_error,
     tiny_config,
     write_image_folder,
-    wrn,
-    wrn_with,
 )
 
 from wideresnet.recipes import make_config
+from wideresnet.train.cpu import cpu_bf16, cpu_flags
 from wideresnet.train.run import make_trainer
 from wideresnet.train.rundir import RunDir
-from wideresnet.train.runtime import Speed, cpu_bf16, cpu_flags
+from wideresnet.train.runtime import Runtime
 
 BASE = "--model wrn-10-1 --dataset npz --batch-size 32 --lr 0.05 --precision fp32 --seed 3"
 
@@ -51,7 +52,7 @@ def train_args(npz: Path, out: Path, *extra) -> list:
 @pytest.fixture(scope="module")
 def run(npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "a"
-    result = wrn(*train_args(npz, out))
+    result = cli(*train_args(npz, out))
     assert result.returncode == 0, result.stderr
     return out
 
@@ -63,7 +64,7 @@ def run(npz, tmp_path_factory) -> Path:
 
 def test_a_run_repeated_from_its_config_json_has_the_same_config(run, tmp_path):
     again = tmp_path / "again"
-    result = wrn("train", "--config", run / "config.json", "--out", again)
+    result = cli("train", "--config", run / "config.json", "--out", again)
     assert result.returncode == 0, result.stderr
     first, second = (json.loads((r / "config.json").read_text()) for r in (run, again))
     assert first == second
@@ -79,13 +80,13 @@ def test_init_from_loads_the_weights_with_a_fresh_optimiser(run, npz, tmp_path):
     trained = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, trained[key]), key
-    assert len(trainer.optimizer.state) == 0 and trainer.epoch == 0
+    assert len(trainer.optimizer.state) == 0 and trainer.state.epoch == 0
 
 
 def test_init_from_with_another_class_count_gets_a_new_head(run, tmp_path):
     three = learnable_npz(tmp_path / "three.npz", classes=3, seed=1)
     out = tmp_path / "finetuned"
-    result = wrn(*train_args(three, out, "--init-from", run, "--epochs", "1"))
+    result = cli(*train_args(three, out, "--init-from", run, "--epochs", "1"))
     assert result.returncode == 0, result.stderr
     assert "a new head for 3 classes (the checkpoint's has 4)" in result.stdout
     saved = json.loads((out / "config.json").read_text())
@@ -96,7 +97,7 @@ def test_init_from_with_another_class_count_gets_a_new_head(run, tmp_path):
 
 def test_init_from_weights_that_do_not_fit_is_one_line(run, npz, tmp_path):
     line = one_line_error(
-        wrn(*train_args(npz, tmp_path / "b", "--init-from", run, "--model", "wrn-10-2"))
+        cli(*train_args(npz, tmp_path / "b", "--init-from", run, "--model", "wrn-10-2"))
     )
     assert "--init-from" in line and "do not fit" in line
 
@@ -111,7 +112,7 @@ def test_eval_limit_and_eval_every_are_recorded_and_flagged(npz, tmp_path):
     args = train_args(
         npz, out, "--epochs", "3", "--milestones", "3", "--eval-limit", "20", "--eval-every", "2"
     )
-    result = wrn(*args)
+    result = cli(*args)
     assert result.returncode == 0, result.stderr
     tested = [r["test_error"] is not None for r in metrics(out)]
     assert tested == [False, True, True]  # every 2nd epoch, and always the last
@@ -131,7 +132,7 @@ def test_tensorboard_holds_the_same_numbers_as_metrics_jsonl(npz, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "tb"
-    assert wrn(*train_args(npz, out, "--tensorboard")).returncode == 0
+    assert cli(*train_args(npz, out, "--tensorboard")).returncode == 0
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     logged = [(e.step, e.value) for e in events.Scalars("test_error")]
@@ -147,32 +148,32 @@ def test_tensorboard_holds_the_same_numbers_as_metrics_jsonl(npz, tmp_path):
 
 
 def test_eval_says_a_finished_run_is_finished_and_reports_top5(run):
-    result = wrn("eval", run)
+    result = cli("eval", run)
     assert result.returncode == 0, result.stderr
     assert "finished run (2 epochs)" in result.stdout and "top-5" in result.stdout
-    report = json.loads(wrn("eval", run, "--json").stdout)
+    report = json.loads(cli("eval", run, "--json").stdout)
     assert report["finished"] is True and report["test_top5_error"] == 0.0  # 4 classes
     assert report["test_error"] == json.loads((run / "result.json").read_text())["test_error"]
 
 
 def test_eval_of_a_run_stopped_mid_epoch_says_it_is_unfinished(npz, tmp_path):
     out = tmp_path / "stopped"
-    stopped = wrn_with("sigterm", 9, *train_args(npz, out))
+    stopped = cli_with("sigterm", 9, *train_args(npz, out))
     assert stopped.returncode == 128 + signal.SIGTERM
-    result = wrn("eval", out)
+    result = cli("eval", out)
     assert result.returncode == 0, result.stderr
     assert "UNFINISHED run: stopped after epoch 1 of 2, step 3 of the next" in result.stdout
-    assert json.loads(wrn("eval", out, "--json").stdout)["finished"] is False
+    assert json.loads(cli("eval", out, "--json").stdout)["finished"] is False
 
 
 def test_eval_uses_the_runs_precision_by_default(npz, tmp_path):
     out = tmp_path / "bf16"
-    assert wrn(*train_args(npz, out, "--precision", "bf16", "--epochs", "1")).returncode == 0
-    report = json.loads(wrn("eval", out, "--json").stdout)
+    assert cli(*train_args(npz, out, "--precision", "bf16", "--epochs", "1")).returncode == 0
+    report = json.loads(cli("eval", out, "--json").stdout)
     assert report["precision"] == "bf16"
     assert report["test_error"] == json.loads((out / "result.json").read_text())["test_error"]
     assert (
-        json.loads(wrn("eval", out, "--json", "--precision", "fp32").stdout)["precision"] == "fp32"
+        json.loads(cli("eval", out, "--json", "--precision", "fp32").stdout)["precision"] == "fp32"
     )
 
 
@@ -187,7 +188,7 @@ def test_decoding_and_evaluation_show_progress(tmp_path):
     write_image_folder(tmp_path / "images", np.random.default_rng(0), per_class=40)
     out = tmp_path / "run"
     args = "--model wrn-10-1 --dataset folder --epochs 1 --batch-size 32 --precision fp32"
-    result = wrn(
+    result = cli(
         "train",
         *args.split(),
         "--data-dir",
@@ -199,7 +200,7 @@ def test_decoding_and_evaluation_show_progress(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "decoding" in result.stdout and "files" in result.stdout
     assert "evaluating: " in result.stdout and "images" in result.stdout
-    quiet = wrn("train", *args.split(), "--data-dir", tmp_path / "images", "--out", tmp_path / "q")
+    quiet = cli("train", *args.split(), "--data-dir", tmp_path / "images", "--out", tmp_path / "q")
     assert "decoding" not in quiet.stdout  # under two seconds: nothing
 
 
@@ -221,9 +222,10 @@ def test_bf16_is_chosen_only_where_the_cpu_has_bf16_instructions(flags, cap, bf1
 def test_the_precision_choice_and_its_reason_are_recorded(run):
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["precision"] == "fp32" and "asked for" in resolved["reasons"]["precision"]
-    speed = Speed.resolve(make_config("cifar"), torch.device("cpu"))  # --precision auto
+    runtime = Runtime.resolve(make_config("cifar"), torch.device("cpu"))  # --precision auto
     chosen, why = cpu_bf16()
-    assert speed.precision == ("bf16" if chosen else "fp32") and speed.reasons["precision"] == why
+    assert runtime.precision == ("bf16" if chosen else "fp32")
+    assert runtime.reasons["precision"] == why
     flags = cpu_flags()
     if flags is not None:  # Linux: this machine's real /proc/cpuinfo
         assert chosen is ("avx512_bf16" in flags or "amx_bf16" in flags)

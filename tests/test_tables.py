@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import learnable_npz, metrics, one_line_error, wait_for, wrn
+from helpers import cli, learnable_npz, metrics, one_line_error, wait_for
 
 from wideresnet import count_params, create_model
 from wideresnet.experiments import TABLES, authors_log
@@ -51,10 +51,10 @@ def test_schedule_scaling():
 
 
 def test_table_list_and_show_give_the_papers_numbers():
-    listing = json.loads(wrn("table", "list", "--json").stdout)
+    listing = json.loads(cli("table", "list", "--json").stdout)
     assert [t["table"] for t in listing] == list(TABLES)
     for name, table in TABLES.items():
-        result = wrn("table", "show", name, "--json")
+        result = cli("table", "show", name, "--json")
         assert result.returncode == 0, result.stderr
         shown = json.loads(result.stdout)
         assert shown["table"] == name and [r["id"] for r in shown["rows"]] == [
@@ -67,17 +67,17 @@ def test_table_list_and_show_give_the_papers_numbers():
                 c["cpu_hours"] > c["gpu_hours"] > 0
                 for c in shown["cost"]["per_run_of_each_row"].values()
             )
-    text = wrn("table", "show", "table2").stdout
+    text = cli("table", "show", "table2").stdout
     assert "B(1,3,1)" in text and "6.06" in text and "hours on this CPU" in text
 
 
 def test_imagenet_tables_and_unknown_rows_are_refused(tmp_path):
-    line = one_line_error(wrn("table", "run", "table7", "--dataset", "cifar10", "--out", tmp_path))
+    line = one_line_error(cli("table", "run", "table7", "--dataset", "cifar10", "--out", tmp_path))
     assert "no ImageNet loader" in line
     args = ["table", "run", "table6", "--dataset", "cifar10", "--out", tmp_path, "--rows", "99-9"]
-    assert "no row '99-9'" in one_line_error(wrn(*args))
+    assert "no row '99-9'" in one_line_error(cli(*args))
     args = ["table", "run", "table6", "--dataset", "npz", "--out", tmp_path]
-    assert "--paper-dataset" in one_line_error(wrn(*args))
+    assert "--paper-dataset" in one_line_error(cli(*args))
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def table_run(npz32, tmp_path_factory) -> Path:
     first = out / "table6" / "16-4" / "npz-as-cifar10" / "seed0"
     finished_at = (first / "result.json").stat().st_mtime_ns
     assert not (second.parent / "result.json").exists()
-    again = wrn(*table_args(npz32, out))
+    again = cli(*table_args(npz32, out))
     assert again.returncode == 0, again.stderr
     assert "4 runs: 1 finished (skipped)" in again.stdout
     assert (first / "result.json").stat().st_mtime_ns == finished_at  # skipped, not rerun
@@ -137,7 +137,7 @@ def test_a_stopped_table_run_resumes_and_every_run_finishes(table_run):
 
 
 def test_report_medians_equal_the_runs_metrics(table_run, tmp_path):
-    result = wrn("report", table_run, "--format", "json", "--plots", tmp_path / "plots")
+    result = cli("report", table_run, "--format", "json", "--plots", tmp_path / "plots")
     assert result.returncode == 0, result.stderr
     cells = json.loads(result.stdout.split("\n" + str(tmp_path / "plots"))[0])["cells"]
     assert [(c["id"], c["dataset"]) for c in cells] == [
@@ -164,9 +164,9 @@ def test_report_medians_equal_the_runs_metrics(table_run, tmp_path):
             image.verify()
         with Image.open(png) as image:
             assert image.width >= 300 and image.height >= 300
-    markdown = wrn("report", table_run).stdout
+    markdown = cli("report", table_run).stdout
     assert "| 16-4-dropout | cifar10 | 5.24 |" in markdown and "shortened schedule" in markdown
-    csv_text = wrn("report", table_run, "--format", "csv").stdout
+    csv_text = cli("report", table_run, "--format", "csv").stdout
     assert csv_text.splitlines()[0].startswith("table,id,label,dataset,data,paper")
 
 
@@ -175,8 +175,8 @@ def test_runs_of_a_row_on_another_schedule_are_their_own_line(table_run, npz32, 
     shutil.copytree(table_run / "table6", tmp_path / "both" / "three" / "table6")
     out = tmp_path / "both" / "two"
     more = ["--rows", "16-4", "--seeds", "0", "--epochs", "2"]
-    assert wrn(*table_args(npz32, out, *more)).returncode == 0
-    cells = json.loads(wrn("report", tmp_path / "both", "--format", "json").stdout)["cells"]
+    assert cli(*table_args(npz32, out, *more)).returncode == 0
+    cells = json.loads(cli("report", tmp_path / "both", "--format", "json").stdout)["cells"]
     lines = [(c["id"], c["runs"], c["epochs"], c["median"]) for c in cells]
     two = last_errors(run_dirs(out)[0])
     three = statistics.median(last_errors(r) for r in run_dirs(table_run / "table6" / "16-4"))
@@ -186,13 +186,13 @@ def test_runs_of_a_row_on_another_schedule_are_their_own_line(table_run, npz32, 
 
 def test_printed_commands_make_the_same_run_directories(table_run, npz32, tmp_path):
     out = tmp_path / "printed"
-    printed = wrn(*table_args(npz32, out, "--print-commands"))
+    printed = cli(*table_args(npz32, out, "--print-commands"))
     assert printed.returncode == 0, printed.stderr
     lines = printed.stdout.splitlines()
     assert len(lines) == 4 and all(line.startswith("wrn train --preset cifar") for line in lines)
     for line in lines[:2]:  # the first row's two seeds, as a scheduler would run them
         words = shlex.split(line)
-        assert wrn(*words[1:]).returncode == 0
+        assert cli(*words[1:]).returncode == 0
     for seed in (0, 1):
         ours = out / "table6" / "16-4" / "npz-as-cifar10" / f"seed{seed}"
         theirs = table_run / "table6" / "16-4" / "npz-as-cifar10" / f"seed{seed}"
@@ -200,23 +200,23 @@ def test_printed_commands_make_the_same_run_directories(table_run, npz32, tmp_pa
             (theirs / "config.json").read_text()
         )
         assert last_errors(ours) == last_errors(theirs)
-    remaining = wrn(*table_args(npz32, out, "--print-commands")).stdout.splitlines()
+    remaining = cli(*table_args(npz32, out, "--print-commands")).stdout.splitlines()
     assert remaining == lines[2:]  # finished runs are no longer printed
-    both = wrn(*table_args(npz32, out, "--devices", "cpu,cpu"))
+    both = cli(*table_args(npz32, out, "--devices", "cpu,cpu"))
     assert both.returncode == 0, both.stderr
     assert "2 at a time" in both.stdout and len(run_dirs(out)) == 4
 
 
 def test_table_save_copies_the_small_files_and_the_report_reads_them(table_run, tmp_path):
     ledger = tmp_path / "results" / "batch"
-    assert wrn("table", "save", table_run, "--to", ledger).returncode == 0
+    assert cli("table", "save", table_run, "--to", ledger).returncode == 0
     assert (
         not list(ledger.rglob("*.pt"))
         and json.loads((ledger / "provenance.json").read_text())["runs"] == 4
     )
     assert len(list(ledger.rglob("result.json"))) == 4 and (ledger / "table-runs.json").exists()
-    assert wrn("report", ledger).stdout == wrn("report", table_run).stdout
-    line = one_line_error(wrn("table", "save", table_run, "--to", ledger))
+    assert cli("report", ledger).stdout == cli("report", table_run).stdout
+    line = one_line_error(cli("table", "save", table_run, "--to", ledger))
     assert "not empty" in line
 
 
@@ -224,8 +224,8 @@ def test_a_run_made_elsewhere_reports_beside_the_authors_own_log(npz32, tmp_path
     out = tmp_path / "copied" / "run"
     options = "--model wrn-10-1 --dataset npz --epochs 2 --batch-size 32 --precision fp32"
     tag = ["--experiment", "table4/40-4@cifar10", "--preprocess", "zca"]
-    assert wrn("train", *options.split(), *tag, "--data-dir", npz32, "--out", out).returncode == 0
-    report = json.loads(wrn("report", tmp_path / "copied", "--format", "json").stdout)
+    assert cli("train", *options.split(), *tag, "--data-dir", npz32, "--out", out).returncode == 0
+    report = json.loads(cli("report", tmp_path / "copied", "--format", "json").stdout)
     (cell,) = report["cells"]
     authors = authors_log("table4", "40-4", "cifar10")
     ours = [
@@ -243,6 +243,6 @@ def test_a_run_made_elsewhere_reports_beside_the_authors_own_log(npz32, tmp_path
 def test_the_readme_results_section_is_the_ledger_report():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index(RESULTS_START) + len(RESULTS_START) : readme.index(RESULTS_END)]
-    result = wrn("report", ROOT / "results")
+    result = cli("report", ROOT / "results")
     assert result.returncode == 0, result.stderr
     assert section.strip() == result.stdout.strip()

@@ -1,9 +1,11 @@
-"""`wrn train`, resume, eval and failure handling, on real subprocess runs of `wrn`.
+"""`wrn train`, resume, eval and failure handling, through the `wrn` entry point.
 
-The data is a small .npz a tiny WRN can learn (conftest.learnable_npz): 192 training images in
-batches of 32, so an epoch is 6 steps. Signals and NaNs are injected by a wrapper that patches
-`wideresnet.train.step.loss_fn` in the child process before calling the real `wrn` entry point; the
-signal itself is a real SIGTERM delivered to that process.
+The data is a small .npz a tiny WRN can learn (helpers.learnable_npz): 192 training images in
+batches of 32, so an epoch is 6 steps. Signals and NaNs are injected at a chosen step by
+helpers.fault_at, which wraps the training step's loss; the signal is a real SIGTERM to the
+process that trains. The uninterrupted reference run and one stop-and-resume run each in a
+process of its own (`wrn`); the other runs go through the same entry point in this process
+(helpers.cli).
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import learnable_npz, metrics, one_line_error, tiny_config, wrn, wrn_with
+from helpers import (
+    cli,
+    cli_with,
+    learnable_npz,
+    metrics,
+    one_line_error,
+    tiny_config,
+    wrn,
+    wrn_with,
+)
 
 from wideresnet.train import step as steps
 from wideresnet.train.optim import begin_epoch
@@ -93,14 +104,16 @@ def test_straight_run_writes_the_run_directory(straight):
 )
 def test_sigterm_then_resume_is_bit_identical(npz, tmp_path, straight, at_step):
     out = tmp_path / "run"
-    stopped = wrn_with("sigterm", at_step, *base_args(npz, out))
+    # the mid-epoch case stops and resumes in processes of their own; the others in this one
+    stop, run = (wrn_with, wrn) if at_step == STEPS_PER_EPOCH + 3 else (cli_with, cli)
+    stopped = stop("sigterm", at_step, *base_args(npz, out))
     assert stopped.returncode == 128 + signal.SIGTERM == 143, stopped.stderr
     assert "SIGTERM" in stopped.stderr and "--resume" in stopped.stderr
     state = checkpoint(out)
     assert state["global_step"] == at_step
     assert not (out / "result.json").exists()
 
-    resumed = wrn("train", "--resume", out)
+    resumed = run("train", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(checkpoint(straight), checkpoint(out))
     assert metrics(out, timing=False) == metrics(straight, timing=False)
@@ -111,21 +124,21 @@ def test_sigterm_then_resume_is_bit_identical(npz, tmp_path, straight, at_step):
 
 def test_mid_epoch_checkpoints_on_request(npz, tmp_path, straight):
     out = tmp_path / "run"
-    stopped = wrn_with("sigterm", 11, *base_args(npz, out, "--checkpoint-every", "4"))
+    stopped = cli_with("sigterm", 11, *base_args(npz, out, "--checkpoint-every", "4"))
     assert stopped.returncode == 143
     # checkpoints after steps 4, 6 (epoch end), 8 and 11 (signal): prev holds step 8
     assert checkpoint(out, "checkpoint.prev.pt")["global_step"] == 8
     assert checkpoint(out)["step_in_epoch"] == 5
-    assert wrn("train", "--resume", out).returncode == 0
+    assert cli("train", "--resume", out).returncode == 0
     assert_same_state(checkpoint(straight), checkpoint(out))
 
 
 def test_torn_newest_checkpoint_falls_back_to_the_previous(npz, tmp_path, straight):
     out = tmp_path / "run"
-    assert wrn_with("sigterm", 9, *base_args(npz, out)).returncode == 143
+    assert cli_with("sigterm", 9, *base_args(npz, out)).returncode == 143
     data = (out / "checkpoint.pt").read_bytes()
     (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
-    resumed = wrn("train", "--resume", out)
+    resumed = cli("train", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     assert "falling back to" in resumed.stderr and "checkpoint.prev.pt" in resumed.stderr
     assert "resuming" in resumed.stdout and "epoch 2 step 0" in resumed.stdout
@@ -135,19 +148,19 @@ def test_torn_newest_checkpoint_falls_back_to_the_previous(npz, tmp_path, straig
 
 def test_resume_refuses_a_different_config(npz, tmp_path):
     out = tmp_path / "run"
-    assert wrn_with("sigterm", 2, *base_args(npz, out)).returncode == 143
+    assert cli_with("sigterm", 2, *base_args(npz, out)).returncode == 143
     asked = ("--batch-size", "16", "--epochs", "3")
-    line = one_line_error(wrn("train", "--resume", out, *asked))
+    line = one_line_error(cli("train", "--resume", out, *asked))
     assert "batch_size: run has 32, command line asks 16" in line
     assert "epochs" not in line.split("(on resume only")[0]  # the same value is no difference
-    assert wrn("train", "--resume", out, "--epochs", "3").returncode == 0
+    assert cli("train", "--resume", out, "--epochs", "3").returncode == 0
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["checked-each-step", "fused-sgd-on-device"])
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(npz, tmp_path, fused):
     out = tmp_path / "run"
     extra = ["--fused-sgd", "on"] if fused else []
-    failed = wrn_with("nan", STEPS_PER_EPOCH + 2, *base_args(npz, out, *extra))
+    failed = cli_with("nan", STEPS_PER_EPOCH + 2, *base_args(npz, out, *extra))
     line = one_line_error(failed, code=1)
     failure = json.loads((out / "failure.json").read_text())
     if fused:  # the CUDA path: no host sync per step; found at the epoch's end
@@ -161,7 +174,7 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(npz, t
     assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
     assert not (out / "result.json").exists()
     # the run continues from its last good checkpoint
-    assert wrn("train", "--resume", out).returncode == 0
+    assert cli("train", "--resume", out).returncode == 0
     assert checkpoint(out)["epoch"] == 3
 
 
@@ -206,7 +219,7 @@ def test_momentum_is_reset_at_each_lr_drop_and_only_then(npz, tmp_path):
 
 
 def test_eval_reports_the_same_error_as_the_run(straight, npz):
-    result = wrn("eval", straight, "--json", "--flip")
+    result = cli("eval", straight, "--json", "--flip")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     final = json.loads((straight / "result.json").read_text())
@@ -214,15 +227,15 @@ def test_eval_reports_the_same_error_as_the_run(straight, npz):
     assert report["images"] == 64 and report["classes"] == ["c0", "c1", "c2", "c3"]
     assert sum(map(sum, report["confusion"])) == 64
     assert len(report["per_class_error"]) == 4 and "flip_test_error" in report
-    text = wrn("eval", straight / "checkpoint.pt", "--dataset", "npz", "--data-dir", npz)
+    text = cli("eval", straight / "checkpoint.pt", "--dataset", "npz", "--data-dir", npz)
     assert text.returncode == 0 and "test error" in text.stdout and "c3" in text.stdout
 
 
 def test_eval_whitens_with_the_runs_own_zca_fit(npz, tmp_path, isolated_cache):
     out = tmp_path / "run"
     zca = ("--preprocess", "zca", "--epochs", "1", "--val-size", "32", "--train-limit", "160")
-    assert wrn(*base_args(npz, out, *zca)).returncode == 0
-    result = wrn("eval", out, "--json")
+    assert cli(*base_args(npz, out, *zca)).returncode == 0
+    result = cli("eval", out, "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["images"] == 64
     # one fit: eval reused the run's (128 images: train_limit less val_size), not a new one
@@ -230,13 +243,13 @@ def test_eval_whitens_with_the_runs_own_zca_fit(npz, tmp_path, isolated_cache):
 
 
 def test_non_empty_out_is_refused_unless_overwrite(npz, straight, tmp_path):
-    line = one_line_error(wrn(*base_args(npz, straight)))
+    line = one_line_error(cli(*base_args(npz, straight)))
     assert "not empty" in line and "--resume" in line
     assert (straight / "result.json").exists()  # nothing of the finished run was touched
     out = tmp_path / "again"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    result = wrn(*base_args(npz, out, "--epochs", "1", "--overwrite"))
+    result = cli(*base_args(npz, out, "--epochs", "1", "--overwrite"))
     assert result.returncode == 0, result.stderr
     assert (out / "notes.txt").read_text() == "keep me"  # only the run's own files are replaced
 
@@ -257,32 +270,32 @@ def test_bad_checkpoints_are_one_line_errors(straight, tmp_path, case):
         torch.save({"model": Payload(), "config": {}}, path)
     else:
         path.write_bytes(b"not a checkpoint at all")
-    line = one_line_error(wrn("eval", path))
+    line = one_line_error(cli("eval", path))
     assert str(path) in line
     assert not marker.exists(), "unpickling ran code from the checkpoint"
     if case == "code":
         run = tmp_path / "run"
         run.mkdir()
         path.rename(run / "checkpoint.pt")
-        one_line_error(wrn("train", "--resume", run))
+        one_line_error(cli("train", "--resume", run))
         assert not marker.exists()
 
 
 def test_user_errors_are_one_line_and_exit_2(npz, straight, tmp_path):
-    line = one_line_error(wrn(*base_args(npz, tmp_path / "a", "--num-classes", "5")))
+    line = one_line_error(cli(*base_args(npz, tmp_path / "a", "--num-classes", "5")))
     assert "--num-classes 5" in line and "4 classes" in line
-    line = one_line_error(wrn(*base_args(tmp_path / "missing.npz", tmp_path / "b")))
+    line = one_line_error(cli(*base_args(tmp_path / "missing.npz", tmp_path / "b")))
     assert "missing.npz" in line
-    line = one_line_error(wrn(*base_args(npz, tmp_path / "c", "--epoch", "2")))
+    line = one_line_error(cli(*base_args(npz, tmp_path / "c", "--epoch", "2")))
     assert "--epoch" in line and "did you mean --epochs" in line
-    line = one_line_error(wrn(*base_args(npz, tmp_path / "d", "--model", "wrn-17-2")))
+    line = one_line_error(cli(*base_args(npz, tmp_path / "d", "--model", "wrn-17-2")))
     assert "wrn-17-2" in line
-    line = one_line_error(wrn(*base_args(npz, tmp_path / "e", "--lr", "fast")))
+    line = one_line_error(cli(*base_args(npz, tmp_path / "e", "--lr", "fast")))
     assert "lr" in line
-    line = one_line_error(wrn("train", "--resume", tmp_path / "nothing-here"))
+    line = one_line_error(cli("train", "--resume", tmp_path / "nothing-here"))
     assert "nothing-here" in line
     three = learnable_npz(tmp_path / "three.npz", classes=3)
-    line = one_line_error(wrn("eval", straight, "--dataset", "npz", "--data-dir", three))
+    line = one_line_error(cli("eval", straight, "--dataset", "npz", "--data-dir", three))
     assert "3 classes" in line and "4" in line
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
 
@@ -294,7 +307,7 @@ def test_config_file_and_deterministic_flag(npz, tmp_path):
     )
     out = tmp_path / "run"
     options = "--dataset npz --deterministic --log-every 2".split()
-    result = wrn("train", "--config", config, *options, "--data-dir", npz, "--out", out)
+    result = cli("train", "--config", config, *options, "--data-dir", npz, "--out", out)
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "config.json").read_text())
     assert saved["nesterov"] is False and saved["deterministic"] is True
@@ -303,7 +316,7 @@ def test_config_file_and_deterministic_flag(npz, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"learning_rate": 0.1}))
     line = one_line_error(
-        wrn(
+        cli(
             "train", "--config", bad, "--dataset", "npz", "--data-dir", npz, "--out", tmp_path / "x"
         )
     )

@@ -1,7 +1,7 @@
 """Wide Residual Networks (Zagoruyko & Komodakis, BMVC 2016), faithful to the authors' code."""
 
 from wideresnet.config import Config
-from wideresnet.data import BatchLoader, load_dataset
+from wideresnet.data import BatchLoader, TrainAugment, load_dataset
 from wideresnet.errors import ConfigError, DataError, ModelNameError, RunError
 from wideresnet.export import load_model
 from wideresnet.models import (
@@ -15,10 +15,10 @@ from wideresnet.models import (
     load_official_params,
     model_summary,
 )
-from wideresnet.recipes import PRESETS, make_config
-from wideresnet.train import evaluate, evaluate_run, load_trained, resume, train
-
-__version__ = "0.2.0"
+from wideresnet.presets import PRESETS
+from wideresnet.recipes import make_config
+from wideresnet.train import Runtime, evaluate, evaluate_run, load_trained, resume, train
+from wideresnet.version import __version__
 
 __all__ = [
     "PRESETS",
@@ -31,7 +31,10 @@ __all__ = [
     "ModelNameError",
     "PreActResNet",
     "RunError",
+    "Runtime",
+    "TrainAugment",
     "WideResNet",
+    "__version__",
     "count_params",
     "create_model",
     "evaluate",

@@ -1,8 +1,9 @@
 """`wrn bench`: training and inference speed of the settings `wrn train` picks here, against
 plain eager fp32 measured in the same process, with the model FLOP utilisation.
 
-Training rows run the real training step (step.train_step, or step.WholeStep for
---compile step) on one batch held on the device; inference rows run the model in eval mode.
+Training rows run the real training step (step.make_step: the eager step, or the whole step
+compiled for --compile step) on one batch held on the device; inference rows run the model in
+eval mode.
 Each is warmed up first (compilation included, reported apart), then timed over whole steps
 with the device synchronised at the end only. With --data-dir, an end-to-end row also times
 real batches from the tensor loader (gather, crop, flip, normalise) through the same step.
@@ -10,6 +11,7 @@ real batches from the tensor loader (gather, crop, flip, normalise) through the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -19,19 +21,21 @@ from typing import Any
 import torch
 
 from wideresnet.config import Config, OptimConfig
+from wideresnet.data.augment import TrainAugment
 from wideresnet.data.loader import BatchLoader
 from wideresnet.data.preprocess import CIFAR_MEAN, CIFAR_STD
 from wideresnet.data.sources import load_dataset
-from wideresnet.models import create_model, model_summary
+from wideresnet.models import FORWARDS_PER_TRAINING_IMAGE, create_model, model_summary
+from wideresnet.train.cpu import cpu_bf16, cpu_flags, cpu_ghz
+from wideresnet.train.environment import device_name
 from wideresnet.train.optim import build_optimizer
-from wideresnet.train.runtime import Speed, cpu_bf16, cpu_flags
-from wideresnet.train.step import EpochSums, WholeStep, train_step
+from wideresnet.train.runtime import Runtime, resolve_device
+from wideresnet.train.step import EpochSums, Step, make_step
 
 log = logging.getLogger(__name__)
 
 FLOPS_PER_MAC = 2
 WARMUP_STEPS = {False: 2, True: 5}  # with CUDA graphs: recorded on a later call than the first
-TRAIN_FORWARDS = 3  # a training image costs about three forward passes
 GPU_PEAKS = {  # dense tensor-core FLOP/s (bf16, and fp32 as TF32), from the vendors' sheets
     "H200": (989e12, 494e12),
     "H100": (989e12, 494e12),
@@ -49,74 +53,72 @@ class Measured:
     inference_images_per_second: float
 
 
-def _synthetic(speed: Speed, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _synthetic(runtime: Runtime, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=generator)
-    return x.to(speed.device), torch.randint(0, 10, (batch,), generator=generator).to(speed.device)
+    y = torch.randint(0, 10, (batch,), generator=generator)
+    return x.to(runtime.device), y.to(runtime.device)
 
 
-def build_for_bench(model_name: str, speed: Speed):
-    """(model, optimizer, forward, WholeStep or None) for `speed`, seeded: what a benchmark
-    trains (bench/augment.py uses it too)."""
+def build_for_bench(model_name: str, runtime: Runtime) -> tuple[torch.nn.Module, Step]:
+    """(model, its training step) for `runtime`, seeded: what a benchmark trains (bench/
+    augment.py uses it too)."""
     torch.manual_seed(0)
-    model = speed.prepare(create_model(model_name, 10))
-    optimizer = build_optimizer(model, OptimConfig(), speed.fused_sgd)
-    forward = speed.compiled(model)
-    step = WholeStep(forward, optimizer, speed) if speed.whole_step else None
-    return model, optimizer, forward, step
+    model = runtime.prepare(create_model(model_name, 10))
+    optimizer = build_optimizer(model, OptimConfig(), runtime.fused_sgd)
+    return model, make_step(runtime.compiled(model), optimizer, runtime)
 
 
-def _timed(run, steps: int, speed: Speed) -> tuple[float, float]:
-    """(seconds for `steps` calls after warm-up, warm-up seconds)."""
+def _timed(run, steps: int, runtime: Runtime) -> tuple[float, float]:
+    """(seconds for `steps` calls after warm-up, warm-up seconds); run(i) is call i."""
+    warmup_steps = WARMUP_STEPS[runtime.cuda_graphs]
     start = time.perf_counter()
-    for _ in range(WARMUP_STEPS[speed.cuda_graphs]):
-        run()
-    speed.sync()
+    for index in range(warmup_steps):
+        run(index)
+    runtime.sync()
     warmup = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(steps):
-        run()
-    speed.sync()
+    for index in range(warmup_steps, warmup_steps + steps):
+        run(index)
+    runtime.sync()
     return time.perf_counter() - start, warmup
 
 
-def measure(model_name: str, setting: str, speed: Speed, batch: int, steps: int) -> Measured:
-    model, optimizer, forward, whole = build_for_bench(model_name, speed)
-    x, y = _synthetic(speed, batch, getattr(model, "input_size", 32))
-    sums = EpochSums.start(torch.device(speed.device))
-
-    def train_once() -> None:
-        if whole is not None:
-            whole(x, y, speed, sums)
-        else:
-            train_step(forward, optimizer, x, y, speed, sums)
-
+def measure(model_name: str, setting: str, runtime: Runtime, batch: int, steps: int) -> Measured:
+    model, step = build_for_bench(model_name, runtime)
+    x, y = _synthetic(runtime, batch, getattr(model, "input_size", 32))
+    sums = EpochSums.start(runtime.torch_device)
     model.train()
-    seconds, warmup = _timed(train_once, steps, speed)
+    seconds, warmup = _timed(lambda index: step(x, y, sums, index), steps, runtime)
     model.eval()
+    forward = step.model
 
     @torch.no_grad()
-    def infer_once() -> None:
-        with speed.autocast():
-            forward(speed.input(x))
+    def infer_once(index: int) -> None:
+        with runtime.autocast():
+            forward(runtime.input(x))
 
-    infer_seconds, _ = _timed(infer_once, steps, speed)
+    infer_seconds, _ = _timed(infer_once, steps, runtime)
     return Measured(setting, batch * steps / seconds, warmup, batch * steps / infer_seconds)
 
 
-def settings(device: str, compile_step: bool) -> list[tuple[str, Speed]]:
+def settings(
+    device: str, compile_step: bool, force_bf16: bool = False
+) -> list[tuple[str, Runtime]]:
     """The plain baseline, what `wrn train` picks here, and the steps between."""
     cuda = torch.device(device).type == "cuda"
-    rows = [("eager fp32 NCHW (baseline)", Speed(device, "fp32", False, False, False, False))]
-    rows.append(("channels_last fp32", Speed(device, "fp32", True, False, False, False)))
-    chosen = Speed.resolve(Config.from_dict({"device": device}), torch.device(device))
-    if chosen.precision == "bf16" or cuda:
-        rows.append(("channels_last bf16", Speed(device, "bf16", True, False, cuda, False)))
+    rows = [("eager fp32 NCHW (baseline)", Runtime.eager(device))]
+    rows.append(("channels_last fp32", Runtime.eager(device, channels_last=True)))
+    chosen = Runtime.resolve(Config.from_dict({"device": device}), torch.device(device))
+    if chosen.precision == "bf16" or cuda or force_bf16:
+        label = "channels_last bf16" + ("" if cuda or cpu_bf16()[0] else " (forced)")
+        bf16 = dataclasses.replace(Runtime.eager(device, "bf16", True), fused_sgd=cuda)
+        rows.append((label, bf16))
     rows.append((f"wrn train's default ({chosen.precision})", chosen))
     if compile_step:
         whole = Config.from_dict({"device": device, "compile": "step"})
         rows.append(
-            ("whole step compiled (--compile step)", Speed.resolve(whole, torch.device(device)))
+            ("whole step compiled (--compile step)", Runtime.resolve(whole, torch.device(device)))
         )
     return rows
 
@@ -131,7 +133,7 @@ def peak(device: str, precision: str) -> tuple[float | None, str]:
                 return value, f"{name}: {value / 1e12:.0f} TFLOP/s dense {precision} (vendor sheet)"
         return None, f"{name}: peak unknown to wideresnet, no utilisation given"
     flags, cores = cpu_flags() or set(), os.cpu_count() or 1
-    ghz = _cpu_ghz()
+    ghz = cpu_ghz()
     width = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4  # fp32 lanes
     per_cycle = 2 * 2 * width * (2 if precision == "bf16" and cpu_bf16()[0] else 1)
     if ghz is None:
@@ -144,42 +146,31 @@ def peak(device: str, precision: str) -> tuple[float | None, str]:
     )
 
 
-def _cpu_ghz() -> float | None:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("cpu MHz"):
-                return float(line.split(":")[1]) / 1000
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def end_to_end(model_name: str, speed: Speed, dataset: str, data_dir: str, batch: int, steps: int):
+def end_to_end(
+    model_name: str, runtime: Runtime, dataset: str, data_dir: str, batch: int, steps: int
+) -> float:
     """Training img/s with real batches from the tensor loader (after the warm-up batches)."""
     images, labels, _ = load_dataset(dataset, data_dir, "train")
-    needed = batch * (steps + WARMUP_STEPS[speed.cuda_graphs])
+    needed = batch * (steps + WARMUP_STEPS[runtime.cuda_graphs])
     loader = BatchLoader(
         images[:needed],
         labels[:needed],
         batch,
-        device=speed.device,
+        device=runtime.device,
         shuffle=True,
-        augment=True,
+        augment=TrainAugment(),
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
     )
-    model, optimizer, forward, whole = build_for_bench(model_name, speed)
-    sums = EpochSums.start(torch.device(speed.device))
+    model, step = build_for_bench(model_name, runtime)
+    sums = EpochSums.start(runtime.torch_device)
     batches = iter(loader.batches(1))
 
-    def once() -> None:
+    def once(index: int) -> None:
         x, y = next(batches)
-        if whole is not None:
-            whole(x, y, speed, sums)
-        else:
-            train_step(forward, optimizer, x, y, speed, sums)
+        step(x, y, sums, index)
 
-    seconds, _ = _timed(once, steps, speed)
+    seconds, _ = _timed(once, steps, runtime)
     return batch * steps / seconds
 
 
@@ -190,16 +181,17 @@ def bench(
     steps: int | None = None,
     *,
     compile_step: bool = False,
+    force_bf16: bool = False,
     dataset: str = "folder",
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Every row (as `wrn bench --json` prints it), ratios against the first row."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = str(resolve_device(device))
     steps = steps or (50 if torch.device(device).type == "cuda" else 5)
     macs = model_summary(create_model(model_name, 10))["macs"]
     rows, baseline = [], None
-    for label, speed in settings(device, compile_step):
-        measured = measure(model_name, label, speed, batch, steps)
+    for label, runtime in settings(device, compile_step, force_bf16):
+        measured = measure(model_name, label, runtime, batch, steps)
         log.info(
             "%s: %.0f train img/s (warm-up %.0f s)",
             label,
@@ -207,8 +199,8 @@ def bench(
             measured.warmup_seconds,
         )
         baseline = baseline or measured
-        top, _ = peak(device, speed.precision)
-        flops = TRAIN_FORWARDS * FLOPS_PER_MAC * macs * measured.images_per_second
+        top, _ = peak(device, runtime.precision)
+        flops = FORWARDS_PER_TRAINING_IMAGE * FLOPS_PER_MAC * macs * measured.images_per_second
         rows.append(
             {
                 "setting": label,
@@ -219,13 +211,13 @@ def bench(
                 / baseline.inference_images_per_second,
                 "warmup_seconds": measured.warmup_seconds,
                 "mfu": None if top is None else flops / top,
-                "precision": speed.precision,
+                "precision": runtime.precision,
             }
         )
     result = {
         "model": model_name,
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "CPU",
+        "device_name": device_name(device) if device.startswith("cuda") else "CPU",
         "batch_size": batch,
         "steps": steps,
         "macs_per_image": macs,

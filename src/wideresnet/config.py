@@ -145,7 +145,7 @@ class OptimConfig(Section):
         check=INCREASING_EPOCHS,
     )
     lr_decay: float = option(
-        0.2, "factor applied at each milestone", check=between(0, 1, closed_high=True)
+        0.2, "factor applied at each milestone", check=(lambda v: 0 < v <= 1, "must be in (0, 1]")
     )
     momentum: float = option(0.9, "SGD momentum (dampening 0)", check=between(0, 1))
     nesterov: bool = option(True, "Nesterov momentum")
@@ -240,36 +240,59 @@ def unknown_key_error(key: str) -> ConfigError:
     return ConfigError(f"unknown option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
 
 
-def typed_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat options coerced to their fields' types, JSON-ready (tuples as lists)."""
-    typed = {}
+def _coerced(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat options (dashes or underscores) coerced to their fields' types; unknown keys
+    raise with a hint."""
+    coerced = {}
     for key, value in values.items():
         key = key.replace("-", "_")
         if key not in FIELDS:
             raise unknown_key_error(key)
-        value = coerce(key, value)
-        typed[key] = list(value) if isinstance(value, tuple) else value
-    return typed
+        coerced[key] = coerce(key, value)
+    return coerced
+
+
+def typed_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat options coerced to their fields' types, JSON-ready (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in _coerced(values).items()}
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that decides a run. `Config.from_dict(flat)` / `config.to_dict()`."""
+    """Everything that decides a run. `Config.from_dict(flat)` / `config.to_dict()`.
+
+    Each field is checked as its section is built, and the rules between fields (`check`)
+    as the config is, so a bad combination fails before any data is decoded."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """The rules between fields; ConfigError naming the options that clash."""
+        optim, runtime = self.optim, self.runtime
+        if runtime.compile == "step" and (optim.mixup_alpha or optim.cutmix_alpha or optim.sam_rho):
+            raise ConfigError("--compile step does not combine with mixup, CutMix or SAM")
+        if optim.nesterov and optim.momentum == 0:
+            raise ConfigError(
+                "--momentum 0: Nesterov momentum needs a momentum > 0 (or pass --no-nesterov)"
+            )
+        if optim.warmup_epochs > optim.epochs:
+            raise ConfigError(
+                f"--warmup-epochs {optim.warmup_epochs:g} is longer than the run "
+                f"(--epochs {optim.epochs})"
+            )
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Config:
         """Build from flat keys (dashes or underscores); unknown keys raise with a hint."""
         sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-        for key, value in values.items():
-            key = key.replace("-", "_")
-            if key not in FIELDS:
-                raise unknown_key_error(key)
-            sections[FIELDS[key].section][key] = coerce(key, value)
+        for key, value in _coerced(values).items():
+            sections[FIELDS[key].section][key] = value
         return cls(**{name: SECTIONS[name](**kwargs) for name, kwargs in sections.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,20 +312,6 @@ class Config:
         values = dataclasses.asdict(self.model)
         skip = ModelConfig.NOT_ARCHITECTURE
         return {k: v for k, v in values.items() if v is not None and k not in skip}
-
-    def flags(self) -> list[str]:
-        """How a run's result departs from the paper's protocol, said wherever it is shown."""
-        data, runtime = self.data, self.runtime
-        flags = []
-        if data.train_limit:
-            flags.append(f"train_limit={data.train_limit}: trained on the first N training images")
-        if data.val_size:
-            flags.append(f"val_size={data.val_size}: tested on held-out training images")
-        if data.eval_limit:
-            flags.append(f"eval_limit={data.eval_limit}: test error on the first N test images")
-        if runtime.eval_every > 1:
-            flags.append(f"eval_every={runtime.eval_every}: tested every N epochs and the last")
-        return flags
 
 
 RECORD_ONLY_KEYS = ("resolved",)  # written into config.json for the record; ignored when read

@@ -27,7 +27,7 @@ from wideresnet.data.preprocess import InputTransform, cached_zca, normalisation
 from wideresnet.errors import DataError, RunError
 from wideresnet.files import atomic_write
 from wideresnet.models import create_model
-from wideresnet.train.runtime import git_commit
+from wideresnet.train.environment import git_commit
 from wideresnet.train.trained import load_trained
 
 FORMAT = "wideresnet-model/1"
@@ -59,9 +59,9 @@ class Portable:
         return self.model
 
 
-def _normalization(state: dict, config: Config) -> tuple[dict, InputTransform]:
-    if isinstance(state.get("normalization"), dict):  # imported from another project
-        mean, std = state["normalization"]["mean"], state["normalization"]["std"]
+def _normalization(recorded: dict | None, config: Config) -> tuple[dict, InputTransform]:
+    if isinstance(recorded, dict):  # imported from another project
+        mean, std = recorded["mean"], recorded["std"]
     elif config.data.preprocess == "zca":
         try:
             (x_train, _), _, _ = training_split(config)
@@ -78,7 +78,7 @@ def _normalization(state: dict, config: Config) -> tuple[dict, InputTransform]:
 def portable(source: str | Path) -> Portable:
     """From a run directory or one of our checkpoint files."""
     trained = load_trained(source)
-    normalization, transform = _normalization(trained.state, trained.config)
+    normalization, transform = _normalization(trained.checkpoint.normalization, trained.config)
     size = trained.config.data.image_size or getattr(trained.model, "input_size", 32)
     return Portable(trained.model, trained.config, trained.classes, normalization, transform, size)
 
@@ -184,6 +184,7 @@ def export_onnx(source: str | Path, out: str | Path, include_preprocessing: bool
     item.finish()
     images, what = _check_images(item)
     module = WithPreprocessing(item.transform, item.model) if include_preprocessing else item.model
+    module.eval()
     uint8 = torch.from_numpy(images)
     example = uint8 if include_preprocessing else item.transform(uint8)
     with torch.no_grad():

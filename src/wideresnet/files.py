@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from wideresnet.errors import Interrupted, WriteError, WrnError
+from wideresnet.errors import Interrupted, RunError, WriteError, WrnError
 
 
 def free_space(path: Path) -> str:
@@ -83,11 +83,22 @@ def atomic_write(
             tmp.unlink(missing_ok=True)
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message in one line (its first), or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _reason(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
+
+
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """An output that exists is replaced only when asked (`--overwrite`)."""
+    if Path(path).exists() and not overwrite:
+        raise RunError(f"--out {path}: exists; pass --overwrite to replace it")
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:

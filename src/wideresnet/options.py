@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wideresnet.errors import ConfigError
+from wideresnet.tags import Tag
 
 Check = tuple[Callable[[Any], bool], str]
 
@@ -39,10 +40,7 @@ INCREASING_EPOCHS: Check = (
 )
 ODD_KERNELS: Check = (lambda v: len(v) > 0 and all(k >= 1 and k % 2 for k in v), "must be odd")
 AUTO_ON_OFF = ("auto", "on", "off")
-EXPERIMENT_TAG: Check = (
-    lambda v: re.fullmatch(r"[\w.-]+/[\w.,-]+@[\w-]+", v) is not None,
-    "must look like TABLE/ROW@DATASET",
-)
+EXPERIMENT_TAG: Check = (lambda v: Tag.parse(v) is not None, "must look like TABLE/ROW@DATASET")
 SEED_LIMIT = 2**32
 
 

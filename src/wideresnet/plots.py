@@ -4,13 +4,12 @@ row), ours against the paper per cell, and our curve beside the authors' own log
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
 from wideresnet.errors import ConfigError
 from wideresnet.experiments.registry import FIGURES, authors_log
-from wideresnet.report import RunRecord
+from wideresnet.report import RunRecord, median_curve
 
 FORMATS = ("png", "svg")
 
@@ -27,13 +26,8 @@ def _pyplot():
 
 
 def _curve(records: list[RunRecord], key: str) -> tuple[list[int], list[float]]:
-    by_epoch: dict[int, list[float]] = {}
-    for record in records:
-        for m in record.metrics:
-            if m.get(key) is not None:
-                by_epoch.setdefault(m["epoch"], []).append(m[key])
-    epochs = sorted(by_epoch)
-    return epochs, [statistics.median(by_epoch[e]) for e in epochs]
+    curve = median_curve(records, key)
+    return list(curve), list(curve.values())
 
 
 def _save(figure, folder: Path, name: str) -> list[Path]:
@@ -63,7 +57,7 @@ def _draw_cells(axis, groups: list[tuple[str, list[RunRecord]]]) -> None:
 def _group(records: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecord]]:
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((r.table, r.row, r.column), []).append(r)
+        groups.setdefault((r.tag.table, r.tag.row, r.tag.column), []).append(r)
     return groups
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wideresnet.data.folders import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, open_image, to_rgb
+from wideresnet.data.folders import IMAGE_SUFFIXES, decode_image, read_image_file
 from wideresnet.errors import DataError
 from wideresnet.export import load_model
 
@@ -39,20 +39,7 @@ def expand(inputs: list[str]) -> list[Path]:
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """uint8 (size, size, 3) from an image file, or DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise DataError(f"{path}: over the {MAX_IMAGE_BYTES:,}-byte limit for one image")
-        with open_image(path.read_bytes(), str(path)) as image:
-            rgb = to_rgb(image, str(path))
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        if isinstance(error, DataError):
-            raise
-        raise DataError(f"{path}: unreadable image ({error})") from None
+    return decode_image(read_image_file(path), str(path), size)
 
 
 def predict(model_source: str | Path, inputs: list[str], top_k: int = 5) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
+import logging
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,30 +21,28 @@ from typing import Any
 
 from wideresnet.config import FIELDS, Config
 from wideresnet.data.official import OFFICIAL
-from wideresnet.errors import DataError
-from wideresnet.experiments.plan import full_schedule
-from wideresnet.experiments.registry import authors_log, get_table
-from wideresnet.files import read_json
-from wideresnet.recipes import make_config
-from wideresnet.train.records import RECIPE_CHANGES, change_flag
+from wideresnet.errors import ConfigError, DataError, RunError
+from wideresnet.experiments.registry import Table, authors_log, get_table
+from wideresnet.protocol import NOT_PROTOCOL, ConfigChange, result_flags
+from wideresnet.tags import Tag
+from wideresnet.train.records import MetricsRow, Result
+from wideresnet.train.rundir import CONFIG, RunDir
 
-TAG = re.compile(r"(?P<table>[\w.-]+)/(?P<row>[\w.,-]+)@(?P<column>[\w-]+)$")
-# not compared with the paper's config: where the data lives, the seed, and options whose own
-# flags (Config.flags) say how they depart from the protocol
-NOT_PROTOCOL = {"data_dir", "dataset", "seed", "experiment", "verify", "init_from", "labels"}
-NOT_PROTOCOL |= {"train_limit", "val_size", "eval_limit"}
+log = logging.getLogger(__name__)
+
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 @dataclass
 class RunRecord:
+    """One run of a table cell, as its run directory records it."""
+
     path: Path
-    table: str
-    row: str
-    column: str
-    config: dict[str, Any]
-    result: dict[str, Any] | None
-    metrics: list[dict[str, Any]]
+    tag: Tag
+    config: Config
+    resolved: dict[str, Any]
+    result: Result | None
+    metrics: list[MetricsRow]
 
     @property
     def finished(self) -> bool:
@@ -53,56 +51,68 @@ class RunRecord:
     @property
     def test_error(self) -> float | None:
         if self.result is not None:
-            return self.result["test_error"]
-        tested = [m["test_error"] for m in self.metrics if m.get("test_error") is not None]
+            return self.result.test_error
+        tested = [m.test_error for m in self.metrics if m.test_error is not None]
         return tested[-1] if tested else None
 
     @property
     def epochs(self) -> int:
-        return self.result["epochs"] if self.result else len(self.metrics)
+        return self.result.epochs if self.result else len(self.metrics)
 
     @property
     def device(self) -> str:
         """Where the run trained: "CPU", or the GPU's name."""
-        environment = (self.result or {}).get("environment") or {}
-        device = environment.get("device") or self.config.get("resolved", {}).get("device", "?")
+        environment = self.result.environment if self.result else {}
+        device = environment.get("device") or self.resolved.get("device", "?")
         return "CPU" if device == "cpu" else environment.get("device_name") or device
 
     @property
     def wall_seconds(self) -> float:
         if self.result:
-            return self.result["wall_seconds"]["total"]
-        return sum(m.get("epoch_seconds") or 0.0 for m in self.metrics)
+            return self.result.total_seconds
+        return sum(m.epoch_seconds for m in self.metrics)
+
+    @property
+    def changes(self) -> list[ConfigChange]:
+        recorded = self.result.config_changes if self.result else []
+        return [ConfigChange.from_dict(c) for c in recorded if isinstance(c, dict)]
 
 
-def _metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
+def read_record(run_dir: RunDir) -> RunRecord | None:
+    """The run's record when its config names a table cell (None otherwise); RunError naming
+    the file when its config, result or tag does not read as one."""
+    recorded = run_dir.config()
+    tag = Tag.parse((recorded or {}).get("experiment"))
+    if recorded is None or tag is None:
+        return None
+    options = {k: v for k, v in recorded.items() if k in FIELDS}
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line of a killed run
-    return rows
+        config = Config.from_dict(options)
+        table = get_table(tag.table)
+        table.row(tag.row)
+        if tag.column not in table.columns:
+            raise ConfigError(f"{tag.table} has no column {tag.column!r}")
+    except ConfigError as error:
+        raise RunError(f"{run_dir / CONFIG}: {error}") from None
+    resolved = recorded.get("resolved") if isinstance(recorded.get("resolved"), dict) else {}
+    return RunRecord(run_dir.path, tag, config, resolved, run_dir.result(), run_dir.metrics())
 
 
 def collect(root: str | Path) -> list[RunRecord]:
-    """Every run directory under root whose config names a table cell."""
+    """Every run directory under root whose config names a table cell; a run whose files do
+    not read is left out with a warning naming it, and the rest are reported."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such experiment folder")
     records = []
-    for config_path in sorted(Path(root).rglob("config.json")):
-        config = read_json(config_path)
-        match = TAG.match(str((config or {}).get("experiment") or ""))
-        if not match:
+    for config_path in sorted(root.rglob(CONFIG)):
+        try:
+            record = read_record(RunDir(config_path.parent))
+        except RunError as error:
+            log.warning(f"left out of the report: {error}")
             continue
-        result = read_json(config_path.parent / "result.json")
-        metrics = _metrics(config_path.parent / "metrics.jsonl")
-        groups = match.groupdict()
-        records.append(
-            RunRecord(config_path.parent, **groups, config=config, result=result, metrics=metrics)
-        )
+        if record is not None:
+            records.append(record)
     if not records:
         raise DataError(
             f"{root}: no table runs found (run directories whose config.json has an "
@@ -111,48 +121,46 @@ def collect(root: str | Path) -> list[RunRecord]:
     return records
 
 
+def _table(record: RunRecord) -> Table:
+    return get_table(record.tag.table)
+
+
 def deviations(record: RunRecord) -> list[str]:
     """How a run's config departs from the paper's for its cell."""
-    row = get_table(record.table).row(record.row)
-    preset = row.preset_for(record.column)
-    planned = make_config(
-        preset, {**row.config(record.column), "dataset": record.config["dataset"]}
-    )
-    if get_table(record.table).preprocess != "meanstd":
-        planned = planned.replace(preprocess=get_table(record.table).preprocess)
-    planned_values = planned.to_dict()
-    epochs, milestones = full_schedule(preset)
+    tag, table = record.tag, _table(record)
+    planned = table.config_for(table.row(tag.row), tag.column, record.config.data.dataset)
+    ours, paper = record.config.optim, planned.optim
     flags = []
-    if record.config["epochs"] != epochs or tuple(record.config["milestones"]) != milestones:
+    if (ours.epochs, ours.milestones) != (paper.epochs, paper.milestones):
         flags.append(
-            f"shortened schedule: {record.config['epochs']} epochs at "
-            f"{','.join(map(str, record.config['milestones']))} (the paper: {epochs} at "
-            f"{','.join(map(str, milestones))})"
+            f"shortened schedule: {ours.epochs} epochs at "
+            f"{','.join(map(str, ours.milestones))} (the paper: {paper.epochs} at "
+            f"{','.join(map(str, paper.milestones))})"
         )
-    for key, value in record.config.items():
-        if key in FIELDS and key not in NOT_PROTOCOL and key not in ("epochs", "milestones"):
-            section = FIELDS[key].section
-            if section in ("model", "data", "optim") and planned_values.get(key) != value:
-                flags.append(f"{key}={value} (the paper: {planned_values.get(key)})")
+    planned_values, values = planned.to_dict(), record.config.to_dict()
+    for key, value in values.items():
+        if key in NOT_PROTOCOL or key in ("epochs", "milestones"):
+            continue
+        if FIELDS[key].section != "runtime" and planned_values[key] != value:
+            flags.append(f"{key}={value} (the paper: {planned_values[key]})")
     return flags
 
 
-def _run_flags(record: RunRecord) -> list[str]:
-    """The run's own flags (quick-evaluation options) and the recipe changes made on resume."""
-    config = Config.from_dict({k: v for k, v in record.config.items() if k in FIELDS})
-    changes = (record.result or {}).get("config_changes", [])
-    return config.flags() + [change_flag(c) for c in changes if c["key"] in RECIPE_CHANGES]
+def _flags(record: RunRecord) -> list[str]:
+    """Every flag of a run: its departures from the cell's config, its own options and the
+    recipe changes made on resume."""
+    return deviations(record) + result_flags(record.config, record.changes)
 
 
-def _authors_comparison(records: list[RunRecord], table: str, row: str, column: str):
-    log = authors_log(table, row, column)
-    ours = _median_curve(records, "test_error")
-    if log is None or not ours:
+def _authors_comparison(records: list[RunRecord], tag: Tag):
+    log_rows = authors_log(tag.table, tag.row, tag.column)
+    ours = median_curve(records, "test_error")
+    if log_rows is None or not ours:
         return None
     differences = [
         round(ours[epoch] - entry["test_error"], 2)
-        for epoch, entry in enumerate(log, 1)
-        if epoch in ours and ours[epoch] is not None
+        for epoch, entry in enumerate(log_rows, 1)
+        if epoch in ours
     ]
     if not differences:
         return None
@@ -164,39 +172,41 @@ def _authors_comparison(records: list[RunRecord], table: str, row: str, column: 
     }
 
 
-def _median_curve(records: list[RunRecord], key: str) -> dict[int, float | None]:
+def median_curve(records: list[RunRecord], key: str) -> dict[int, float]:
+    """The median over runs of a metric, per epoch (epochs where any run measured it)."""
     by_epoch: dict[int, list[float]] = {}
     for record in records:
-        for m in record.metrics:
-            if m.get(key) is not None:
-                by_epoch.setdefault(m["epoch"], []).append(m[key])
+        for row in record.metrics:
+            value = getattr(row, key)
+            if value is not None:
+                by_epoch.setdefault(row.epoch, []).append(value)
     return {epoch: statistics.median(values) for epoch, values in sorted(by_epoch.items())}
 
 
 def cell(records: list[RunRecord]) -> dict[str, Any]:
     """One cell of a table from its runs (all of the same table, row, column and protocol)."""
     first = records[0]
-    table, row = get_table(first.table), get_table(first.table).row(first.row)
+    tag, table = first.tag, _table(first)
+    row = table.row(tag.row)
     finished = [r for r in records if r.finished]
     used = finished or records
     errors = [r.test_error for r in used if r.test_error is not None]
     median = statistics.median(errors) if errors else None
-    paper = row.paper.get(first.column)
-    flags = sorted({flag for r in used for flag in deviations(r) + _run_flags(r)})
+    paper = row.paper.get(tag.column)
+    flags = sorted({flag for r in used for flag in _flags(r)})
     if len(finished) < len(records):
         flags.append(f"unfinished: {len(records) - len(finished)} of {len(records)} runs")
-    official = all(
-        r.config["dataset"] in OFFICIAL and r.config.get("verify", True) for r in records
-    )
+    datasets = sorted({r.config.data.dataset for r in records})
+    official = all(r.config.data.dataset in OFFICIAL and r.config.data.verify for r in records)
     if not official:
-        flags.append(f"data: {first.config['dataset']}, not the official {first.column} files")
-    params = next((r.result["params"] for r in finished), None)
+        flags.append(f"data: {first.config.data.dataset}, not the official {tag.column} files")
+    params = next((r.result.params for r in finished if r.result), None)
     return {
-        "table": first.table,
-        "id": first.row,
+        "table": tag.table,
+        "id": tag.row,
         "label": row.label or row.id,
-        "dataset": first.column,
-        "data": sorted({r.config["dataset"] for r in records}),
+        "dataset": tag.column,
+        "data": datasets,
         "paper": paper,
         "paper_statistic": table.statistic,
         "median": median,
@@ -208,35 +218,34 @@ def cell(records: list[RunRecord]) -> dict[str, Any]:
         "params": params,
         "paper_params": row.paper_params,
         "epochs": statistics.median([r.epochs for r in used]),
-        "schedule_epochs": first.config["epochs"],
+        "schedule_epochs": first.config.optim.epochs,
         "wall_seconds": statistics.median([r.wall_seconds for r in used]),
         "devices": sorted({r.device for r in used}),
         "shortened": any(f.startswith("shortened") for f in flags),
         "official_data": official,
         "flags": flags,
-        "authors_log": _authors_comparison(used, first.table, first.row, first.column),
+        "authors_log": _authors_comparison(used, tag),
     }
 
 
 def protocol(record: RunRecord) -> tuple:
     """What must be equal for runs to share a median: the schedule, the data and every
     deviation from the paper (a 3-epoch run and a 200-epoch run of a row are two lines)."""
-    config = record.config
-    flags = tuple(sorted(deviations(record) + _run_flags(record)))
-    return (-config["epochs"], tuple(config["milestones"]), config["dataset"], flags)
+    optim = record.config.optim
+    flags = tuple(sorted(_flags(record)))
+    return (-optim.epochs, optim.milestones, record.config.data.dataset, flags)
 
 
 def cells(records: list[RunRecord]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[RunRecord]] = {}
     for record in records:
-        key = (record.table, record.row, record.column, protocol(record))
-        groups.setdefault(key, []).append(record)
+        tag = record.tag
+        groups.setdefault((tag.table, tag.row, tag.column, protocol(record)), []).append(record)
 
     def order(key: tuple) -> tuple:
         table = get_table(key[0])
         rows = [r.id for r in table.rows]
-        row = rows.index(key[1]) if key[1] in rows else 99
-        return (key[0], row, table.columns.index(key[2]), key[3])
+        return (key[0], rows.index(key[1]), table.columns.index(key[2]), key[3])
 
     return [cell(groups[key]) for key in sorted(groups, key=order)]
 

@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         argv, train_options = split_train_options(sys.argv[1:] if argv is None else argv)
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help and --version: printed, nothing more to do
+            return int(done.code or 0)
         if args.verb is None:  # a bare `wrn`: the verbs
             parser.print_help()
             return 0

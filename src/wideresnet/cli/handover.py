@@ -5,20 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from wideresnet.errors import RunError
-
-
-def _refuse_existing(path: str, overwrite: bool) -> None:
-    if Path(path).exists() and not overwrite:
-        raise RunError(f"--out {path}: exists; pass --overwrite to replace it")
+from wideresnet.files import refuse_existing
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from wideresnet.export import export_onnx, export_safetensors
 
-    _refuse_existing(args.out, args.overwrite)
+    refuse_existing(args.out, args.overwrite)
     if args.format == "safetensors":
         if args.include_preprocessing:
             raise RunError("--include-preprocessing is for --format onnx")
@@ -51,7 +46,7 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from wideresnet.models.foreign import import_checkpoint
+    from wideresnet.convert import import_checkpoint
 
     summary = import_checkpoint(
         args.layout,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+from importlib import metadata
 from typing import Any
 
 from wideresnet.config import FIELDS, SECTIONS
 from wideresnet.errors import WrnError
+from wideresnet.presets import PRESETS
+from wideresnet.version import __version__
 
 
 class UsageError(WrnError):
@@ -83,11 +86,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _version() -> str:
-    import torch
-
-    from wideresnet import __version__
-
-    return f"wrn (wideresnet) {__version__}, torch {torch.__version__}"
+    """The versions, read without importing torch (so that `wrn --version` is quick)."""
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return f"wrn (wideresnet) {__version__}, torch {torch_version}"
 
 
 def _info(verbs) -> None:
@@ -102,8 +106,6 @@ def _info(verbs) -> None:
 
 
 def _train(verbs) -> None:
-    from wideresnet.recipes import PRESETS
-
     train = verbs.add_parser("train", help="train a model (the paper's recipe by default)")
     train.add_argument("--out", help="run directory")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
@@ -189,14 +191,19 @@ def _bench(verbs) -> None:
     bench.add_argument("--batch-size", type=int, default=128)
     bench.add_argument("--steps", type=int, help="timed steps (default: 50 on a GPU, 5 on a CPU)")
     bench.add_argument("--compile-step", action="store_true", help="also the whole step compiled")
+    bench.add_argument(
+        "--force-bf16", action="store_true", help="also bf16 where the CPU only emulates it"
+    )
     bench.add_argument("--dataset", default="folder", help="with --data-dir: the end-to-end row")
     bench.add_argument("--data-dir", help="real images for an end-to-end row")
     bench.add_argument("--json", action="store_true")
 
 
-def _handover(verbs) -> None:
-    from wideresnet.models.foreign import LAYOUTS
+# the layouts `wrn import --from` takes (convert.py; tests/test_cli.py holds the two equal)
+LAYOUTS = ("authors", "xternalz", "robustbench", "fixmatch", "torchvision")
 
+
+def _handover(verbs) -> None:
     export = verbs.add_parser("export", help="a trained model as safetensors or ONNX")
     export.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
     export.add_argument("--format", choices=["safetensors", "onnx"], required=True)

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import time
 from pathlib import Path
 
 from wideresnet.cli.parser import parse_train_options
-from wideresnet.errors import RunError
-
-LEDGER_FILES = ("config.json", "metrics.jsonl", "result.json", "failure.json")
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -82,7 +77,7 @@ def table_show(args: argparse.Namespace) -> int:
 
 
 def table_run(args: argparse.Namespace) -> int:
-    from wideresnet.experiments import TableRunner, check_devices, plan, print_commands
+    from wideresnet.experiments import TableRunner, parse_devices, plan, print_commands
 
     seeds = [int(s) for s in _csv(args.seeds) or ["0"]]
     runs = plan(
@@ -101,7 +96,7 @@ def table_run(args: argparse.Namespace) -> int:
         for line in print_commands(runs, args.retry_failed):
             print(line)
         return 0
-    runner = TableRunner(runs, Path(args.out), check_devices(_csv(args.devices)))
+    runner = TableRunner(runs, Path(args.out), parse_devices(_csv(args.devices)))
     outcome = runner.run(args.retry_failed)
     print(
         f"{args.table}: {outcome.finished} runs finished now, {outcome.skipped} skipped, "
@@ -113,30 +108,10 @@ def table_run(args: argparse.Namespace) -> int:
 def table_save(args: argparse.Namespace) -> int:
     """Copy the small files of every run (never checkpoints) into the ledger, with what made
     them (each run's command, commit, device and data are in its config and result)."""
-    from wideresnet.report import collect
-    from wideresnet.train.runtime import git_commit
+    from wideresnet.experiments.ledger import save_ledger
 
-    source, target = Path(args.exp_dir), Path(args.to)
-    if target.exists() and any(target.iterdir()):
-        raise RunError(f"--to {target}: not empty; choose a new folder for this batch of runs")
-    records = collect(source)
-    for record in records:
-        folder = target / record.path.relative_to(source)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in LEDGER_FILES:
-            if (record.path / name).is_file():
-                shutil.copy2(record.path / name, folder / name)
-    if (source / "table-runs.json").is_file():
-        shutil.copy2(source / "table-runs.json", target / "table-runs.json")
-    provenance = {
-        "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "from": str(source.absolute()),
-        "commit": git_commit(),
-        "runs": len(records),
-        "finished": sum(r.finished for r in records),
-    }
-    (target / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    print(f"{len(records)} runs saved to {target} (config, metrics, result; no checkpoints)")
+    saved = save_ledger(args.exp_dir, args.to)
+    print(f"{saved['runs']} runs saved to {args.to} (config, metrics, result; no checkpoints)")
     return 0
 
 

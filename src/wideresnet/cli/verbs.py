@@ -68,11 +68,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = make_config(preset or "cifar", overrides)
         result = train(config, args.out, overwrite=args.overwrite, log_every=args.log_every)
     print(
-        f"done: test error {result['test_error']:.2f}% after {result['epochs']} epochs "
-        f"(last epoch, {result['test_images']:,} test images), "
-        f"{result['wall_seconds']['total']:.0f}s wall clock"
+        f"done: test error {result.test_error:.2f}% after {result.epochs} epochs "
+        f"(last epoch, {result.test_images:,} test images), "
+        f"{result.total_seconds:.0f}s wall clock"
     )
-    for flag in result["flags"]:
+    for flag in result.flags:
         print(f"  flagged: {flag}")
     return 0
 
@@ -123,7 +123,8 @@ def cmd_data(args: argparse.Namespace) -> int:
             where = download(args.dataset, args.data_dir, args.url, args.md5)
         print(f"{args.dataset}: downloaded, md5 checked, unpacked to {where}")
         return 0
-    splits = {"svhn": ["train", "test", "extra"]}.get(args.dataset, ["train", "test"])
+    official = OFFICIAL.get(args.dataset)
+    splits = [s for s in official.splits if "+" not in s] if official else ["train", "test"]
     for split in splits:
         images, labels, classes = load_dataset(
             args.dataset, args.data_dir, split, not args.no_verify, labels=args.labels
@@ -141,7 +142,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_import_official(args: argparse.Namespace) -> int:
-    from wideresnet.models.official import import_official
+    from wideresnet.convert import import_official
 
     summary = import_official(args.checkpoint, args.out, args.overwrite)
     print(f"{args.checkpoint} -> {args.out}: {summary}")
@@ -157,6 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.batch_size,
         args.steps,
         compile_step=args.compile_step,
+        force_bf16=args.force_bf16,
         dataset=args.dataset,
         data_dir=args.data_dir,
     )

@@ -1,6 +1,7 @@
 """Datasets of the paper read from their official formats, image folders and .npz files,
 decoded once into a cache, and fed from tensors held on the training device."""
 
+from wideresnet.data.augment import TrainAugment
 from wideresnet.data.cache import cache_dir
 from wideresnet.data.download import download
 from wideresnet.data.loader import BatchLoader, epoch_order
@@ -18,6 +19,7 @@ __all__ = [
     "DataError",
     "OFFICIAL",
     "RunData",
+    "TrainAugment",
     "cache_dir",
     "download",
     "epoch_order",

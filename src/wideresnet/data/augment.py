@@ -1,6 +1,7 @@
-"""Augmentation done for a whole batch on the training device, with no per-image Python.
+"""Training augmentation, done for a whole batch on the training device with no per-image
+Python: the paper's crop and flip, then optionally a policy (data/policies.py) and Cutout.
 
-The random choices of an epoch are drawn at once from a generator seeded by (seed, epoch) and
+The random choices of an epoch are drawn at once from the epoch's generators (seeds.py) and
 indexed by an image's position in the epoch, so they do not depend on the batch size, the
 number of processes, or where a resumed epoch restarts.
 """
@@ -11,10 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-
-def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator for one epoch's draws; `stream` separates independent draws."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7919 + stream)
+from wideresnet.data.policies import Policy, PolicyDraws
+from wideresnet.seeds import Stream, generator
 
 
 @dataclass
@@ -43,3 +42,88 @@ class CropFlip:
         r = (dy[:, None] + rows)[:, :, None]  # (B, H, 1)
         c = torch.where(flip[:, None], dx[:, None] + width - 1 - cols, dx[:, None] + cols)
         return padded[index[:, None, None], r, c[:, None, :]]  # (B, H, W, C)
+
+
+def cutout_boxes(n: int, size: int, height: int, width: int, generator: torch.Generator):
+    """(top, bottom, left, right) per image: a size x size square, centre anywhere, clipped
+    (Cutout, DeVries & Taylor 2017)."""
+    centre_y = torch.randint(0, height, (n,), generator=generator)
+    centre_x = torch.randint(0, width, (n,), generator=generator)
+    top, left = (centre_y - size // 2).clamp(min=0), (centre_x - size // 2).clamp(min=0)
+    bottom = (centre_y + size - size // 2).clamp(max=height)
+    right = (centre_x + size - size // 2).clamp(max=width)
+    return torch.stack([top, bottom, left, right], 1)
+
+
+def cutout(x: torch.Tensor, boxes: torch.Tensor, fill: torch.Tensor | float = 0.0):
+    """x (B, H, W, C): the boxes (B, 4) set to `fill` (per channel). Filled with the
+    normalisation's mean before normalising, a box is exactly 0 after it, as Cutout's code
+    sets it."""
+    rows = torch.arange(x.shape[1], device=x.device)[None, :, None]
+    cols = torch.arange(x.shape[2], device=x.device)[None, None, :]
+    top, bottom, left, right = (b.reshape(-1, 1, 1) for b in boxes.to(x.device).unbind(1))
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    return torch.where(inside[..., None], torch.as_tensor(fill, dtype=x.dtype, device=x.device), x)
+
+
+@dataclass
+class EpochDraws:
+    """Every random choice of one epoch's augmentation, on the device, by position."""
+
+    crops: CropFlip | None
+    policy: PolicyDraws | None
+    boxes: torch.Tensor | None
+
+
+class TrainAugment:
+    """What a training image goes through: crop + flip of the `pad`-pixel reflection-padded
+    image (the paper's), then a `policy` (autoaugment | randaugment:N:M | trivialaugment;
+    `compile_policy`: each slot one torch.compile graph) and a `cutout` square."""
+
+    def __init__(
+        self,
+        *,
+        crop_flip: bool = True,
+        pad: int = 4,
+        policy: str | None = None,
+        cutout: int = 0,
+        compile_policy: bool = False,
+    ) -> None:
+        self.pad = pad if crop_flip else 0
+        self.crop_flip = crop_flip
+        self.policy = Policy(policy, compile_policy) if policy else None
+        self.cutout = cutout
+
+    def draw(
+        self, n: int, seed: int, epoch: int, size: tuple[int, int], device: torch.device
+    ) -> EpochDraws:
+        crops = policy = boxes = None
+        if self.crop_flip:
+            crops = CropFlip.draw(n, self.pad, generator(seed, epoch, Stream.CROP_FLIP), device)
+        if self.policy is not None:
+            policy = self.policy.draw(n, generator(seed, epoch, Stream.POLICY)).to(device)
+        if self.cutout:
+            drawn = generator(seed, epoch, Stream.CUTOUT)
+            boxes = cutout_boxes(n, self.cutout, *size, drawn).to(device)  # one copy an epoch
+        return EpochDraws(crops, policy, boxes)
+
+    def apply(
+        self,
+        store: torch.Tensor,
+        index: torch.Tensor,
+        positions: slice,
+        draws: EpochDraws,
+        size: tuple[int, int],
+        fill: torch.Tensor,
+    ) -> torch.Tensor:
+        """The augmented images `index` of the (padded) store, float (B, H, W, C) on the
+        0-255 scale, Cutout boxes at `fill` (the normalisation's mean)."""
+        if draws.crops is not None:
+            x = draws.crops.apply(store, index, positions, size).float()
+        else:
+            x = store[index].float()
+        if self.policy is not None and draws.policy is not None:
+            x = self.policy.apply(x, draws.policy, positions)
+        if draws.boxes is not None:
+            x = cutout(x, draws.boxes[positions], fill)
+        return x

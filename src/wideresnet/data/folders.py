@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,31 @@ def open_image(data: bytes, name: str):
     return image
 
 
+def read_image_file(path: Path) -> bytes:
+    """The bytes of one image file: refused by name, before anything is read, when it is not
+    a regular file (a FIFO, a device, a folder) or is over the size limit, and read no further
+    than the limit either way."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path}: not a regular file; refusing to read it as an image")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise DataError(
+                f"{path}: {info.st_size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte limit for "
+                "one image; refusing to read it"
+            )
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)
+    except OSError as error:
+        raise DataError(f"{path}: unreadable ({error.strerror or error})") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise DataError(f"{path}: over the {MAX_IMAGE_BYTES:,}-byte limit for one image")
+    return data
+
+
 def decode_image(data: bytes, name: str, image_size: int | None) -> np.ndarray:
+    """uint8 (H, W, 3) from an image file's bytes (resized to image_size x image_size when
+    given), or DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -71,6 +96,8 @@ def decode_image(data: bytes, name: str, image_size: int | None) -> np.ndarray:
             return np.asarray(rgb, dtype=np.uint8)
     except Image.DecompressionBombError as error:  # Pillow's own limit (twice ours)
         raise DataError(f"{name}: {error}; refusing to decode it") from None
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise DataError(f"{name}: unreadable image ({error})") from None
 
@@ -153,19 +180,16 @@ class FolderSource:
 
     def read(self, relative: str) -> bytes:
         """The bytes of one image file, refused by name before reading when over the limit."""
+        if self.zip is None:
+            return read_image_file(self.root / relative)
         try:
-            if self.zip is not None:
-                size = self.zip.getinfo(self.prefix + relative).file_size
-            else:
-                size = (self.root / relative).stat().st_size
+            size = self.zip.getinfo(self.prefix + relative).file_size
             if size > MAX_IMAGE_BYTES:
                 raise DataError(
                     f"{self.root}/{relative}: {size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte "
                     "limit for one image; refusing to read it"
                 )
-            if self.zip is not None:
-                return self.zip.read(self.prefix + relative)
-            return (self.root / relative).read_bytes()
+            return self.zip.read(self.prefix + relative)
         except (OSError, zipfile.BadZipFile, KeyError) as error:
             raise DataError(f"{self.root}/{relative}: unreadable ({error})") from None
 

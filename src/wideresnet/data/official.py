@@ -21,7 +21,7 @@ from wideresnet.errors import DataError
 
 
 @dataclass(frozen=True)
-class Official:
+class OfficialFiles:
     archive: str | None  # file downloaded (a .tar.gz to unpack), None for SVHN's bare .mat files
     archive_md5: str | None
     folder: str  # where the unpacked files live, relative to data_dir
@@ -31,7 +31,7 @@ class Official:
 
 
 OFFICIAL = {
-    "cifar10": Official(
+    "cifar10": OfficialFiles(
         "cifar-10-python.tar.gz",
         "c58f30108f718f92721af3b95e74349a",
         "cifar-10-batches-py",
@@ -47,7 +47,7 @@ OFFICIAL = {
         "https://www.cs.toronto.edu/~kriz/",
         {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
     ),
-    "cifar100": Official(
+    "cifar100": OfficialFiles(
         "cifar-100-python.tar.gz",
         "eb9058c3a382ffc7106e4002c42a8d85",
         "cifar-100-python",
@@ -59,7 +59,7 @@ OFFICIAL = {
         "https://www.cs.toronto.edu/~kriz/",
         {"train": ["train"], "test": ["test"]},
     ),
-    "svhn": Official(
+    "svhn": OfficialFiles(
         None,
         None,
         ".",

@@ -251,13 +251,4 @@ for _name in ("AutoContrast", "Invert", "Equalize", "Solarize", "Posterize"):
     OPS[_name] = _tonal(_name)
 for _name in ("Contrast", "Color", "Brightness", "Sharpness"):
     OPS[_name] = _enhancement(_name)
-shear_x, shear_y, translate_x, translate_y, rotate = (
-    OPS[n] for n in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-)
-autocontrast, invert, equalize, solarize, posterize = (
-    OPS[n] for n in ("AutoContrast", "Invert", "Equalize", "Solarize", "Posterize")
-)
-contrast, color, brightness, sharpness = (
-    OPS[n] for n in ("Contrast", "Color", "Brightness", "Sharpness")
-)
 SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}  # a random sign per image

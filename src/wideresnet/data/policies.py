@@ -1,9 +1,9 @@
-"""AutoAugment, RandAugment and TrivialAugment on batches on the device, and Cutout.
+"""AutoAugment, RandAugment and TrivialAugment on batches on the device.
 
 Per image the policy draws its operations, their strength and sign, and whether each is
 applied; the draws of an epoch are made at once from the (seed, epoch) generator and indexed
-by an image's position in the epoch (data/augment.py), so a batch is the same however it is
-reached. The operations are data/ops.py's, Pillow's definitions on tensors.
+by an image's position in the epoch (data/augment.py, seeds.py), so a batch is the same
+however it is reached. The operations are data/ops.py's, Pillow's definitions on tensors.
 
 Magnitudes, as each paper's released code maps a level to a value (PARAMETER_MAX levels):
   - AutoAugment (Cubuk et al. 2019, augmentation_transforms.py, the 25 CIFAR-10 sub-policies
@@ -16,8 +16,6 @@ Magnitudes, as each paper's released code maps a level to a value (PARAMETER_MAX
     one operation per image at a uniform level: shear 0.99, translate 32 px, rotate 135
     degrees, enhancements 0.01 + 1.99 level/30, posterize 8 - int(6 level/30) bits, solarize
     256 - int(256 level/30).
-Cutout (DeVries & Taylor 2017): one square of `size` pixels, centred anywhere in the image
-and clipped at its edges, set to zero after normalisation, as its code does.
 """
 
 from __future__ import annotations
@@ -170,9 +168,11 @@ class Policy:
             applied = torch.ones(shape, dtype=torch.bool)
         values = torch.zeros(shape, dtype=torch.float64)
         for index in ops.unique().tolist():
-            name, mine = NAMES[index], ops == index
-            value = self.space.value(name, levels[mine])
-            values[mine] = torch.where(negative[mine], -value, value) if name in SIGNED else value
+            name, chosen_mask = NAMES[index], ops == index
+            value = self.space.value(name, levels[chosen_mask])
+            if name in SIGNED:
+                value = torch.where(negative[chosen_mask], -value, value)
+            values[chosen_mask] = value
         return PolicyDraws(ops, values, applied)
 
     def apply(
@@ -215,33 +215,35 @@ class Policy:
         """One slot on the whole batch: an affine, a lookup and a blend."""
 
         def chose(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-            """(images that chose `name`, their values and the neutral value elsewhere)"""
-            mine = (op == NAMES.index(name)) & on
-            return mine, torch.where(mine, value, NEUTRAL[name])
+            """(images that chose `name`, their values there and the neutral value elsewhere)"""
+            chosen_mask = (op == NAMES.index(name)) & on
+            return chosen_mask, torch.where(chosen_mask, value, NEUTRAL[name])
 
         geometric = [n for n in present if n in MATRICES]
         if geometric:
             matrix = identity_matrix(len(x), x.device)
             for name in geometric:
-                mine, own = chose(name)
-                matrix = torch.where(mine[:, None], MATRICES[name](own, x.shape[1:3]), matrix)
+                chosen_mask, values_or_neutral = chose(name)
+                own = MATRICES[name](values_or_neutral, x.shape[1:3])
+                matrix = torch.where(chosen_mask[:, None], own, matrix)
             x = affine(x, matrix)
         tonal = [n for n in present if n in TABLES]
         if tonal:
             table = identity_table(x)
             for name in tonal:
-                mine, own = chose(name)
-                table = torch.where(mine[:, None, None], TABLES[name](x, own), table)
+                chosen_mask, values_or_neutral = chose(name)
+                own = TABLES[name](x, values_or_neutral)
+                table = torch.where(chosen_mask[:, None, None], own, table)
             x = lookup(x, table)
         enhancements = [n for n in present if n in DEGENERATES]
         if enhancements:
             degenerate, factor = x, torch.ones_like(value)
             for name in enhancements:
-                mine, _ = chose(name)
+                chosen_mask, _ = chose(name)
                 degenerate = torch.where(
-                    mine[:, None, None, None], DEGENERATES[name](x), degenerate
+                    chosen_mask[:, None, None, None], DEGENERATES[name](x), degenerate
                 )
-                factor = torch.where(mine, value, factor)
+                factor = torch.where(chosen_mask, value, factor)
             x = blend(degenerate, x, factor)  # factor 1 with itself: the image, exactly
         return x
 
@@ -252,22 +254,3 @@ def every_family(x, op, value, on) -> torch.Tensor:
     changes, so torch.compile fuses it into a few kernels (about 400 eager ones for
     TrivialAugment, each a launch, against a GPU step of a few milliseconds)."""
     return Policy._families(x, NAMES, op, value, on)
-
-
-def cutout_boxes(n: int, size: int, height: int, width: int, generator: torch.Generator):
-    """(top, bottom, left, right) per image: a size x size square, centre anywhere, clipped."""
-    centre_y = torch.randint(0, height, (n,), generator=generator)
-    centre_x = torch.randint(0, width, (n,), generator=generator)
-    top, left = (centre_y - size // 2).clamp(min=0), (centre_x - size // 2).clamp(min=0)
-    bottom = (centre_y + size - size // 2).clamp(max=height)
-    right = (centre_x + size - size // 2).clamp(max=width)
-    return torch.stack([top, bottom, left, right], 1)
-
-
-def cutout(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """x (B, H, W, C) normalised: the boxes (B, 4) set to zero."""
-    rows = torch.arange(x.shape[1], device=x.device)[None, :, None]
-    cols = torch.arange(x.shape[2], device=x.device)[None, None, :]
-    top, bottom, left, right = (b.reshape(-1, 1, 1) for b in boxes.to(x.device).unbind(1))
-    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
-    return x.masked_fill(inside[..., None], 0.0)

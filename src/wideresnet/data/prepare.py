@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from wideresnet.config import Config
+from wideresnet.data.augment import TrainAugment
 from wideresnet.data.cache import fingerprint
 from wideresnet.data.loader import BatchLoader
 from wideresnet.data.preprocess import cached_zca, normalisation, zca_transform
@@ -82,23 +83,29 @@ def _loader(
     rank: int,
     world: int,
     compile_policy: bool = False,
-):
-    mean, std = normalisation(config.data.preprocess)
+) -> BatchLoader:
+    data = config.data
+    mean, std = normalisation(data.preprocess)
+    augment = None
+    if train and (data.augment or data.policy or data.cutout):
+        augment = TrainAugment(
+            crop_flip=data.augment,
+            policy=data.policy,
+            cutout=data.cutout,
+            compile_policy=compile_policy,
+        )
     return BatchLoader(
         images,
         labels,
         config.optim.batch_size if train else config.runtime.eval_batch_size,
         device=device,
         shuffle=train,
-        augment=train and config.data.augment,
+        augment=augment,
         mean=mean,
         std=std,
         seed=config.runtime.seed,
         rank=rank,
         world=world,
-        policy=config.data.policy if train else None,
-        cutout=config.data.cutout if train else 0,
-        compile_policy=compile_policy,
     )
 
 

@@ -11,6 +11,7 @@ from wideresnet.data.cache import cached_arrays, fingerprint
 CIFAR_MEAN = (125.3, 123.0, 113.9)
 CIFAR_STD = (63.0, 62.1, 66.7)
 GCN_SCALE = 55.0
+GCN_MIN_NORM = 1e-8  # a flat image (zero contrast) keeps norm 1: divided by nothing
 ZCA_FILTER_BIAS = 0.01
 ZCA_CHUNK = 4096  # images whitened at a time
 
@@ -27,7 +28,7 @@ def normalisation(preprocess: str) -> tuple[tuple[float, ...] | None, tuple[floa
 def gcn(x: np.ndarray, scale: float = GCN_SCALE) -> np.ndarray:
     x = x - x.mean(axis=1, keepdims=True)
     norms = np.sqrt((x**2).sum(axis=1, keepdims=True)) / scale
-    norms[norms < 1e-8] = 1.0
+    norms[norms < GCN_MIN_NORM] = 1.0
     return x / norms
 
 
@@ -70,7 +71,8 @@ def cached_zca(images: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 class InputTransform(torch.nn.Module):
     """uint8 images (N, H, W, 3) -> the float (N, 3, H, W) input a model was trained on: the
-    run's mean/std (on the 0-255 scale), or GCN + ZCA with the run's fit."""
+    run's mean/std (on the 0-255 scale), or GCN + ZCA with the run's fit (gcn() and
+    zca_transform() in torch, so that it exports; tests hold the two equal)."""
 
     def __init__(self, mean=None, std=None, zca_mean=None, zca_whiten=None) -> None:
         super().__init__()
@@ -88,7 +90,7 @@ class InputTransform(torch.nn.Module):
             flat = x.reshape(x.shape[0], -1)
             flat = flat - flat.mean(dim=1, keepdim=True)
             norms = torch.sqrt((flat * flat).sum(dim=1, keepdim=True)) / GCN_SCALE
-            flat = flat / torch.where(norms < 1e-8, torch.ones_like(norms), norms)
+            flat = flat / torch.where(norms < GCN_MIN_NORM, torch.ones_like(norms), norms)
             x = ((flat - self.zca_mean) @ self.zca_whiten).reshape(x.shape)
         else:
             x = (x - self.mean) / self.std

@@ -17,10 +17,10 @@ import torch
 
 from wideresnet.config import Config, OptimConfig
 from wideresnet.data.cache import read_record, write_record
-from wideresnet.models import create_model, model_summary
+from wideresnet.models import FORWARDS_PER_TRAINING_IMAGE, create_model, model_summary
 from wideresnet.train.optim import build_optimizer
-from wideresnet.train.runtime import Speed
-from wideresnet.train.step import EpochSums, train_step
+from wideresnet.train.runtime import Runtime
+from wideresnet.train.step import EpochSums, make_step
 
 IMAGES = {  # (train, test) images of each dataset column, as the paper's recipes use them
     "cifar10": (50_000, 10_000),
@@ -29,7 +29,6 @@ IMAGES = {  # (train, test) images of each dataset column, as the paper's recipe
     "imagenet": (1_281_167, 50_000),
 }
 EPOCHS = {"cifar10": 200, "cifar100": 200, "svhn": 160, "imagenet": 90}
-BACKWARD_FACTOR = 3  # a training step is about three forward passes
 # H200, torch 2.11, bf16 + compile + CUDA graphs, batch 128, real CIFAR-10 epochs with the
 # tensor loader (wideresnet 0.2, README "Speed"): (multiply-accumulates per image, train img/s)
 GPU_POINTS = (
@@ -62,42 +61,42 @@ def gpu_images_per_second(macs: float) -> float:
 
 def cpu_rate() -> tuple[float, str]:
     """(training multiply-accumulates per second of this CPU, how it was measured)."""
-    speed = Speed.resolve(Config(), torch.device("cpu"))
+    runtime = Runtime.resolve(Config(), torch.device("cpu"))
     key = f"{platform.processor() or platform.machine()}|{torch.__version__}|"
-    key += f"{torch.get_num_threads()} threads|{speed.precision}"
+    key += f"{torch.get_num_threads()} threads|{runtime.precision}"
     record = read_record(RECORD)
     if key not in record:
-        record[key] = _measure_cpu(speed)
+        record[key] = _measure_cpu(runtime)
         write_record(RECORD, record)
     rate = record[key]
     return rate, (
-        f"this CPU ({torch.get_num_threads()} threads, {speed.precision}): "
+        f"this CPU ({torch.get_num_threads()} threads, {runtime.precision}): "
         f"{rate / 1e9:.1f} G training multiply-accumulates/s, measured on {CPU_REFERENCE} "
         "steps at batch 64 and assumed the same for every network"
     )
 
 
-def _measure_cpu(speed: Speed, batch: int = 64, steps: int = 3) -> float:
+def _measure_cpu(runtime: Runtime, batch: int = 64, steps: int = 3) -> float:
     torch.manual_seed(0)
     model = create_model(CPU_REFERENCE, 10)
     macs = model_summary(model)["macs"]
-    model = speed.prepare(model)
-    optimizer = build_optimizer(model, OptimConfig())
+    model = runtime.prepare(model)
+    step = make_step(model, build_optimizer(model, OptimConfig()), runtime)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     sums = EpochSums.start(torch.device("cpu"))
-    train_step(model, optimizer, x, y, speed, sums)  # warm-up
+    step(x, y, sums, 0)  # warm-up
     start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, x, y, speed, sums)
+    for index in range(1, steps + 1):
+        step(x, y, sums, index)
     images_per_second = batch * steps / (time.perf_counter() - start)
-    return BACKWARD_FACTOR * macs * images_per_second
+    return FORWARDS_PER_TRAINING_IMAGE * macs * images_per_second
 
 
 def run_cost(macs: float, column: str, epochs: int | None = None) -> dict:
     """Multiply-accumulates and hours of one run of a network on a dataset column."""
     train, test = IMAGES[column]
     epochs = epochs or EPOCHS[column]
-    total = macs * epochs * (BACKWARD_FACTOR * train + test)
+    total = macs * epochs * (FORWARDS_PER_TRAINING_IMAGE * train + test)
     cpu, _ = cpu_rate()
     gpu_seconds = epochs * (train + test) / gpu_images_per_second(macs)
     return {

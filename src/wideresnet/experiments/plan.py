@@ -13,10 +13,9 @@ from pathlib import Path
 
 from wideresnet.errors import ConfigError
 from wideresnet.experiments.registry import PRESET_OF, get_table
-from wideresnet.files import read_json
 from wideresnet.recipes import make_config
-from wideresnet.train.checkpoint import CHECKPOINT
-from wideresnet.train.rundir import CONFIG, RESULT
+from wideresnet.tags import Tag
+from wideresnet.train.rundir import RunDir, RunState
 
 
 def full_schedule(preset: str) -> tuple[int, tuple[int, ...]]:
@@ -71,8 +70,12 @@ class PlannedRun:
     extra: dict = field(default_factory=dict, hash=False)  # more train options (after --)
 
     @property
-    def tag(self) -> str:
-        return f"{self.table}/{self.row}@{self.column}"
+    def tag(self) -> Tag:
+        return Tag(self.table, self.row, self.column)
+
+    @property
+    def state(self) -> RunState:
+        return RunDir(self.run_dir).status()
 
     def train_args(self) -> list[str]:
         args = ["train", "--preset", self.preset]
@@ -83,24 +86,13 @@ class PlannedRun:
     def args(self) -> list[str]:
         """What to run now: resume a stopped run, else start (replacing a run that failed
         before its first checkpoint)."""
-        state = status(self.run_dir)
-        if state in ("stopped", "failed") and (self.run_dir / CHECKPOINT).exists():
+        run_dir = RunDir(self.run_dir)
+        if run_dir.status() in (RunState.STOPPED, RunState.FAILED) and run_dir.resumable:
             return ["train", "--resume", str(self.run_dir)]
         return self.train_args() + (["--overwrite"] if self.run_dir.exists() else [])
 
     def command(self) -> str:
         return shlex.join(["wrn", *self.args()])
-
-
-def status(run_dir: Path) -> str:
-    """new | stopped (a checkpoint, no result) | failed (failure.json) | finished."""
-    if (run_dir / RESULT).is_file() and read_json(run_dir / RESULT) is not None:
-        return "finished"
-    if (run_dir / "failure.json").is_file():
-        return "failed"
-    if (run_dir / CHECKPOINT).is_file() or (run_dir / CONFIG).is_file():
-        return "stopped"
-    return "new"
 
 
 def plan(
@@ -132,12 +124,11 @@ def plan(
         preset = row.preset_for(column)
         schedule = _schedule(preset, epochs, scale)
         for seed in seeds or [0]:
-            values = {**row.config(column), "dataset": dataset, "seed": seed, **schedule}
+            values = {**table.values_for(row, column), "dataset": dataset, "seed": seed}
+            values.update(schedule)
             if data_dir is not None:
                 values["data_dir"] = str(Path(data_dir).expanduser().absolute())
-            if table.preprocess != "meanstd":
-                values["preprocess"] = table.preprocess
-            values["experiment"] = f"{table.name}/{row.id}@{column}"
+            values["experiment"] = str(Tag(table.name, row.id, column))
             run_dir = Path(out).absolute() / table.name / row.id / folder / f"seed{seed}"
             planned = PlannedRun(table.name, row.id, dataset, column, seed, run_dir, preset, values)
             runs.append(replace(planned, extra=dict(extra or {})))

@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wideresnet.config import Config
 from wideresnet.errors import ConfigError
+from wideresnet.recipes import make_config
 
-COLUMNS = ("cifar10", "cifar100", "svhn", "imagenet")
 PRESET_OF = {"cifar10": "cifar", "cifar100": "cifar", "svhn": "svhn"}
 DROPOUT_OF = {"cifar10": 0.3, "cifar100": 0.3, "svhn": 0.4}
 
@@ -65,6 +66,19 @@ class Table:
                 return row
         known = ", ".join(r.id for r in self.rows)
         raise ConfigError(f"{self.name} has no row {row_id!r}; its rows: {known}")
+
+    def values_for(self, row: Row, column: str) -> dict:
+        """The flat config values a row's runs give beside its preset (the table's
+        preprocessing included)."""
+        values = row.config(column)
+        if self.preprocess != "meanstd":
+            values["preprocess"] = self.preprocess
+        return values
+
+    def config_for(self, row: Row, column: str, dataset: str) -> Config:
+        """The paper's config of a cell, trained on `dataset`: what its runs are compared with."""
+        values = {**self.values_for(row, column), "dataset": dataset}
+        return make_config(row.preset_for(column), values)
 
 
 def _wrn(d: int, k: float, c10, c100=None, svhn=None, params=None, **kw) -> Row:

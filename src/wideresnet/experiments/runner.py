@@ -18,14 +18,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from wideresnet.errors import Interrupted, RunError
-from wideresnet.experiments.plan import PlannedRun, status
+from wideresnet.errors import Interrupted, RunError, stop_signals
+from wideresnet.experiments.plan import PlannedRun
 from wideresnet.files import read_json, write_json
 from wideresnet.progress import log as progress_log
+from wideresnet.train.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+TABLE_RUNS = "table-runs.json"  # EXP_DIR's record of each run's last exit and command
 TABLE_STOPPED = "every running run saved a checkpoint; the same command resumes the table"
 
 
@@ -53,19 +55,8 @@ def _log_path(exp_dir: Path, run: PlannedRun) -> Path:
 def _stop_requests() -> Iterator[list[int]]:
     """Signals noted (not acted on at once): the loop passes them on to the runs."""
     received: list[int] = []
-
-    def note(signum: int, frame: object) -> None:
-        received.append(signum)
-
-    try:
-        previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:
-        previous = {}
-    try:
+    with stop_signals(lambda signum, frame: received.append(signum)):
         yield received
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
 
 
 class TableRunner:
@@ -74,20 +65,20 @@ class TableRunner:
     def __init__(self, runs: list[PlannedRun], exp_dir: Path, devices: list[str] | None) -> None:
         self.runs, self.exp_dir = runs, Path(exp_dir).absolute()
         self.slots: list[str | None] = list(devices) if devices else [None]
-        self.record_path = self.exp_dir / "table-runs.json"
+        self.record_path = self.exp_dir / TABLE_RUNS
         self.durations: list[float] = []
 
     def pending(self, retry_failed: bool) -> list[PlannedRun]:
-        wanted = ("new", "stopped", "failed") if retry_failed else ("new", "stopped")
-        return [run for run in self.runs if status(run.run_dir) in wanted]
+        return [run for run in self.runs if run.state in _wanted(retry_failed)]
 
     def run(self, retry_failed: bool = False) -> Outcome:
         pending = self.pending(retry_failed)
         outcome = Outcome(skipped=len(self.runs) - len(pending))
-        states = {s: sum(status(r.run_dir) == s for r in self.runs) for s in ("finished", "failed")}
+        states = [run.state for run in self.runs]
+        finished, failed = states.count(RunState.FINISHED), states.count(RunState.FAILED)
         log.info(
-            f"{len(self.runs)} runs: {states['finished']} finished (skipped), "
-            f"{states['failed']} failed{' (retried)' if retry_failed else ' (skipped)'}, "
+            f"{len(self.runs)} runs: {finished} finished (skipped), "
+            f"{failed} failed{' (retried)' if retry_failed else ' (skipped)'}, "
             f"{len(pending)} to run, {len(self.slots)} at a time"
         )
         active: list[Running] = []
@@ -128,11 +119,11 @@ class TableRunner:
     def _finished(self, item: Running, outcome: Outcome, total: int, left: int) -> None:
         code = item.process.wait()
         seconds = time.monotonic() - item.started
-        result = read_json(item.run.run_dir / "result.json") if code == 0 else None
-        if code == 0 and result:
+        result = _result(item.run) if code == 0 else None
+        if result is not None:
             outcome.finished += 1
             self.durations.append(seconds)
-            said = f"test error {result['test_error']:.2f}% after {result['epochs']} epochs"
+            said = f"test error {result.test_error:.2f}% after {result.epochs} epochs"
         elif code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
             said = "stopped, checkpoint saved"
         else:
@@ -168,13 +159,25 @@ class TableRunner:
         write_json(self.record_path, record)
 
 
+def _wanted(retry_failed: bool) -> tuple[RunState, ...]:
+    """The states of the runs still to run."""
+    wanted = (RunState.NEW, RunState.STOPPED)
+    return (*wanted, RunState.FAILED) if retry_failed else wanted
+
+
+def _result(run: PlannedRun):
+    try:
+        return RunDir(run.run_dir).result()
+    except RunError:
+        return None
+
+
 def print_commands(runs: list[PlannedRun], retry_failed: bool = False) -> list[str]:
     """One `wrn ...` line per pending run, for any scheduler."""
-    wanted = ("new", "stopped", "failed") if retry_failed else ("new", "stopped")
-    return [run.command() for run in runs if status(run.run_dir) in wanted]
+    return [run.command() for run in runs if run.state in _wanted(retry_failed)]
 
 
-def check_devices(devices: list[str] | None) -> list[str] | None:
+def parse_devices(devices: list[str] | None) -> list[str] | None:
     """'0,1' -> cuda:0, cuda:1; cpu (repeatable) and cuda:N as given."""
     if not devices:
         return None

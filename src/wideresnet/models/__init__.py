@@ -20,10 +20,11 @@ from wideresnet.models.official import (
     load_official_params,
     official_state_dict,
 )
-from wideresnet.models.summary import count_params, model_summary
-from wideresnet.models.wrn import WideResNet
+from wideresnet.models.summary import FORWARDS_PER_TRAINING_IMAGE, count_params, model_summary
+from wideresnet.models.wrn import WideResNet, wrn_name
 
 __all__ = [
+    "FORWARDS_PER_TRAINING_IMAGE",
     "WideResNet",
     "ImageNetResNet",
     "CifarResNet",
@@ -37,6 +38,7 @@ __all__ = [
     "infer_official_model",
     "count_params",
     "model_summary",
+    "wrn_name",
     "ModelNameError",
 ]
 
@@ -51,17 +53,29 @@ class Family:
     build: Callable[..., nn.Module]  # build(match, num_classes, **options)
     options: frozenset[str]
     default_classes: int
+    fixed_depth: bool  # its pattern names its depths (wrn-50-2): it wins over wrn-d-k
 
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
-_FAMILIES: list[Family] = []  # the first pattern that matches wins
+_FAMILIES: list[Family] = []
 ALIASES = {"wide_resnet50_2": "wrn-50-2", "wide_resnet101_2": "wrn-101-2"}  # torchvision's
 
 
-def _family(pattern: str, short: str, description: str, options: set[str], classes: int = 10):
+def _family(
+    pattern: str,
+    short: str,
+    description: str,
+    options: set[str],
+    classes: int = 10,
+    *,
+    fixed_depth: bool = False,
+):
     def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         compiled = re.compile(pattern + r"$")
-        _FAMILIES.append(Family(compiled, short, description, build, frozenset(options), classes))
+        family = Family(
+            compiled, short, description, build, frozenset(options), classes, fixed_depth
+        )
+        _FAMILIES.append(family)
         return build
 
     return wrap
@@ -81,6 +95,7 @@ IMAGENET_OPTIONS = {"init", "in_channels"}
     "wrn-50-2, wrn-101-2: ImageNet bottleneck WRNs (torchvision layout)",
     IMAGENET_OPTIONS,
     1000,
+    fixed_depth=True,
 )
 @_family(
     r"wrn-(18|34|50|101|152)-" + _NUMBER + r"-imagenet",
@@ -88,6 +103,7 @@ IMAGENET_OPTIONS = {"init", "in_channels"}
     "wrn-18-2-imagenet, wrn-34-1.5-imagenet, ...: ImageNet WRNs of Table 7 (k=1: ResNet)",
     IMAGENET_OPTIONS,
     1000,
+    fixed_depth=True,
 )
 def _imagenet(match, num_classes, **options):
     return ImageNetResNet(int(match[1]), _number(match[2]), num_classes, **options)
@@ -99,6 +115,7 @@ def _imagenet(match, num_classes, **options):
     "resnet-18, resnet-50, ...: the ImageNet ResNets (torchvision layout)",
     IMAGENET_OPTIONS,
     1000,
+    fixed_depth=True,
 )
 def _imagenet_resnet(match, num_classes, **options):
     return ImageNetResNet(int(match[1]), 1, num_classes, **options)
@@ -172,14 +189,23 @@ def model_name_patterns() -> list[str]:
     return [family.description for family in _FAMILIES]
 
 
+def _matches(key: str) -> list[tuple[Family, re.Match[str]]]:
+    found = [(f, m) for f in _FAMILIES if (m := f.pattern.match(key))]
+    fixed = [(f, m) for f, m in found if f.fixed_depth]
+    return fixed or found  # a family naming its depths wins over a general one
+
+
 def parse_model_name(name: str) -> tuple[Family, re.Match[str]]:
+    """The family a name belongs to; ModelNameError when none (or, a bug, two) accept it."""
     key = name.strip().lower()
     key = ALIASES.get(key, key)
-    for family in _FAMILIES:
-        match = family.pattern.match(key)
-        if match:
-            return family, match
-    raise ModelNameError(f"unknown model {name!r}; accepted: " + "; ".join(model_name_patterns()))
+    found = _matches(key)
+    if not found:
+        accepted = "; ".join(model_name_patterns())
+        raise ModelNameError(f"unknown model {name!r}; accepted: {accepted}")
+    if len(found) > 1:
+        raise AssertionError(f"{key} matches {[f.short for f, _ in found]}: one family each")
+    return found[0]
 
 
 def model_options(name: str) -> tuple[frozenset[str], Callable[[str], str]]:
@@ -198,8 +224,8 @@ def create_model(name: str, num_classes: int | None = None, **options) -> nn.Mod
 
     Options left as None are not passed, so the model's own defaults stand. WideResNet takes
     dropout, block, blocks_per_group, in_channels and init; the baselines take init. Raises
-    ModelNameError (a ValueError) for an unknown name, an option the model does not take, or
-    values it refuses.
+    ModelNameError for an unknown name, an option the model does not take, or values it
+    refuses (anything else a constructor raises is a bug, and passes through as one).
     """
     family, match = parse_model_name(name)
     options = {k: v for k, v in options.items() if v is not None}
@@ -213,7 +239,7 @@ def create_model(name: str, num_classes: int | None = None, **options) -> nn.Mod
         options["block"] = tuple(options["block"])
     try:
         model = family.build(match, num_classes or family.default_classes, **options)
-    except (TypeError, ValueError) as error:
+    except ModelNameError as error:
         raise ModelNameError(f"{name}: {error}") from None
     model.name = name.strip().lower()
     return model

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wideresnet.models.wrn import ThreeGroups, WideBlock, WideResNet, apply_init, conv
+from wideresnet.errors import ModelNameError
+from wideresnet.models.wrn import ThreeGroups, WideBlock, apply_init, conv
 
 
 class PostActBlock(nn.Module):
@@ -38,7 +39,7 @@ class CifarResNet(ThreeGroups):
     def __init__(self, depth: int = 110, num_classes: int = 10, *, init: str = "he_fan_out"):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"original ResNet depth must be 6n+2, got {depth}")
+            raise ModelNameError(f"original ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.conv0, self.bn0 = conv(3, 16, 3), nn.BatchNorm2d(16)
         c_in = 16
@@ -94,7 +95,7 @@ class PreActResNet(ThreeGroups):
         super().__init__()
         per_block = 9 if bottleneck else 6
         if (depth - 2) % per_block != 0 or depth < per_block + 2:
-            raise ValueError(f"pre-act ResNet depth must be {per_block}n+2, got {depth}")
+            raise ModelNameError(f"pre-act ResNet depth must be {per_block}n+2, got {depth}")
         n = (depth - 2) // per_block
         widths = (64, 128, 256) if bottleneck else (16, 32, 64)
         self.conv0 = conv(3, 16, 3)
@@ -111,7 +112,10 @@ class PreActResNet(ThreeGroups):
             self.add_module(f"group{g}", nn.Sequential(*blocks))
         self.bn = nn.BatchNorm2d(c_in)
         self.fc = nn.Linear(c_in, num_classes)
-        self.act = F.relu
         apply_init(self, init)
 
-    forward = WideResNet.forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv0(x)
+        x = self.group2(self.group1(self.group0(x)))
+        x = F.relu(self.bn(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))

@@ -9,8 +9,9 @@
   torchvision  `wide_resnet50_2`, `wide_resnet101_2` (and the ResNets): our ImageNet layout.
   authors      the authors' own PyTorch `params` dict (models/official.py).
 
-Any `module.`-style prefix is dropped. The imported checkpoint records the input
-normalisation of the project it came from, so predict and export use the right one.
+Any `module.`-style prefix is dropped. Each layout says the input normalisation of the project
+it came from; convert.py writes it into the imported checkpoint, so that predict and export
+use the right one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wideresnet.data.preprocess import CIFAR_MEAN, CIFAR_STD
+from wideresnet.models.wrn import wrn_name
 
 BLOCK_KEY = "block1.layer.0.bn1.weight"
 XTERNALZ_KEYS = [
@@ -51,8 +52,8 @@ class Imported:
     model: str
     options: dict
     weights: dict[str, torch.Tensor]
-    mean: tuple[float, ...]  # on the 0-255 scale
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None  # on the 0-255 scale; None: the paper's CIFAR mean/std
+    std: tuple[float, ...] | None
     notes: list[str] = field(default_factory=list)
 
 
@@ -108,8 +109,7 @@ def from_xternalz_layout(state: Mapping[str, torch.Tensor], layout: str) -> Impo
             raise ValueError(f"unexpected key {key!r} for the {layout} layout")
     blocks = 1 + max(int(k.split(".")[1][5:]) for k in weights if k.startswith("group0."))
     classes, width = weights["fc.weight"].shape
-    k = width / 64
-    name = f"wrn-{6 * blocks + 4}-{int(k) if float(k).is_integer() else k}"
+    name = wrn_name(6 * blocks + 4, width / 64)
     options: dict = {} if "fc.bias" in weights else {"head_bias": False}
     if layout == "fixmatch":
         options.update(FIXMATCH)
@@ -120,7 +120,7 @@ def from_xternalz_layout(state: Mapping[str, torch.Tensor], layout: str) -> Impo
         mean, std = _wrapper_normalization(outside) or UNIT
         notes.append("inputs in [0, 1]" if (mean, std) == UNIT else "the wrapper's mean/std")
     else:
-        mean, std = CIFAR_MEAN, CIFAR_STD
+        return Imported(name, options, weights, None, None, notes)  # the paper's mean/std
     return Imported(name, options, weights, tuple(mean), tuple(std), notes)
 
 
@@ -135,13 +135,9 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
     depth = LAYERS.get(counts, 0) if bottleneck or counts == (2, 2, 2, 2) else 34
     if not depth:
         raise ValueError(f"blocks per stage {counts}: not a torchvision ResNet")
-    k = inside["layer1.0.conv1.weight"].shape[0] / 64
-    k_text = int(k) if float(k).is_integer() else k
-    name = (
-        f"wrn-{depth}-{k_text}"
-        if bottleneck and depth in (50, 101)
-        else f"wrn-{depth}-{k_text}-imagenet"
-    )
+    name = wrn_name(depth, inside["layer1.0.conv1.weight"].shape[0] / 64)
+    if not (bottleneck and depth in (50, 101)):
+        name += "-imagenet"
     weights = {key: v for key, v in inside.items() if not key.endswith("num_batches_tracked")}
     mean, std = (_scaled(v) for v in IMAGENET)
     return Imported(name, {}, weights, mean, std)
@@ -162,65 +158,3 @@ def state_dict_of(saved: object, key: str | None = None) -> dict[str, torch.Tens
     if not isinstance(saved, dict) or not any(torch.is_tensor(v) for v in saved.values()):
         raise ValueError("no state_dict of tensors inside (try --key NAME)")
     return saved
-
-
-def _imported(layout: str, saved: object, key: str | None, source) -> tuple[Imported, object]:
-    """(the foreign weights as ours, our model built for them), or RunError naming the file."""
-    from wideresnet.errors import RunError
-    from wideresnet.models import create_model
-    from wideresnet.train.checkpoint import weight_mismatch
-
-    try:
-        state = state_dict_of(saved, key)
-        if layout == "torchvision":
-            imported = from_torchvision(state)
-        else:
-            imported = from_xternalz_layout(state, layout)
-        classes = imported.weights["fc.weight"].shape[0]
-        model = create_model(imported.model, classes, **imported.options)
-    except (ValueError, KeyError) as error:
-        raise RunError(f"{source}: not a {layout} checkpoint ({error})") from None
-    problem = weight_mismatch(model.state_dict(), imported.weights)
-    if problem:
-        raise RunError(f"{source}: does not fit {imported.model}: {problem}")
-    model.load_state_dict(imported.weights, strict=False)
-    return imported, model
-
-
-def import_checkpoint(
-    layout: str,
-    source,
-    out,
-    *,
-    overwrite: bool = False,
-    key: str | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-) -> str:
-    """Convert another project's checkpoint into ours at `out`; a one-line summary."""
-    from pathlib import Path
-
-    from wideresnet.errors import RunError
-    from wideresnet.models import count_params
-    from wideresnet.models.official import import_official
-    from wideresnet.recipes import make_config
-    from wideresnet.train.checkpoint import load_weights_file, model_checkpoint, write_checkpoint
-
-    if layout not in LAYOUTS:
-        raise RunError(f"--from {layout}: choose from {', '.join(LAYOUTS)}")
-    if layout == "authors":
-        return import_official(source, out, overwrite)
-    source, out = Path(source), Path(out)
-    imported, model = _imported(layout, load_weights_file(source, out, overwrite), key, source)
-    config = make_config("cifar", {"model": imported.model, **imported.options})
-    state = model_checkpoint(
-        config.to_dict(),
-        [str(i) for i in range(model.fc.out_features)],
-        model.state_dict(),
-        source=str(source),
-        layout=layout,
-        normalization={"mean": list(mean or imported.mean), "std": list(std or imported.std)},
-    )
-    write_checkpoint(out, state)
-    notes = "".join(f"; {note}" for note in imported.notes)
-    return f"{imported.model} {imported.options or ''}, {count_params(model):,} parameters{notes}"

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wideresnet.errors import ModelNameError
 from wideresnet.models.wrn import apply_init, conv
 
 
@@ -77,7 +78,7 @@ class ImageNetResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth not in self.LAYERS:
-            raise ValueError(f"ImageNet ResNet depth must be one of {sorted(self.LAYERS)}")
+            raise ModelNameError(f"ImageNet ResNet depth must be one of {sorted(self.LAYERS)}")
         bottleneck = depth >= 50
         block_type = Bottleneck if bottleneck else BasicBlock
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)

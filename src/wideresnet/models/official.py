@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from wideresnet.errors import RunError
-from wideresnet.models.wrn import WideResNet
+from wideresnet.models.wrn import WideResNet, wrn_name
 
 
 def _listed(keys: list[str]) -> str:
@@ -72,37 +70,9 @@ def infer_official_model(params: Mapping[str, torch.Tensor]) -> tuple[str, dict]
         raise ValueError(f"not a WRN params dict from the authors' code: {error}") from None
     if blocks < 1 or not kernels or in_channels != 3:
         raise ValueError("not a WRN params dict from the authors' code: no group0.block0")
-    k = width / 64
-    name = f"wrn-{6 * blocks + 4}-{int(k) if float(k).is_integer() else k}"
+    name = wrn_name(6 * blocks + 4, width / 64)
     return name, {
         "num_classes": int(num_classes),
         "block": tuple(kernels),
         "blocks_per_group": blocks,
     }
-
-
-def import_official(source: str | Path, out: str | Path, overwrite: bool = False) -> str:
-    """Convert an authors' model.pt7 into our checkpoint format at `out`; a one-line summary.
-    An existing `out` is replaced only with overwrite."""
-    from wideresnet.models import count_params, create_model
-    from wideresnet.recipes import make_config
-    from wideresnet.train.checkpoint import load_weights_file, model_checkpoint, write_checkpoint
-
-    source, out = Path(source), Path(out)
-    saved = load_weights_file(source, out, overwrite)
-    params = saved.get("params", saved) if isinstance(saved, dict) else None
-    if not isinstance(params, dict):
-        raise RunError(f"{source}: no params dict inside")
-    try:
-        name, options = infer_official_model(params)
-        model = create_model(name, **options)
-        load_official_params(model, params)
-    except ValueError as error:
-        raise RunError(f"{source}: {error}") from None
-    classes = options.pop("num_classes")
-    config = make_config("cifar", {"model": name, **options})
-    state = model_checkpoint(
-        config.to_dict(), [str(i) for i in range(classes)], model.state_dict(), source=str(source)
-    )
-    write_checkpoint(Path(out), state)
-    return f"{name}, block {model.block}, {count_params(model):,} parameters"

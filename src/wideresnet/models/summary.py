@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+FORWARDS_PER_TRAINING_IMAGE = 3  # a training image costs about three forward passes
+
 
 def count_params(model: nn.Module) -> int:
     """Learnable parameters (BN running statistics excluded)."""

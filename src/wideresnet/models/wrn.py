@@ -13,6 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wideresnet.errors import ModelNameError
+
+
+def wrn_name(depth: int, widen_factor: float) -> str:
+    """The name of WRN-d-k: `wrn-28-10`, `wrn-16-1.5` (k written as an integer when it is one)."""
+    k = float(widen_factor)
+    return f"wrn-{depth}-{int(k) if k.is_integer() else k}"
+
 
 def init_authors(module: nn.Module) -> None:
     """The authors' init: He-normal fan_in convs and linear, BN gamma ~ U[0,1), beta, biases 0."""
@@ -46,7 +54,7 @@ INITS: dict[str, Callable[[nn.Module], None]] = {
 
 def apply_init(model: nn.Module, init: str) -> None:
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose from {sorted(INITS)}")
+        raise ModelNameError(f"unknown init {init!r}; choose from {sorted(INITS)}")
     INITS[init](model)
 
 
@@ -60,7 +68,7 @@ def activation_of(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
             return partial(F.leaky_relu, negative_slope=float(slope or 0.01))
         except ValueError:
             pass
-    raise ValueError(f"activation must be relu or leaky_relu:SLOPE, not {spec!r}")
+    raise ModelNameError(f"activation must be relu or leaky_relu:SLOPE, not {spec!r}")
 
 
 SHORTCUT_INPUTS = ("preact", "raw")
@@ -120,6 +128,7 @@ class WideBlock(nn.Module):
         self.convdim = conv(c_in, c_out, 1, stride) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # o1: BN-ReLU(x), the authors' name; the first conv and the projection both read it
         o1 = self.act(self.bn0(x)) if self.preact_input else x
         y = self.conv0(o1)
         for i in range(1, len(self.kernels)):
@@ -167,19 +176,21 @@ class WideResNet(ThreeGroups):
     ) -> None:
         super().__init__()
         if shortcut_input not in SHORTCUT_INPUTS:
-            raise ValueError(f"shortcut_input must be preact or raw, not {shortcut_input!r}")
+            raise ModelNameError(f"shortcut_input must be preact or raw, not {shortcut_input!r}")
         if blocks_per_group is None:
             if depth is None or (depth - 4) % 6 != 0 or depth < 10:
-                raise ValueError(f"depth must be 6N+4 with N >= 1, got {depth}")
+                raise ModelNameError(f"depth must be 6N+4 with N >= 1, got {depth}")
             blocks_per_group = (depth - 4) // 6
         if blocks_per_group < 1:
-            raise ValueError(f"blocks_per_group must be >= 1, got {blocks_per_group}")
+            raise ModelNameError(f"blocks_per_group must be >= 1, got {blocks_per_group}")
         if widen_factor <= 0:
-            raise ValueError(f"widen_factor must be > 0, got {widen_factor}")
+            raise ModelNameError(f"widen_factor must be > 0, got {widen_factor}")
         if not block or any(k < 1 or k % 2 == 0 for k in block):
-            raise ValueError(f"block must be a non-empty tuple of odd kernel sizes, got {block}")
+            raise ModelNameError(
+                f"block must be a non-empty tuple of odd kernel sizes, got {block}"
+            )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ModelNameError(f"dropout must be in [0, 1), got {dropout}")
         self.widths = [int(v * widen_factor) for v in (16, 32, 64)]
         self.blocks_per_group = blocks_per_group
         self.block = tuple(block)
@@ -190,7 +201,7 @@ class WideResNet(ThreeGroups):
             group = nn.Sequential()
             for i in range(blocks_per_group):
                 raw = shortcut_input == "raw" and g > 0 and i == 0
-                block = WideBlock(
+                unit = WideBlock(
                     c_in,
                     width,
                     stride if i == 0 else 1,
@@ -200,7 +211,7 @@ class WideResNet(ThreeGroups):
                     bn_momentum=bn_momentum,
                     preact_input=not raw,
                 )
-                group.add_module(f"block{i}", block)
+                group.add_module(f"block{i}", unit)
                 c_in = width
             self.add_module(f"group{g}", group)
         self.bn = nn.BatchNorm2d(c_in, momentum=bn_momentum)

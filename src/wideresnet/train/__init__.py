@@ -2,6 +2,16 @@
 
 from wideresnet.train.evaluate import evaluate
 from wideresnet.train.run import resume, train
+from wideresnet.train.runtime import Runtime
 from wideresnet.train.trained import Trained, build_model, evaluate_run, load_trained
 
-__all__ = ["Trained", "build_model", "evaluate", "evaluate_run", "load_trained", "resume", "train"]
+__all__ = [
+    "Runtime",
+    "Trained",
+    "build_model",
+    "evaluate",
+    "evaluate_run",
+    "load_trained",
+    "resume",
+    "train",
+]

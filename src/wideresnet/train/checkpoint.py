@@ -1,10 +1,12 @@
-"""The checkpoint format, defined once: what a checkpoint holds, how it is written and read.
+"""The checkpoint format, defined once: `Checkpoint` is what a checkpoint holds, written and
+read here alone.
 
-A checkpoint is a plain dict of tensors and Python values (loads with weights_only=True):
-format, config (flat), classes, model, and for training checkpoints optimizer, epoch,
-step_in_epoch, global_step, rng, metrics, partial and seconds. `checksum` is a SHA-256 of all
-the rest, checked on every load, so a flipped bit is found rather than trained on. A run keeps
-the checkpoint before the newest as checkpoint.prev.pt, and only ever a verified one.
+On disk a checkpoint is a plain dict of tensors and Python values (it loads with
+weights_only=True): format, config (flat), classes, model, and for a training checkpoint
+optimizer, epoch, step_in_epoch, global_step, rng, metrics, partial and seconds. `checksum` is
+a SHA-256 of all the rest, checked on every load, so a flipped bit is found rather than
+trained on. A run keeps the checkpoint before the newest as checkpoint.prev.pt, and only ever
+a verified one. The keys are those of wideresnet 0.2, whose checkpoints load unchanged.
 """
 
 from __future__ import annotations
@@ -12,13 +14,22 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from wideresnet.errors import RunError
-from wideresnet.files import atomic_write
+from wideresnet.files import atomic_write, first_line, refuse_existing
+from wideresnet.protocol import ConfigChange
+from wideresnet.train.records import (
+    EpochTotals,
+    MetricsRow,
+    Seconds,
+    TrainingState,
+    typed_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +65,175 @@ def content_checksum(state: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def model_checkpoint(config: dict, classes: list[str], model_state: dict, **extra) -> dict:
-    """A checkpoint that rebuilds a model alone (imports, exports, the start of a run)."""
-    state = {"format": FORMAT, "config": config, "classes": list(classes), "model": model_state}
-    return {**state, **extra}
+@dataclass
+class Training:
+    """What a training checkpoint adds to the model: enough to continue the run exactly."""
+
+    state: TrainingState
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]  # this process's generators (rank 0's in a file)
+    rng_ranks: list[dict[str, Any]]  # every process's, in rank order
+    data_order: dict[str, Any] = field(default_factory=dict)
+    ema: dict[str, torch.Tensor] | None = None  # the averaged weights (--ema-decay)
+
+    def to_dict(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "optimizer": self.optimizer,
+            "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch,
+            "global_step": state.global_step,
+            "data_order": self.data_order,
+            "rng": self.rng,
+            "rng_ranks": self.rng_ranks,
+            "metrics": [row.to_dict() for row in state.metrics],
+            "partial": {
+                "loss": state.totals.loss,
+                "wrong": state.totals.wrong,
+                "seconds": state.totals.seconds,
+            },
+            "train_seconds": state.seconds.train,
+            "eval_seconds": state.seconds.eval,
+            "data_seconds": state.seconds.data,
+            "config_changes": [change.to_dict() for change in state.config_changes],
+            **({"ema": self.ema} if self.ema is not None else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> Training:
+        found = typed_fields(_TrainingFields, values, where)
+        if min(found["epoch"], found["step_in_epoch"], found["global_step"]) < 0:
+            raise RunError(f"{where}: negative epoch or step counters")
+        if not isinstance(found["rng"].get("torch"), torch.Tensor):
+            raise RunError(f"{where}: field rng has no torch generator state")
+        if not all(isinstance(row, dict) for row in found["metrics"]):
+            raise RunError(f"{where}: field metrics holds something other than epoch records")
+        state = TrainingState(
+            epoch=found["epoch"],
+            step_in_epoch=found["step_in_epoch"],
+            global_step=found["global_step"],
+            metrics=[MetricsRow.from_dict(row, f"{where}: metrics") for row in found["metrics"]],
+            totals=EpochTotals.from_dict(
+                {k: v for k, v in found["partial"].items() if k != "seen"}, f"{where}: partial"
+            ),
+            seconds=Seconds(
+                float(found.get("data_seconds", 0.0)),
+                float(found["train_seconds"]),
+                float(found["eval_seconds"]),
+            ),
+            config_changes=[ConfigChange.from_dict(c) for c in found.get("config_changes") or []],
+        )
+        return cls(
+            state,
+            found["optimizer"],
+            found["rng"],
+            found.get("rng_ranks") or [found["rng"]],
+            found.get("data_order") or {},
+            found.get("ema"),
+        )
 
 
-def write_checkpoint(path: Path, state: dict[str, Any], before_replace=None) -> None:
+@dataclass
+class _TrainingFields:
+    """The on-disk fields of a training checkpoint and their types (for typed_fields)."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    metrics: list
+    partial: dict
+    rng: dict
+    optimizer: dict
+    train_seconds: float
+    eval_seconds: float
+    data_seconds: float = 0.0
+    rng_ranks: list | None = None
+    data_order: dict | None = None
+    config_changes: list | None = None
+    ema: dict | None = None
+
+
+@dataclass
+class Checkpoint:
+    """A model with what rebuilds it alone (its flat config and class names), and, for a
+    checkpoint of a run, the training state that continues it."""
+
+    config: dict[str, Any]
+    classes: list[str]
+    model: dict[str, torch.Tensor]
+    training: Training | None = None  # None: a model-only checkpoint (an import)
+    resolved: dict[str, Any] | None = None  # the speed choices of the run (config.json's)
+    data_fingerprint: str | None = None
+    normalization: dict[str, Any] | None = None  # imports: the source project's mean/std
+    run_id: str | None = None  # the run this checkpoint belongs to (config.json's)
+    source: str | None = None  # imports: the file converted
+    layout: str | None = None
+
+    @property
+    def epochs_trained(self) -> int | None:
+        return None if self.training is None else self.training.state.epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "format": FORMAT,
+            "config": self.config,
+            "classes": list(self.classes),
+            "model": self.model,
+        }
+        for key in ("resolved", "data_fingerprint", "normalization", "run_id", "source", "layout"):
+            if getattr(self, key) is not None:
+                values[key] = getattr(self, key)
+        return values | (self.training.to_dict() if self.training is not None else {})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> Checkpoint:
+        found = typed_fields(_CheckpointFields, values, where)
+        if not all(isinstance(v, torch.Tensor) for v in found["model"].values()):
+            raise RunError(f"{where}: field model holds something other than tensors")
+        training = Training.from_dict(values, where) if "optimizer" in values else None
+        return cls(
+            found["config"],
+            [str(c) for c in found["classes"]],
+            found["model"],
+            training,
+            **{k: found.get(k) for k in _OPTIONAL},
+        )
+
+
+_OPTIONAL = ("resolved", "data_fingerprint", "normalization", "run_id", "source", "layout")
+
+
+@dataclass
+class _CheckpointFields:
+    config: dict
+    model: dict
+    classes: list = field(default_factory=list)
+    resolved: dict | None = None
+    data_fingerprint: str | None = None
+    normalization: dict | None = None
+    run_id: str | None = None
+    source: str | None = None
+    layout: str | None = None
+
+
+def write_checkpoint(path: Path, checkpoint: Checkpoint, before_replace=None) -> None:
     """Write one checkpoint file atomically, with its checksum (WriteError on failure)."""
-    state = {**state, "format": FORMAT}
+    state = checkpoint.to_dict()
     state["checksum"] = content_checksum(state)
     buffer = io.BytesIO()  # serialised first: a full disk then fails as the OSError it is
     torch.save(state, buffer)
     atomic_write(path, buffer.getbuffer(), before_replace)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only=True (a file that would run code is refused), then the
-    checksum: RunError naming the file when it cannot be read or does not verify."""
+def load_checkpoint(path: Path) -> Checkpoint:
+    """torch.load with weights_only=True (a file that would run code is refused), the checksum,
+    then every field's type: RunError naming the file when any of it fails."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RunError(f"{path}: no such checkpoint") from None
     except Exception as error:  # torch raises many types for a torn or foreign file
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise RunError(f"{path}: not a loadable checkpoint ({first_line})") from None
+        raise RunError(f"{path}: not a loadable checkpoint ({first_line(error)})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise RunError(f"{path}: not a wideresnet checkpoint (no model and config)")
     if "checksum" in state:
@@ -88,38 +243,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             )
     elif state.get("format") != 1:
         raise RunError(f"{path}: a wideresnet checkpoint without its checksum")
-    for key, kind in (("config", dict), ("model", dict)):
-        if not isinstance(state[key], kind):
-            raise RunError(
-                f"{path}: field {key} is a {type(state[key]).__name__}, not a {kind.__name__}"
-            )
-    return state
+    return Checkpoint.from_dict(state, str(path))
 
 
 def load_weights_file(source: Path, out: Path | None = None, overwrite: bool = False) -> Any:
     """What another program saved (torch.load with weights_only=True), refusing to replace an
     existing `out` without overwrite first; RunError naming the file when it cannot be read."""
-    if out is not None and out.exists() and not overwrite:
-        raise RunError(f"--out {out}: exists; pass --overwrite to replace it")
+    if out is not None:
+        refuse_existing(out, overwrite)
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RunError(f"{source}: no such file") from None
     except Exception as error:  # torch raises many types for a torn or foreign file
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RunError(f"{source}: not loadable with weights_only=True ({first})") from None
+        raise RunError(
+            f"{source}: not loadable with weights_only=True ({first_line(error)})"
+        ) from None
 
 
-def load_any(path: Path) -> dict[str, Any]:
+def load_any(path: Path) -> Checkpoint:
     """The checkpoint of a run directory (newest readable) or a checkpoint file."""
     return Checkpoints(path).load_latest()[0] if path.is_dir() else load_checkpoint(path)
 
 
-def is_finite(state: dict[str, Any]) -> bool:
+def is_finite(checkpoint: Checkpoint) -> bool:
     """Every floating tensor of the model and optimizer state is finite."""
-    tensors = list(state.get("model", {}).values())
-    for entry in state.get("optimizer", {}).get("state", {}).values():
-        tensors += [v for v in entry.values() if isinstance(v, torch.Tensor)]
+    tensors = list(checkpoint.model.values())
+    if checkpoint.training is not None:
+        for entry in checkpoint.training.optimizer.get("state", {}).values():
+            tensors += [v for v in entry.values() if isinstance(v, torch.Tensor)]
     return all(bool(torch.isfinite(t).all()) for t in tensors if torch.is_floating_point(t))
 
 
@@ -143,7 +295,7 @@ class Checkpoints:
             return False
         return True
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, checkpoint: Checkpoint) -> None:
         def keep_previous() -> None:
             if not self.current.exists():
                 return
@@ -154,15 +306,15 @@ class Checkpoints:
             else:
                 log.warning(f"{self.current} did not verify; it is replaced, {PREVIOUS} is kept")
 
-        write_checkpoint(self.current, state, keep_previous)
+        write_checkpoint(self.current, checkpoint, keep_previous)
         self.current_good = True
 
-    def load_latest(self) -> tuple[dict[str, Any], Path]:
+    def load_latest(self) -> tuple[Checkpoint, Path]:
         """The newest checkpoint that verifies, falling back to the previous with a warning."""
         try:
-            state = load_checkpoint(self.current)
+            checkpoint = load_checkpoint(self.current)
             self.current_good = True
-            return state, self.current
+            return checkpoint, self.current
         except RunError as error:
             self.current_good = False
             if not self.previous.exists():
@@ -170,16 +322,16 @@ class Checkpoints:
             log.warning(f"{error}; falling back to {self.previous}")
             return load_checkpoint(self.previous), self.previous
 
-    def last_good(self) -> tuple[Path, dict[str, Any]] | None:
+    def last_good(self) -> tuple[Path, Checkpoint] | None:
         """The newest checkpoint that verifies and holds only finite values, if any."""
         for path in (self.current, self.previous):
             if path.exists():
                 try:
-                    state = load_checkpoint(path)
+                    checkpoint = load_checkpoint(path)
                 except RunError:
                     continue
-                if is_finite(state):
-                    return path, state
+                if is_finite(checkpoint):
+                    return path, checkpoint
         return None
 
 
@@ -202,46 +354,6 @@ def weight_mismatch(ours: dict, theirs: dict, ignore: tuple[str, ...] = ()) -> s
         return None
     more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
     return "; ".join(problems[:3]) + more
-
-
-TRAINING_FIELDS = {
-    "epoch": int,
-    "step_in_epoch": int,
-    "global_step": int,
-    "metrics": list,
-    "partial": dict,
-    "rng": dict,
-    "optimizer": dict,
-    "train_seconds": (int, float),
-    "eval_seconds": (int, float),
-}
-
-
-def check_training_state(state: dict[str, Any], path: Path) -> None:
-    """The fields a resume reads, with the right types (one line naming the first that is not)."""
-    for key, kind in TRAINING_FIELDS.items():
-        value = state.get(key)
-        if value is None or isinstance(value, bool) or not isinstance(value, kind):
-            found = "missing" if value is None else f"a {type(value).__name__}"
-            raise RunError(f"{path}: field {key} is {found}; not a training checkpoint of wrn")
-    if state["epoch"] < 0 or state["step_in_epoch"] < 0 or state["global_step"] < 0:
-        raise RunError(f"{path}: negative epoch or step counters")
-    if not all(isinstance(row, dict) for row in state["metrics"]):
-        raise RunError(f"{path}: field metrics holds something other than epoch records")
-    if not isinstance(state["rng"].get("torch"), torch.Tensor):
-        raise RunError(f"{path}: field rng has no torch generator state")
-
-
-IDENTITY = ("model", "dataset", "seed")  # what makes a checkpoint this run's
-
-
-def check_identity(state_config: dict[str, Any], run_config: dict[str, Any], path: Path) -> None:
-    """Refuse a checkpoint of another run dropped into this run's directory."""
-    differing = [k for k in IDENTITY if state_config.get(k) != run_config.get(k)]
-    if differing:
-        theirs = ", ".join(f"{k} {state_config.get(k)!r}" for k in differing)
-        ours = ", ".join(f"{k} {run_config.get(k)!r}" for k in differing)
-        raise RunError(f"{path} belongs to another run ({theirs}; this run: {ours}); refusing it")
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from wideresnet.errors import RunError
+from wideresnet.files import first_line
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def collective(function, *args):
         return function(*args)
     except (RuntimeError, dist.DistBackendError) as error:
         raise RunError(
-            f"a process of this run ended or stopped answering ({str(error).splitlines()[0]}); "
+            f"a process of this run ended or stopped answering ({first_line(error)}); "
             "the last checkpoint is intact, continue with `wrn train --resume RUN_DIR`",
             exit_code=1,
         ) from None

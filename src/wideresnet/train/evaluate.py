@@ -11,7 +11,7 @@ from torch import nn
 from wideresnet.data.loader import BatchLoader
 from wideresnet.progress import Progress
 from wideresnet.train.distributed import World
-from wideresnet.train.runtime import Speed
+from wideresnet.train.runtime import Runtime
 
 TOP_K = 5  # the top-k error reported beside top-1 (all classes when there are fewer)
 
@@ -20,36 +20,39 @@ TOP_K = 5  # the top-k error reported beside top-1 (all classes when there are f
 def evaluate(
     model: nn.Module,
     loader: BatchLoader,
-    speed: Speed,
-    num_classes: int,
+    *,
+    runtime: Runtime | None = None,
+    num_classes: int | None = None,
     flip: bool = False,
     world: World = World(),
 ) -> dict[str, Any]:
     """Loss, top-1 and top-5 error (%) and the confusion matrix over every image of the
-    loader (`flip`: also the error of flip-averaged predictions). On several processes each
-    evaluates its share of every batch and the sums are added up."""
-    device = torch.device(speed.device)
+    loader (`flip`: also the error of flip-averaged predictions). `runtime` says how the model
+    runs (default: eager fp32 on the loader's device); `num_classes` defaults to the model's
+    outputs. On several processes each evaluates its share of every batch and the sums are
+    added up."""
+    runtime = runtime or Runtime.eager(loader.device)
     model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion_flip = confusion.clone() if flip else None
-    top5_wrong = torch.zeros((), dtype=torch.int64, device=device)
-    k = min(TOP_K, num_classes)
+    sums = _zeros(num_classes or _outputs(model), flip, runtime.torch_device)
     with Progress("evaluating", loader.n, "images") as progress:
         for b, (x, y) in enumerate(loader.batches()):
-            x = speed.input(x)
-            with speed.autocast():
+            x = runtime.input(x)
+            with runtime.autocast():
                 logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            confusion.index_put_((y, logits.argmax(1)), torch.ones_like(y), accumulate=True)
-            top5_wrong += (logits.topk(k, 1).indices != y[:, None]).all(1).sum()
+            sums["loss"] += F.cross_entropy(logits, y, reduction="sum").double()
+            sums["confusion"].index_put_((y, logits.argmax(1)), torch.ones_like(y), accumulate=True)
+            k = min(TOP_K, logits.shape[1])
+            sums["top5_wrong"] += (logits.topk(k, 1).indices != y[:, None]).all(1).sum()
             if flip:  # logits are used up first: a CUDA-graph replay may overwrite them
                 probs = logits.softmax(1)
-                with speed.autocast():
+                with runtime.autocast():
                     probs += model(x.flip(3)).float().softmax(1)
-                confusion_flip.index_put_((y, probs.argmax(1)), torch.ones_like(y), accumulate=True)
+                hits = (y, probs.argmax(1))
+                sums["confusion_flip"].index_put_(hits, torch.ones_like(y), accumulate=True)
             progress.update(min((b + 1) * loader.batch_size, loader.n))
-    for total in (confusion, loss_sum, top5_wrong) + ((confusion_flip,) if flip else ()):
+    confusion, loss_sum, top5_wrong = (sums[k] for k in ("confusion", "loss", "top5_wrong"))
+    confusion_flip = sums.get("confusion_flip")
+    for total in sums.values():
         world.sum_(total)
     result = _errors(confusion.cpu())
     result["loss"] = loss_sum.item() / max(1, loader.n)
@@ -57,6 +60,24 @@ def evaluate(
     if flip:
         result["flip"] = _errors(confusion_flip.cpu())
     return result
+
+
+def _outputs(model: nn.Module) -> int:
+    """The number of classes of a model: the outputs of its last linear layer."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise ValueError("evaluate: a model without a linear head needs num_classes")
+    return heads[-1].out_features
+
+
+def _zeros(num_classes: int, flip: bool, device: torch.device) -> dict[str, torch.Tensor]:
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    sums = {
+        "confusion": confusion,
+        "loss": torch.zeros((), dtype=torch.float64, device=device),
+        "top5_wrong": torch.zeros((), dtype=torch.int64, device=device),
+    }
+    return sums | ({"confusion_flip": confusion.clone()} if flip else {})
 
 
 def _errors(confusion: torch.Tensor) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from wideresnet.config import Config, typed_values
 from wideresnet.data.download import default_data_dir, ensure_official
@@ -15,7 +16,9 @@ from wideresnet.data.official import OFFICIAL
 from wideresnet.data.prepare import RunData, run_data
 from wideresnet.errors import DOWNLOAD_STOPPED, ConfigError, RunError, signals_interrupt
 from wideresnet.models import count_params
-from wideresnet.train.checkpoint import check_identity, check_training_state
+from wideresnet.protocol import RESUME_CHANGES, ConfigChange
+from wideresnet.seeds import Stream, seed_process
+from wideresnet.train.checkpoint import Checkpoint, load_any, weight_mismatch
 from wideresnet.train.distributed import (
     World,
     shutdown,
@@ -23,18 +26,39 @@ from wideresnet.train.distributed import (
     world_from_environment,
 )
 from wideresnet.train.loop import Trainer
-from wideresnet.train.records import change_flag
+from wideresnet.train.records import Result
 from wideresnet.train.rundir import RunDir
-from wideresnet.train.runtime import Speed, process_settings, resolve_device
-from wideresnet.train.trained import build_model, config_of, load_initial_weights
+from wideresnet.train.runtime import Runtime, process_settings, resolve_device
+from wideresnet.train.trained import build_model, config_of
 
 log = logging.getLogger(__name__)
+
+IDENTITY = ("model", "dataset", "seed")  # what makes a checkpoint this run's
+
+
+def load_initial_weights(model: nn.Module, source: str) -> None:
+    """`--init-from`: the weights of a checkpoint or run; a new head when the class count
+    differs (said in the log)."""
+    weights = load_any(Path(source)).model
+    ours = model.state_dict()
+    head = tuple(k for k in ours if k.startswith("fc."))
+    new_head = any(k in weights and weights[k].shape != ours[k].shape for k in head)
+    problem = weight_mismatch(ours, weights, ignore=head if new_head else ())
+    if problem:
+        raise RunError(f"--init-from {source}: weights do not fit {model.name}: {problem}")
+    if new_head:
+        log.info(
+            f"--init-from {source}: a new head for {ours['fc.weight'].shape[0]} classes (the "
+            f"checkpoint's has {weights['fc.weight'].shape[0]}); every other weight loaded"
+        )
+        weights = {k: v for k, v in weights.items() if k not in head}
+    model.load_state_dict(weights, strict=False)
 
 
 def make_trainer(
     config: Config, run_dir: RunDir, log_every: int = 0, world: World = World()
 ) -> Trainer:
-    """A Trainer with its device, speed settings, data and model built from the config."""
+    """A Trainer with its device, runtime, data and model built from the config."""
     device = resolve_device(config.runtime.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -43,17 +67,20 @@ def make_trainer(
             f"--batch-size {config.optim.batch_size} (the global batch) does not split evenly "
             f"over {world.size} processes"
         )
-    speed = Speed.resolve(config, device, world.size)
-    data = run_data(config, device, rank=world.rank, world=world.size, compile_policy=speed.compile)
-    torch.manual_seed(config.runtime.seed)  # the model's init does not depend on data loading
+    runtime = Runtime.resolve(config, device, world.size)
+    data = run_data(
+        config, device, rank=world.rank, world=world.size, compile_policy=runtime.compile
+    )
+    seed = config.runtime.seed
+    seed_process(seed, 0, Stream.INIT)  # the model's init does not depend on data loading
     model = build_model(config, len(data.classes))
     if config.model.init_from:
         load_initial_weights(model, config.model.init_from)
     if world.distributed:
         if config.runtime.sync_bn:
             use_global_batch_norm(model)
-        torch.manual_seed(config.runtime.seed * 65_537 + world.rank + 1)  # own dropout draws
-    return Trainer(config, run_dir, data, speed.prepare(model), speed, log_every, world)
+        seed_process(seed, 1, Stream.DROPOUT, world.rank)  # each process its own dropout
+    return Trainer(config, run_dir, data, runtime.prepare(model), runtime, log_every, world)
 
 
 def resolve_paths(config: Config) -> Config:
@@ -81,8 +108,8 @@ def _world(config: Config) -> World:
 
 def train(
     config: Config, out: str | Path, *, overwrite: bool = False, log_every: int = 0
-) -> dict[str, Any]:
-    """Start a run in `out` and train it to the end. Returns result.json's contents.
+) -> Result:
+    """Start a run in `out` and train it to the end; its result.json.
 
     Everything (options, data, model) is checked before the folder is touched; an old run
     replaced with `overwrite` is kept aside until the new run's first checkpoint. Under
@@ -104,15 +131,15 @@ def train(
         shutdown(world)
 
 
-def _start(trainer: Trainer, config: Config, run_dir: RunDir, world: World) -> dict[str, Any]:
+def _start(trainer: Trainer, config: Config, run_dir: RunDir, world: World) -> Result:
     try:
         if world.main:
             run_dir.write_config(config.to_dict(), trainer.resolved())
-        speed = trainer.speed
+        runtime = trainer.runtime
         log.info(
             f"{config.model.model}: {count_params(trainer.model):,} parameters, "
             f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
-            f"{speed.device} {speed.precision}{' compiled' if speed.compile else ''}"
+            f"{runtime.device} {runtime.precision}{' compiled' if runtime.compile else ''}"
             + (f", {world.size} processes" if world.distributed else "")
         )
         return trainer.run()
@@ -125,24 +152,10 @@ def _start(trainer: Trainer, config: Config, run_dir: RunDir, world: World) -> d
             run_dir.release()
 
 
-# Options that may change on resume, each recorded in config.json, the checkpoint and result.json
-RESUME_CHANGES = (
-    "lr",
-    "epochs",
-    "milestones",
-    "data_dir",
-    "checkpoint_every",
-    "eval_batch_size",
-    "eval_every",
-    "tensorboard",
-    "device",
-)
-
-
-def resume_changes(saved: dict[str, Any], asked: dict[str, Any]) -> dict[str, Any]:
+def resume_changes(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The options given again on the command line that differ from the run's: those of
     RESUME_CHANGES are allowed, any other is refused with the list of differences."""
-    typed = typed_values(asked)
+    typed = typed_values(overrides)
     if typed.get("data_dir"):
         typed["data_dir"] = str(Path(typed["data_dir"]).expanduser().absolute())
     differing = {k: v for k, v in typed.items() if saved.get(k) != v}
@@ -158,8 +171,18 @@ def resume_changes(saved: dict[str, Any], asked: dict[str, Any]) -> dict[str, An
     return differing
 
 
-def _check_same_data(state: dict[str, Any], data: RunData, config: Config) -> None:
-    recorded = state.get("data_fingerprint")
+def check_identity(checkpoint: Checkpoint, recorded: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint of another run dropped into this run's directory."""
+    theirs = checkpoint.config
+    differing = [k for k in IDENTITY if theirs.get(k) != recorded.get(k)]
+    if differing:
+        found = ", ".join(f"{k} {theirs.get(k)!r}" for k in differing)
+        ours = ", ".join(f"{k} {recorded.get(k)!r}" for k in differing)
+        raise RunError(f"{path} belongs to another run ({found}; this run: {ours}); refusing it")
+
+
+def _check_same_data(checkpoint: Checkpoint, data: RunData, config: Config) -> None:
+    recorded = checkpoint.data_fingerprint
     if recorded and recorded != data.fingerprint:
         raise RunError(
             f"the data at {config.data.data_dir} is not the data this run trained on (its "
@@ -168,35 +191,38 @@ def _check_same_data(state: dict[str, Any], data: RunData, config: Config) -> No
 
 
 def resume(
-    out: str | Path, asked: dict[str, Any] | None = None, *, log_every: int = 0
-) -> dict[str, Any]:
-    """Continue a stopped run exactly. `asked`: options given again on the command line; they
-    must equal the run's, but for RESUME_CHANGES (lower --lr, more --epochs, a moved
+    out: str | Path, overrides: dict[str, Any] | None = None, *, log_every: int = 0
+) -> Result:
+    """Continue a stopped run exactly. `overrides`: options given again on the command line;
+    they must equal the run's, but for RESUME_CHANGES (lower --lr, more --epochs, a moved
     --data-dir holding the same data, ...), which are applied from here on and recorded."""
     run_dir = RunDir(out)
     if not run_dir.path.is_dir():
         raise RunError(f"--resume {out}: no such run directory")
-    state, source = run_dir.checkpoints.load_latest()
-    check_training_state(state, source)
-    recorded = run_dir.read_config()
+    checkpoint, source = run_dir.checkpoints.load_latest()
+    if checkpoint.training is None:
+        raise RunError(f"{source}: a model-only checkpoint; not a training checkpoint of wrn")
+    recorded = run_dir.config()
     if recorded is not None:
-        check_identity(state["config"], recorded, source)
-    changes = resume_changes(state["config"], asked or {})
-    config = config_of({"config": {**state["config"], **changes}}, source)
-    if config.optim.epochs < state["epoch"]:
-        raise RunError(f"--epochs {config.optim.epochs}: the run has trained {state['epoch']}")
+        check_identity(checkpoint, recorded, source)
+    changes = resume_changes(checkpoint.config, overrides or {})
+    config = config_of({**checkpoint.config, **changes}, source)
+    trained = checkpoint.training.state.epoch
+    if config.optim.epochs < trained:
+        raise RunError(f"--epochs {config.optim.epochs}: the run has trained {trained}")
     world = _world(config)
     try:
         if world.main:
             run_dir.lock()
         with process_settings(config):
             trainer = make_trainer(config, run_dir, log_every, world)
-            trainer.restore(state)
-            _check_same_data(state, trainer.data, config)
-            _record_changes(trainer, state, changes, config, run_dir)
-            log.info(f"resuming {out} at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}")
+            trainer.restore(checkpoint)
+            _check_same_data(checkpoint, trainer.data, config)
+            _record_changes(trainer, checkpoint, changes, config, run_dir)
+            state = trainer.state
+            log.info(f"resuming {out} at epoch {state.epoch + 1} step {state.step_in_epoch}")
             world.barrier()
-            if trainer.epoch >= config.optim.epochs:
+            if state.epoch >= config.optim.epochs:
                 return trainer.finish()
             return trainer.run()
     finally:
@@ -206,16 +232,17 @@ def resume(
 
 
 def _record_changes(
-    trainer: Trainer, state: dict, changes: dict, config: Config, run_dir: RunDir
+    trainer: Trainer, checkpoint: Checkpoint, changes: dict, config: Config, run_dir: RunDir
 ) -> None:
     """Apply and record what resume changed; rank 0 rewrites config.json and metrics.jsonl."""
+    state = trainer.state
     for key, value in changes.items():
-        at = {"epoch": trainer.epoch + 1, "step_in_epoch": trainer.step_in_epoch}
-        change = {"key": key, "from": state["config"].get(key), "to": value, **at}
-        trainer.config_changes.append(change)
-        log.info(change_flag(change).replace("changed on resume", "resume changes"))
+        before = checkpoint.config.get(key)
+        change = ConfigChange(key, before, value, state.epoch + 1, state.step_in_epoch)
+        state.config_changes.append(change)
+        log.info(change.flag.replace("changed on resume", "resume changes"))
     if trainer.world.main:
         if changes:
             run_dir.write_config(config.to_dict(), trainer.resolved())
-        run_dir.write_metrics(trainer.metrics)  # drop lines past the checkpoint
+        run_dir.write_metrics(state.metrics)  # drop lines past the checkpoint
         run_dir.clear_result()

@@ -1,4 +1,5 @@
-"""A run directory (DESIGN.md CONTRACT): its file names, its lock, and the records in it.
+"""A run directory (DESIGN.md CONTRACT): its file names, its lock, its records, and the one
+definition of where a run stands (`RunDir.status`).
 
 config.json     the resolved config (flat) and `resolved` (the speed choices and why)
 metrics.jsonl   one JSON object per epoch
@@ -15,18 +16,29 @@ import json
 import logging
 import os
 import shutil
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from wideresnet.errors import ConfigError, RunError
 from wideresnet.files import atomic_write, read_json, write_json
 from wideresnet.train.checkpoint import CHECKPOINT, PREVIOUS, Checkpoints
+from wideresnet.train.records import MetricsRow, Result
 
 log = logging.getLogger(__name__)
 
 CONFIG, METRICS, RESULT, FAILURE = "config.json", "metrics.jsonl", "result.json", "failure.json"
 LOCK, TENSORBOARD = ".lock", "tensorboard"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, RESULT, FAILURE, TENSORBOARD)
+RECORD_FILES = (CONFIG, METRICS, RESULT, FAILURE)  # the small files (no checkpoints)
+
+
+class RunState(StrEnum):
+    NEW = "new"  # nothing written yet
+    RUNNING = "running"  # a process holds its lock now
+    STOPPED = "stopped"  # started, not finished, not failed (resumable with a checkpoint)
+    FAILED = "failed"  # stopped on a non-finite loss (failure.json)
+    FINISHED = "finished"  # result.json written
 
 
 class RunDir:
@@ -44,6 +56,31 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.path)
 
+    # ---- where the run stands ----
+
+    def status(self) -> RunState:
+        """new | running | stopped | failed | finished: the only definition of each."""
+        if self.locked_by_other():
+            return RunState.RUNNING
+        try:
+            if self.result() is not None:
+                return RunState.FINISHED
+        except RunError:
+            pass  # a torn or foreign result.json: the run is resumed and writes it again
+        if (self / FAILURE).is_file():
+            return RunState.FAILED
+        if (
+            (self / CHECKPOINT).is_file()
+            or (self / PREVIOUS).is_file()
+            or (self / CONFIG).is_file()
+        ):
+            return RunState.STOPPED
+        return RunState.NEW
+
+    @property
+    def resumable(self) -> bool:
+        return (self / CHECKPOINT).is_file() or (self / PREVIOUS).is_file()
+
     # ---- one writer at a time ----
 
     def _try_lock(self) -> tuple[int, str]:
@@ -59,6 +96,19 @@ class RunDir:
                 "end or stop it, then try again"
             ) from None
         return fd, os.pread(fd, 64, 0).decode(errors="replace").strip()
+
+    def locked_by_other(self) -> bool:
+        """Another process holds this run's lock now (it is running)."""
+        if self._lock_fd is not None or not (self / LOCK).is_file():
+            return False
+        try:
+            fd, _ = self._try_lock()
+        except RunError:
+            return True
+        except OSError:
+            return False
+        os.close(fd)
+        return False
 
     def check_free(self) -> None:
         """Fail fast when another process writes this run (the lock is not kept)."""
@@ -147,15 +197,41 @@ class RunDir:
     def write_config(self, config: dict[str, Any], resolved: dict[str, Any]) -> None:
         write_json(self / CONFIG, {**config, "resolved": resolved})
 
-    def read_config(self) -> dict[str, Any] | None:
+    def config(self) -> dict[str, Any] | None:
+        """config.json (flat options and `resolved`), or None when missing or not an object."""
         record = read_json(self / CONFIG)
         return record if isinstance(record, dict) else None
 
-    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write(self / METRICS, "".join(json.dumps(row) + "\n" for row in rows).encode())
+    def write_metrics(self, rows: list[MetricsRow]) -> None:
+        lines = "".join(json.dumps(row.to_dict()) + "\n" for row in rows)
+        atomic_write(self / METRICS, lines.encode())
 
-    def write_result(self, result: dict[str, Any]) -> None:
-        write_json(self / RESULT, result)
+    def metrics(self) -> list[MetricsRow]:
+        """The epochs of metrics.jsonl that read as records (a torn last line of a killed run,
+        or a line that is not an epoch record, is left out)."""
+        try:
+            lines = (self / METRICS).read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        rows = []
+        for line in lines:
+            try:
+                rows.append(MetricsRow.from_dict(json.loads(line), str(self / METRICS)))
+            except (ValueError, RunError):
+                continue
+        return rows
+
+    def write_result(self, result: Result) -> None:
+        write_json(self / RESULT, result.to_dict())
+
+    def result(self) -> Result | None:
+        """result.json; None when there is none, RunError naming it when it does not read."""
+        if not (self / RESULT).exists():
+            return None
+        record = read_json(self / RESULT)
+        if record is None:
+            raise RunError(f"{self / RESULT}: not readable JSON")
+        return Result.from_dict(record, str(self / RESULT))
 
     def clear_result(self) -> None:
         (self / RESULT).unlink(missing_ok=True)
@@ -163,20 +239,14 @@ class RunDir:
     def write_failure(self, failure: dict[str, Any]) -> None:
         write_json(self / FAILURE, failure)
 
+    def failure(self) -> dict[str, Any] | None:
+        record = read_json(self / FAILURE)
+        return record if isinstance(record, dict) else None
+
 
 class TensorBoardLog:
-    """Each epoch's metrics as TensorBoard scalars in RUN_DIR/tensorboard/ (`--tensorboard`;
-    needs the tensorboard package: `pip install "wideresnet[tensorboard]"`)."""
-
-    SCALARS = (
-        "lr",
-        "train_loss",
-        "train_error",
-        "test_loss",
-        "test_error",
-        "test_top5_error",
-        "train_images_per_second",
-    )
+    """Each epoch's metrics.jsonl row as TensorBoard scalars in RUN_DIR/tensorboard/
+    (`--tensorboard`; needs the tensorboard package: `pip install "wideresnet[tensorboard]"`)."""
 
     def __init__(self, folder: Path) -> None:
         try:
@@ -187,12 +257,12 @@ class TensorBoardLog:
             ) from None
         self.folder, self.make_writer, self.writer = folder, SummaryWriter, None
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: MetricsRow) -> None:
         if self.writer is None:  # created at the first epoch's end, inside the claimed run
             self.writer = self.make_writer(str(self.folder))
-        for key in self.SCALARS:
-            if row.get(key) is not None:
-                self.writer.add_scalar(key, row[key], row["epoch"])
+        for key, value in row.to_dict().items():
+            if key != "epoch" and value is not None:
+                self.writer.add_scalar(key, value, row.epoch)
         self.writer.flush()
 
     def close(self) -> None:

@@ -8,20 +8,18 @@ Process-wide torch settings (determinism, cuDNN autotuning, the global seed) are
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from wideresnet.config import Config
 from wideresnet.errors import RunError
+from wideresnet.seeds import Stream, seed_process
+from wideresnet.train.cpu import cpu_bf16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,51 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda: no CUDA GPU is available to this torch")
     return device
-
-
-# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above the first with native bf16 instructions
-BF16_ISA_CAPS = {
-    "AVX512_CORE_BF16",
-    "AVX512_CORE_FP16",
-    "AVX10_1_512",
-    "AVX512_CORE_AMX",
-    "AVX512_CORE_AMX_FP16",
-    "AVX10_2_512",
-    "AVX10_2_512_AMX_2",
-    "ALL",
-    "DEFAULT",
-}
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
-    """The instruction-set flags the CPU reports (Linux), or None where they are unknown."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return None
-
-
-def cpu_bf16(flags: set[str] | None = None, isa_cap: str | None = None) -> tuple[bool, str]:
-    """(bf16 pays on this CPU, why), from the instructions the processor really has.
-
-    torch's own check (`mkldnn._is_mkldnn_bf16_supported`) also says yes where oneDNN only
-    emulates bf16 with AVX-512, which trains 2-4x slower than fp32; only AMX bf16 units or
-    AVX512-BF16 instructions make bf16 pay.
-    """
-    flags = cpu_flags() if flags is None else flags
-    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") if isa_cap is None else isa_cap
-    if flags is None:
-        return False, "fp32: this platform does not report CPU instruction flags"
-    if isa_cap and isa_cap.upper() not in BF16_ISA_CAPS:
-        return False, f"fp32: ONEDNN_MAX_CPU_ISA={isa_cap} keeps oneDNN below bf16 instructions"
-    for flag, name in (("amx_bf16", "AMX bf16 units"), ("avx512_bf16", "AVX512-BF16")):
-        if flag in flags:
-            return True, f"bf16: the CPU has {name} ({flag})"
-    return False, "fp32: no AMX bf16 or AVX512-BF16 on this CPU (bf16 would be emulated, slower)"
 
 
 # Measured with `wrn bench wrn-16-4 --compile-step` on a 2-core AMD EPYC (AVX512-BF16), torch
@@ -96,20 +49,31 @@ def _on(setting: str, default: bool) -> bool:
 
 
 @dataclass(frozen=True)
-class Speed:
-    """The speed switches in force (config.json `resolved`), and why each was chosen."""
+class Runtime:
+    """The speed switches in force (config.json `resolved`), and why each was chosen.
+
+    `Runtime.resolve(config, device)` is what `wrn train` runs; `Runtime.eager(device)` is
+    plain PyTorch (fp32, NCHW, no compilation), the baseline of every benchmark."""
 
     device: str
-    precision: str
-    channels_last: bool
-    compile: bool
-    fused_sgd: bool
-    cuda_graphs: bool
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False  # torch.compile of the model
+    fused_sgd: bool = False
+    cuda_graphs: bool = False
     whole_step: bool = False  # torch.compile of the whole step (forward to update)
     reasons: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def resolve(cls, config: Config, device: torch.device, processes: int = 1) -> Speed:
+    def eager(
+        cls, device: str | torch.device, precision: str = "fp32", channels_last: bool = False
+    ) -> Runtime:
+        """Eager PyTorch on `device` in `precision`: no compilation, graphs or fused SGD."""
+        return cls(str(device), precision, channels_last)
+
+    @classmethod
+    def resolve(cls, config: Config, device: torch.device, processes: int = 1) -> Runtime:
+        """What the config asks for on this device, 'auto' settled by what pays here."""
         runtime, cuda = config.runtime, device.type == "cuda"
         reasons = {"precision": f"asked for: --precision {runtime.precision}"}
         precision = runtime.precision
@@ -144,9 +108,18 @@ class Speed:
             reasons=reasons,
         )
 
+    def record(self, processes: int = 1) -> dict[str, Any]:
+        """The choices and their reasons, as config.json `resolved` holds them."""
+        fields = {k: v for k, v in asdict(self).items() if k != "reasons"}
+        return {**fields, "processes": processes, "reasons": dict(self.reasons)}
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
     def autocast(self):
         if self.precision == "bf16":
-            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+            return torch.autocast(self.torch_device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -166,7 +139,7 @@ class Speed:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def sync(self) -> None:
-        if torch.device(self.device).type == "cuda":
+        if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
 
@@ -203,7 +176,7 @@ def process_settings(config: Config) -> Iterator[None]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
     torch.use_deterministic_algorithms(config.runtime.deterministic)
     torch.backends.cudnn.benchmark = not config.runtime.deterministic
-    torch.manual_seed(config.runtime.seed)
+    seed_process(config.runtime.seed, 0, Stream.INIT)
     try:
         yield
     finally:
@@ -212,37 +185,3 @@ def process_settings(config: Config) -> Iterator[None]:
         if saved[2] is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         torch.set_rng_state(saved[3])
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def environment(speed: Speed) -> dict[str, Any]:
-    """Versions, device and settings, for result.json."""
-    from wideresnet import __version__
-
-    device = torch.device(speed.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    return {
-        "wideresnet": __version__,
-        "git_commit": git_commit(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "device": speed.device,
-        "device_name": name or platform.machine(),
-        "precision": speed.precision,
-        "threads": torch.get_num_threads(),
-        "host": platform.node(),
-    }

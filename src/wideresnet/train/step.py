@@ -1,13 +1,15 @@
 """One training step: forward, loss, backward, update, and the epoch's running sums.
 
+`make_step` builds the one step a run takes (the Trainer, `wrn bench`, the cost estimate and
+bench/ all call it): `step(x, y, sums, index)`, eager or (`--compile step`) compiled whole.
 The sums stay on the device, so a CUDA epoch needs no host sync. A non-finite loss stops the
 run before its update: checked at once on the eager path, or (with fused SGD) handed to the
 optimizer as `found_inf`, which skips that update on the device, and reported when the sums
 are next read. On several processes the verdict is shared, so every rank skips or stops
-together. `WholeStep` compiles all of it (forward to update) as one function.
+together.
 
 The modern recipes act here too (all off by default): label smoothing; mixup or CutMix of
-the batch, drawn from the step's own generator; SAM's second forward-backward.
+the batch, drawn from the step's own generator (seeds.py); SAM's second forward-backward.
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from wideresnet.config import OptimConfig
+from wideresnet.seeds import Stream, numpy_generator
 from wideresnet.train.distributed import World
-from wideresnet.train.runtime import Speed
+from wideresnet.train.runtime import Runtime
 
 
 class NonFiniteLoss(Exception):
-    """The loss of step `step` (None: some step since the last check) was NaN or infinite."""
+    """A NaN or infinite loss: `before_update` when this step's update was not applied (the
+    eager check), else some step since the last check had its update skipped on the device."""
 
-    def __init__(self, step: int | None) -> None:
-        super().__init__(f"non-finite loss at step {step}")
-        self.step = step
+    def __init__(self, before_update: bool) -> None:
+        super().__init__("non-finite loss")
+        self.before_update = before_update
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -38,7 +42,7 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) 
 
 
 @dataclass(frozen=True)
-class Recipe:
+class StepOptions:
     """The parts of the recipe a step applies (OptimConfig's loss, mixing and SAM fields)."""
 
     label_smoothing: float = 0.0
@@ -48,21 +52,18 @@ class Recipe:
     sam_adaptive: bool = False
 
     @classmethod
-    def of(cls, optim: OptimConfig) -> Recipe:
+    def of(cls, optim: OptimConfig) -> StepOptions:
         return cls(
-            optim.label_smoothing,
-            optim.mixup_alpha,
-            optim.cutmix_alpha,
-            optim.sam_rho,
-            optim.sam_adaptive,
+            label_smoothing=optim.label_smoothing,
+            mixup_alpha=optim.mixup_alpha,
+            cutmix_alpha=optim.cutmix_alpha,
+            sam_rho=optim.sam_rho,
+            sam_adaptive=optim.sam_adaptive,
         )
 
     @property
     def mixing(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-
-PLAIN = Recipe()
 
 
 @dataclass
@@ -74,12 +75,12 @@ class Mix:
 
 
 def mix_batch(
-    x: torch.Tensor, recipe: Recipe, draw: np.random.Generator
+    x: torch.Tensor, options: StepOptions, draw: np.random.Generator
 ) -> tuple[torch.Tensor, Mix]:
     """mixup (x = lam x + (1 - lam) x[partner]) or CutMix (a box of x[partner] pasted in,
     lam = the area left); with both on, each batch picks one with probability 1/2."""
-    use_cutmix = recipe.cutmix_alpha > 0 and (recipe.mixup_alpha == 0 or draw.random() < 0.5)
-    alpha = recipe.cutmix_alpha if use_cutmix else recipe.mixup_alpha
+    use_cutmix = options.cutmix_alpha > 0 and (options.mixup_alpha == 0 or draw.random() < 0.5)
+    alpha = options.cutmix_alpha if use_cutmix else options.mixup_alpha
     lam = float(draw.beta(alpha, alpha))
     partner = torch.from_numpy(draw.permutation(x.shape[0]))
     if x.is_cuda:  # from pinned memory, the copy does not wait for the queued step
@@ -97,7 +98,9 @@ def mix_batch(
     return mixed, Mix(partner, lam)
 
 
-def mixed_loss(logits: torch.Tensor, y: torch.Tensor, mix: Mix | None, smoothing: float):
+def mixed_loss(
+    logits: torch.Tensor, y: torch.Tensor, mix: Mix | None, smoothing: float
+) -> torch.Tensor:
     if mix is None:
         return loss_fn(logits, y, smoothing)
     first, second = loss_fn(logits, y, smoothing), loss_fn(logits, y[mix.partner], smoothing)
@@ -121,9 +124,9 @@ class EpochSums:
         )
 
     def check(self) -> None:
-        """Raise NonFiniteLoss if a deferred step was non-finite (a host sync)."""
+        """Raise NonFiniteLoss if a step skipped on the device was non-finite (a host sync)."""
         if bool(self.nonfinite.item()):
-            raise NonFiniteLoss(None)
+            raise NonFiniteLoss(before_update=False)
 
     def totals(self, world: World) -> tuple[float, int]:
         """(loss sum, wrong) over every process (a host sync)."""
@@ -138,67 +141,90 @@ def _nonfinite(loss: torch.Tensor, world: World) -> torch.Tensor:
     return world.sum_(bad) > 0
 
 
-def train_step(
-    forward: nn.Module,
+class _Step:
+    """What every step holds: the model it calls, its optimizer, runtime, processes, the
+    recipe's options, and the seed of its mixing draws."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        runtime: Runtime,
+        world: World,
+        options: StepOptions,
+        seed: int,
+    ) -> None:
+        self.model, self.optimizer, self.runtime = model, optimizer, runtime
+        self.world, self.options, self.seed = world, options, seed
+
+
+class EagerStep(_Step):
+    """The eager step: mixing (from this step's own generator), forward, loss, the non-finite
+    check, backward, SAM's second pass when asked, the update, the sums."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # fused SGD skips a non-finite update on the device (found_inf), with no host sync
+        self.skip_on_device = self.runtime.fused_sgd and not self.options.sam_rho
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, sums: EpochSums, index: int) -> None:
+        """One SGD step on (x, y); `index`, the global step number, seeds its mixing draws."""
+        runtime, options = self.runtime, self.options
+        if runtime.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        mix = None
+        if options.mixing:
+            draw = numpy_generator(self.seed, index, Stream.MIXING, self.world.rank)
+            x, mix = mix_batch(x, options, draw)
+        with runtime.autocast():
+            logits = self.model(runtime.input(x))
+        loss = mixed_loss(logits, y, mix, options.label_smoothing)
+        bad = _nonfinite(loss, self.world)
+        if not self.skip_on_device and bool(bad.item()):
+            raise NonFiniteLoss(before_update=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if options.sam_rho:
+            sam_second_pass(self.model, self.optimizer, x, y, runtime, mix, options)
+        if self.skip_on_device:
+            self.optimizer.found_inf = bad.float()  # read by fused SGD (torch >= 2.10)
+            sums.nonfinite |= bad
+        self.optimizer.step()
+        sums.loss += loss.detach().double() * len(y)
+        sums.wrong += (logits.detach().argmax(1) != y).sum()
+
+
+def sam_second_pass(
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    speed: Speed,
-    sums: EpochSums,
-    step: int = 0,
-    world: World = World(),
-    recipe: Recipe = PLAIN,
-    draw: np.random.Generator | None = None,
+    runtime: Runtime,
+    mix: Mix | None,
+    options: StepOptions,
 ) -> None:
-    """One SGD step on (x, y); `step` (1-based, within the epoch) names a non-finite loss;
-    `draw` is the step's own generator (mixup, CutMix)."""
-    if speed.cuda_graphs:
-        torch.compiler.cudagraph_mark_step_begin()
-    mix = None
-    if recipe.mixing and draw is not None:
-        x, mix = mix_batch(x, recipe, draw)
-    with speed.autocast():
-        logits = forward(speed.input(x))
-    loss = mixed_loss(logits, y, mix, recipe.label_smoothing)
-    bad = _nonfinite(loss, world)
-    deferred = speed.fused_sgd and not recipe.sam_rho
-    if not deferred and bool(bad.item()):
-        raise NonFiniteLoss(step)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if recipe.sam_rho:
-        sam_second_pass(forward, optimizer, x, y, speed, mix, recipe)
-    if deferred:
-        optimizer.found_inf = bad.float()
-        sums.nonfinite |= bad
-    optimizer.step()
-    sums.loss += loss.detach().double() * len(y)
-    sums.wrong += (logits.detach().argmax(1) != y).sum()
-
-
-def sam_second_pass(forward, optimizer, x, y, speed: Speed, mix: Mix | None, recipe: Recipe):
     """SAM (Foret et al. 2021; ASAM, Kwon et al. 2021, when adaptive): move the weights by
     rho along the normalised gradient (scaled by |w| for ASAM), take the gradient there, and
     come back; the base SGD then steps with that gradient. As the SAM authors' code
     (davda54/sam) recommends, the second pass does not update batch-norm statistics."""
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     with torch.no_grad():
-        scaled = [(p.abs() * p.grad) if recipe.sam_adaptive else p.grad for p in params]
+        scaled = [(p.abs() * p.grad) if options.sam_adaptive else p.grad for p in params]
         norm = torch.norm(torch.stack([s.norm(2) for s in scaled]), 2)
         moves = [
-            s * (p.abs() if recipe.sam_adaptive else 1) * (recipe.sam_rho / (norm + 1e-12))
+            s * (p.abs() if options.sam_adaptive else 1) * (options.sam_rho / (norm + 1e-12))
             for p, s in zip(params, scaled)
         ]
         for p, e in zip(params, moves):
             p.add_(e)
-    norms = [m for m in forward.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0  # running statistics stay as the first pass left them
     optimizer.zero_grad(set_to_none=True)
-    with speed.autocast():
-        logits = forward(speed.input(x))
-    mixed_loss(logits, y, mix, recipe.label_smoothing).backward()
+    with runtime.autocast():
+        logits = model(runtime.input(x))
+    mixed_loss(logits, y, mix, options.label_smoothing).backward()
     for m, (momentum, tracked) in zip(norms, saved):
         m.momentum = momentum
         m.num_batches_tracked.copy_(tracked)
@@ -207,28 +233,28 @@ def sam_second_pass(forward, optimizer, x, y, speed: Speed, mix: Mix | None, rec
             p.sub_(e)
 
 
-class WholeStep:
-    """train_step with forward, loss, backward, the fused SGD update and the sums compiled as
-    one function (`--compile step`): graphs end only where torch.compile must break them, and
-    on CUDA they replay as CUDA graphs. The recipe is train_step's, step for step (without
-    mixing or SAM, which stay on the eager path)."""
+class WholeStep(_Step):
+    """The eager step's forward, loss, backward, fused SGD update and sums compiled as one
+    function (`--compile step`): graphs end only where torch.compile must break them, and on
+    CUDA they replay as CUDA graphs. Without mixing or SAM (Config.check refuses them)."""
 
-    def __init__(self, forward: nn.Module, optimizer, speed: Speed, world: World = World()):
-        self.forward, self.optimizer, self.speed, self.world = forward, optimizer, speed, world
-        # fused SGD reads optimizer.found_inf; the graph writes into this one tensor, as
-        # setting an attribute inside a compiled function is refused (torch 2.11)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        optimizer = self.optimizer
+        # fused SGD reads optimizer.found_inf (torch >= 2.10); the graph writes into this one
+        # tensor, as setting an attribute inside a compiled function is refused (torch 2.11);
+        # mark_static_address keeps it out of the CUDA graphs' input copies
         params = optimizer.param_groups[0]["params"]
         self.found_inf = torch.zeros((), device=params[0].device)
         torch._dynamo.mark_static_address(self.found_inf)
         optimizer.found_inf = self.found_inf
-        mode = "reduce-overhead" if speed.cuda_graphs else None
+        mode = "reduce-overhead" if self.runtime.cuda_graphs else None
         self.compiled = torch.compile(self._step, mode=mode)
-        self.smoothing = 0.0
 
     def _step(self, x, y):
-        with self.speed.autocast():
-            logits = self.forward(x)
-        loss = loss_fn(logits, y, self.smoothing)
+        with self.runtime.autocast():
+            logits = self.model(x)
+        loss = loss_fn(logits, y, self.options.label_smoothing)
         bad = _nonfinite(loss, self.world)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -236,11 +262,29 @@ class WholeStep:
         self.optimizer.step()
         return loss.detach(), (logits.detach().argmax(1) != y).sum(), bad
 
-    def __call__(self, x, y, speed: Speed, sums: EpochSums, step: int = 0) -> None:
-        if speed.cuda_graphs:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, sums: EpochSums, index: int) -> None:
+        if self.runtime.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, wrong, bad = self.compiled(speed.input(x), y)
+        loss, wrong, bad = self.compiled(self.runtime.input(x), y)
         # the sums are added outside: a float64 input mutated inside the graph was lost
         sums.loss += loss.double() * len(y)
         sums.wrong += wrong
         sums.nonfinite |= bad
+
+
+Step = EagerStep | WholeStep
+
+
+def make_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    *,
+    world: World = World(),
+    options: StepOptions = StepOptions(),
+    seed: int = 0,
+) -> Step:
+    """The training step for `runtime`: `step(x, y, sums, index)`. `model` is what the step
+    calls (the model, compiled or wrapped in DDP); `seed` seeds the mixing draws."""
+    kind = WholeStep if runtime.whole_step else EagerStep
+    return kind(model, optimizer, runtime, world, options, seed)

@@ -1,5 +1,5 @@
-"""Trained models: built from a config, loaded from a run or checkpoint, started from (with
---init-from), and evaluated as their run prepared the data."""
+"""Trained models: built from a config, loaded from a run or checkpoint, and evaluated as
+their run prepared the data."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from wideresnet.config import Config
 from wideresnet.data.prepare import eval_data
 from wideresnet.errors import ConfigError, RunError
 from wideresnet.models import create_model
-from wideresnet.train.checkpoint import load_any, weight_mismatch
+from wideresnet.train.checkpoint import Checkpoint, load_any, weight_mismatch
 from wideresnet.train.evaluate import evaluate
-from wideresnet.train.rundir import RunDir
-from wideresnet.train.runtime import Speed, resolve_device
+from wideresnet.train.rundir import RunDir, RunState
+from wideresnet.train.runtime import Runtime, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -27,28 +27,10 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
     return create_model(config.model.model, num_classes, **config.given_model_options())
 
 
-def load_initial_weights(model: nn.Module, source: str) -> None:
-    """`--init-from`: the weights of a checkpoint or run; a new head when the class count
-    differs (said in the log)."""
-    weights = load_any(Path(source))["model"]
-    ours = model.state_dict()
-    head = tuple(k for k in ours if k.startswith("fc."))
-    new_head = any(k in weights and weights[k].shape != ours[k].shape for k in head)
-    problem = weight_mismatch(ours, weights, ignore=head if new_head else ())
-    if problem:
-        raise RunError(f"--init-from {source}: weights do not fit {model.name}: {problem}")
-    if new_head:
-        log.info(
-            f"--init-from {source}: a new head for {ours['fc.weight'].shape[0]} classes (the "
-            f"checkpoint's has {weights['fc.weight'].shape[0]}); every other weight loaded"
-        )
-        weights = {k: v for k, v in weights.items() if k not in head}
-    model.load_state_dict(weights, strict=False)
-
-
-def config_of(state: dict[str, Any], where: Path) -> Config:
+def config_of(values: dict[str, Any], where: Path) -> Config:
+    """The Config of a checkpoint's flat values (RunError naming it when they are not valid)."""
     try:
-        return Config.from_dict(state["config"])
+        return Config.from_dict(values)
     except ConfigError as error:
         raise RunError(f"{where}: the checkpoint's config is not valid ({error})") from None
 
@@ -60,34 +42,41 @@ class Trained:
     model: nn.Module
     config: Config
     classes: list[str]
-    epoch: int
-    step_in_epoch: int
     precision: str | None  # the precision it was trained in, when recorded
-    state: dict = field(repr=False, default_factory=dict)  # the checkpoint it came from
+    finished: bool  # a run's: RunDir.status(); a file's: it trained all its epochs
+    checkpoint: Checkpoint = field(repr=False)
 
     @property
-    def finished(self) -> bool:
-        return self.epoch >= self.config.optim.epochs and self.step_in_epoch == 0
+    def epoch(self) -> int:
+        trained = self.checkpoint.epochs_trained
+        return self.config.optim.epochs if trained is None else trained
+
+    @property
+    def step_in_epoch(self) -> int:
+        training = self.checkpoint.training
+        return 0 if training is None else training.state.step_in_epoch
 
 
 def load_trained(path: str | Path) -> Trained:
     """The model of a run directory (newest readable checkpoint) or of a checkpoint file."""
     path = Path(path)
-    state = load_any(path)
-    config = config_of(state, path)
-    classes = [str(c) for c in state.get("classes") or []]
-    model = build_model(config, len(classes))
-    problem = weight_mismatch(model.state_dict(), state["model"])
+    checkpoint = load_any(path)
+    config = config_of(checkpoint.config, path)
+    model = build_model(config, len(checkpoint.classes))
+    problem = weight_mismatch(model.state_dict(), checkpoint.model)
     if problem:
         raise RunError(f"{path}: weights do not fit {config.model.model}: {problem}")
-    model.load_state_dict(state["model"])
-    resolved = state.get("resolved")
-    if not isinstance(resolved, dict) and path.is_dir():  # older checkpoints: the run's record
-        resolved = (RunDir(path).read_config() or {}).get("resolved")
+    model.load_state_dict(checkpoint.model)
+    resolved = checkpoint.resolved
+    if resolved is None and path.is_dir():  # older checkpoints: the run's record
+        resolved = (RunDir(path).config() or {}).get("resolved")
     precision = resolved.get("precision") if isinstance(resolved, dict) else None
-    epoch = state.get("epoch", config.optim.epochs)
-    step = state.get("step_in_epoch", 0)
-    return Trained(model, config, classes, epoch, step, precision, state)
+    if path.is_dir():
+        finished = RunDir(path).status() is RunState.FINISHED
+    else:
+        training = checkpoint.training
+        finished = training is None or training.state.finished(config.optim.epochs)
+    return Trained(model, config, checkpoint.classes, precision, finished, checkpoint)
 
 
 def evaluate_run(
@@ -106,15 +95,16 @@ def evaluate_run(
     torch_device = resolve_device(device)
     chosen = precision or trained.precision or "fp32"
     channels_last = config.runtime.channels_last is not False
-    speed = Speed(str(torch_device), chosen, channels_last, False, False, False)
+    runtime = Runtime.eager(torch_device, chosen, channels_last)
     data = eval_data(config, torch_device, dataset=dataset, data_dir=data_dir, split=split)
     if len(data.classes) != len(trained.classes):
         raise RunError(
             f"{data_dir or config.data.data_dir}: {len(data.classes)} classes, but the model "
             f"was trained on {len(trained.classes)}"
         )
-    model = speed.prepare(trained.model)
-    result = evaluate(model, data.test, speed, len(trained.classes), flip=flip)
+    model = runtime.prepare(trained.model)
+    classes = len(trained.classes)
+    result = evaluate(model, data.test, runtime=runtime, num_classes=classes, flip=flip)
     return {
         "checkpoint": str(path),
         "dataset": dataset or config.data.dataset,

@@ -1,0 +1,108 @@
+"""`wrn import`: other projects' checkpoints (and the authors' own) converted into ours.
+
+models/official.py and models/foreign.py say how each project's keys map onto our networks;
+this module reads their files, builds our model for them, checks the weights fit, and writes
+a model-only checkpoint that records where it came from and the input normalisation it
+expects (so that `wrn eval`, `predict` and `export` use the right one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from wideresnet.data.preprocess import CIFAR_MEAN, CIFAR_STD
+from wideresnet.errors import ModelNameError, RunError
+from wideresnet.models import count_params, create_model
+from wideresnet.models.foreign import (
+    LAYOUTS,
+    Imported,
+    from_torchvision,
+    from_xternalz_layout,
+    state_dict_of,
+)
+from wideresnet.models.official import infer_official_model, load_official_params
+from wideresnet.recipes import make_config
+from wideresnet.train.checkpoint import (
+    Checkpoint,
+    load_weights_file,
+    weight_mismatch,
+    write_checkpoint,
+)
+
+
+def _write(out: Path, model: nn.Module, options: dict, **record) -> None:
+    """Our model-only checkpoint of an imported model (the cifar recipe as its config)."""
+    config = make_config("cifar", {"model": model.name, **options})
+    classes = [str(i) for i in range(model.fc.out_features)]
+    write_checkpoint(out, Checkpoint(config.to_dict(), classes, model.state_dict(), **record))
+
+
+def import_official(source: str | Path, out: str | Path, overwrite: bool = False) -> str:
+    """Convert an authors' model.pt7 into our checkpoint format at `out`; a one-line summary.
+    An existing `out` is replaced only with overwrite."""
+    source, out = Path(source), Path(out)
+    saved = load_weights_file(source, out, overwrite)
+    params = saved.get("params", saved) if isinstance(saved, dict) else None
+    if not isinstance(params, dict):
+        raise RunError(f"{source}: no params dict inside")
+    try:
+        name, options = infer_official_model(params)
+        model = create_model(name, **options)
+        load_official_params(model, params)
+    except (ValueError, ModelNameError) as error:
+        raise RunError(f"{source}: {error}") from None
+    del options["num_classes"]
+    _write(out, model, options, source=str(source))
+    return f"{name}, block {model.block}, {count_params(model):,} parameters"
+
+
+def _imported(
+    layout: str, saved: object, key: str | None, source: Path
+) -> tuple[Imported, nn.Module]:
+    """(the foreign weights as ours, our model built for them), or RunError naming the file."""
+    try:
+        state = state_dict_of(saved, key)
+        if layout == "torchvision":
+            imported = from_torchvision(state)
+        else:
+            imported = from_xternalz_layout(state, layout)
+        classes = imported.weights["fc.weight"].shape[0]
+        model = create_model(imported.model, classes, **imported.options)
+    except (ValueError, KeyError, ModelNameError) as error:
+        raise RunError(f"{source}: not a {layout} checkpoint ({error})") from None
+    problem = weight_mismatch(model.state_dict(), imported.weights)
+    if problem:
+        raise RunError(f"{source}: does not fit {imported.model}: {problem}")
+    model.load_state_dict(imported.weights, strict=False)
+    return imported, model
+
+
+def import_checkpoint(
+    layout: str,
+    source: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    key: str | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> str:
+    """Convert another project's checkpoint into ours at `out`; a one-line summary. `mean`
+    and `std` (0-255 scale) replace the normalisation the layout implies."""
+    if layout not in LAYOUTS:
+        raise RunError(f"--from {layout}: choose from {', '.join(LAYOUTS)}")
+    if layout == "authors":
+        return import_official(source, out, overwrite)
+    source, out = Path(source), Path(out)
+    imported, model = _imported(layout, load_weights_file(source, out, overwrite), key, source)
+    normalization = {
+        "mean": list(mean or imported.mean or CIFAR_MEAN),
+        "std": list(std or imported.std or CIFAR_STD),
+    }
+    _write(
+        out, model, imported.options, source=str(source), layout=layout, normalization=normalization
+    )
+    notes = "".join(f"; {note}" for note in imported.notes)
+    return f"{imported.model} {imported.options or ''}, {count_params(model):,} parameters{notes}"
