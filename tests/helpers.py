@@ -415,3 +415,44 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> Non
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
+
+
+IMAGENET_SIZES = [(40, 30), (64, 64), (90, 50), (33, 80), (120, 96), (48, 48)]
+
+
+def write_imagenet_tree(
+    root: Path,
+    rng: np.random.Generator,
+    classes=("n01440764", "n01443537", "n01484850"),
+    per_class: int = 6,
+    val_per_class: int = 2,
+    oddities: bool = True,
+) -> Path:
+    """DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG of many sizes and aspect ratios, with
+    LOC_synset_mapping.txt; `oddities`: a CMYK JPEG, a greyscale JPEG and a PNG named .JPEG,
+    as ImageNet has them."""
+    from PIL import Image
+
+    names = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus"}
+    lines = [f"{wnid} {names.get(wnid, wnid + ' name')}" for wnid in classes]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "LOC_synset_mapping.txt").write_text("\n".join(lines) + "\n")
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for c, wnid in enumerate(classes):
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                width, height = IMAGENET_SIZES[(i + c) % len(IMAGENET_SIZES)]
+                pixels = random_images(rng, 1, max(width, height))[0][:height, :width]
+                pixels = (pixels // 4 + 60 * c).astype(np.uint8)  # each class its own tone
+                image = Image.fromarray(np.ascontiguousarray(pixels))
+                path = folder / f"{wnid}_{split}_{i}.JPEG"
+                if oddities and split == "train" and i == 1:
+                    image.convert("CMYK").save(path, "JPEG")
+                elif oddities and split == "train" and i == 2:
+                    image.convert("L").save(path, "JPEG")
+                elif oddities and split == "train" and i == 3:
+                    image.save(path, "PNG")  # a PNG named .JPEG
+                else:
+                    image.save(path, "JPEG", quality=90)
+    return root

@@ -22,7 +22,7 @@ from helpers import (
 )
 
 from wideresnet import data
-from wideresnet.data import BatchLoader, DataError, TrainAugment, load_dataset, official
+from wideresnet.data import BatchLoader, DataError, TrainAugment, cache, load_dataset, official
 from wideresnet.data.download import safe_extract
 
 # --------------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_verified_file_is_not_rehashed(tmp_path, monkeypatch):
     md5 = hashlib.md5(b"hello").hexdigest()
     official.verify_md5(path, md5)
     calls = []
-    monkeypatch.setattr(official, "md5_file", lambda p: calls.append(p) or md5)
+    monkeypatch.setattr(cache, "file_digest", lambda p, algorithm: calls.append(p) or md5)
     official.verify_md5(path, md5)
     assert calls == []
     os.utime(path, ns=(1, 1))  # a changed mtime is checked again

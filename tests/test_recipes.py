@@ -64,8 +64,8 @@ def test_unknown_key_has_a_did_you_mean_hint():
     hint = "unknown option 'weight_decy'; did you mean 'weight_decay'"
     with pytest.raises(ConfigError, match=hint):
         make_config("cifar", {"weight_decy": 1e-4})
-    with pytest.raises(ConfigError, match="unknown preset 'imagenet'"):
-        make_config("imagenet")
+    with pytest.raises(ConfigError, match="unknown preset 'imagenet-21k'"):
+        make_config("imagenet-21k")
 
 
 def test_values_are_coerced_or_refused():

@@ -71,9 +71,23 @@ def test_table_list_and_show_give_the_papers_numbers():
     assert "B(1,3,1)" in text and "6.06" in text and "hours on this CPU" in text
 
 
-def test_imagenet_tables_and_unknown_rows_are_refused(tmp_path):
+def test_missing_columns_and_unknown_rows_are_refused(tmp_path):
     line = one_line_error(cli("table", "run", "table7", "--dataset", "cifar10", "--out", tmp_path))
-    assert "no ImageNet loader" in line
+    assert "table7 has no cifar10 column (it has imagenet)" in line
+    line = one_line_error(
+        cli(
+            "table",
+            "run",
+            "table8",
+            "--dataset",
+            "imagenet",
+            "--out",
+            tmp_path,
+            "--rows",
+            "pre-resnet-200",
+        )
+    )
+    assert "pre-resnet-200: a network not built here" in line
     args = ["table", "run", "table6", "--dataset", "cifar10", "--out", tmp_path, "--rows", "99-9"]
     assert "no row '99-9'" in one_line_error(cli(*args))
     args = ["table", "run", "table6", "--dataset", "npz", "--out", tmp_path]

@@ -5,8 +5,9 @@ Training rows run the real training step (step.make_step: the eager step, or the
 compiled for --compile step) on one batch held on the device; inference rows run the model in
 eval mode.
 Each is warmed up first (compilation included, reported apart), then timed over whole steps
-with the device synchronised at the end only. With --data-dir, an end-to-end row also times
-real batches from the tensor loader (gather, crop, flip, normalise) through the same step.
+with the device synchronised at the end only. With --data-dir, the run's own loader (resident or
+streaming, as `wrn train` would choose) is timed alone, per worker and in all, and then
+feeding the same step, so that a user sees which of the two limits a run.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from typing import Any
 import torch
 
 from wideresnet.config import Config, OptimConfig
-from wideresnet.data.augment import TrainAugment
-from wideresnet.data.loader import BatchLoader
-from wideresnet.data.preprocess import CIFAR_MEAN, CIFAR_STD
-from wideresnet.data.sources import load_dataset
+from wideresnet.data.prepare import run_data
+from wideresnet.errors import DataError
 from wideresnet.models import FORWARDS_PER_TRAINING_IMAGE, create_model, model_summary
+from wideresnet.recipes import make_config
 from wideresnet.train.cpu import cpu_bf16, cpu_flags, cpu_ghz
 from wideresnet.train.environment import device_name
 from wideresnet.train.optim import build_optimizer
@@ -146,22 +146,36 @@ def peak(device: str, precision: str) -> tuple[float | None, str]:
     )
 
 
-def end_to_end(
-    model_name: str, runtime: Runtime, dataset: str, data_dir: str, batch: int, steps: int
-) -> float:
-    """Training img/s with real batches from the tensor loader (after the warm-up batches)."""
-    images, labels, _ = load_dataset(dataset, data_dir, "train")
-    needed = batch * (steps + WARMUP_STEPS[runtime.cuda_graphs])
-    loader = BatchLoader(
-        images[:needed],
-        labels[:needed],
-        batch,
-        device=runtime.device,
-        shuffle=True,
-        augment=TrainAugment(),
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-    )
+def real_data(
+    model_name: str,
+    dataset: str,
+    data_dir: str,
+    batch: int,
+    device: str,
+    options: dict[str, Any] | None = None,
+) -> tuple[Any, str]:
+    """The training loader a run of `model_name` on the data would use (resident or
+    streaming, as `wrn train` chooses), and how it was chosen."""
+    preset = "imagenet" if dataset == "imagenet" else "cifar"
+    values = {"model": model_name, "dataset": dataset, "data_dir": data_dir, "device": device}
+    config = make_config(preset, {**values, "batch_size": batch, **(options or {})})
+    data = run_data(config, torch.device(device))
+    return data.train, f"{data.loader} ({data.loader_reason})"
+
+
+def loader_rate(loader, steps: int, runtime: Runtime) -> float:
+    """Training images/s of the loader alone (after warm-up batches), the device synchronised."""
+    batches = iter(loader.batches(1))
+
+    def once(index: int) -> None:
+        next(batches)
+
+    seconds, _ = _timed(once, steps, runtime)
+    return loader.batch_size * steps / seconds
+
+
+def end_to_end(model_name: str, runtime: Runtime, loader, steps: int) -> float:
+    """Training img/s with real batches from the run's loader through the step."""
     model, step = build_for_bench(model_name, runtime)
     sums = EpochSums.start(runtime.torch_device)
     batches = iter(loader.batches(1))
@@ -171,7 +185,7 @@ def end_to_end(
         step(x, y, sums, index)
 
     seconds, _ = _timed(once, steps, runtime)
-    return batch * steps / seconds
+    return loader.batch_size * steps / seconds
 
 
 def bench(
@@ -184,6 +198,7 @@ def bench(
     force_bf16: bool = False,
     dataset: str = "folder",
     data_dir: str | None = None,
+    data_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every row (as `wrn bench --json` prints it), ratios against the first row."""
     device = str(resolve_device(device))
@@ -234,8 +249,22 @@ def bench(
     }
     if data_dir:
         chosen = settings(device, False)[-1][1]
+        loader, how = real_data(model_name, dataset, data_dir, batch, device, data_options)
+        needed = steps + WARMUP_STEPS[chosen.cuda_graphs]
+        if len(loader) < needed:
+            raise DataError(
+                f"{data_dir}: {len(loader)} batches of {batch}; the bench needs {needed}"
+            )
+        workers = getattr(loader, "workers", 0)
+        alone = loader_rate(loader, steps, chosen)
+        result["loader"] = {
+            "loader": how,
+            "workers": workers,
+            "images_per_second": alone,
+            "images_per_second_per_worker": alone / max(1, workers),
+        }
         result["end_to_end"] = {
-            "setting": "wrn train's default, real batches from the tensor loader",
-            "images_per_second": end_to_end(model_name, chosen, dataset, data_dir, batch, steps),
+            "setting": "wrn train's default, real batches from the run's loader",
+            "images_per_second": end_to_end(model_name, chosen, loader, steps),
         }
     return result

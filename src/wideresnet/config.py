@@ -26,6 +26,7 @@ from wideresnet.options import (
     AUTO_ON_OFF,
     EXPERIMENT_TAG,
     INCREASING_EPOCHS,
+    MEMORY_SIZE,
     ODD_KERNELS,
     POSITIVE,
     SEED_LIMIT,
@@ -93,18 +94,67 @@ class ModelConfig(Section):
 class DataConfig(Section):
     dataset: str = option(
         "cifar10",
-        "cifar10 | cifar100 | svhn | folder | npz",
-        choices=("cifar10", "cifar100", "svhn", "folder", "npz"),
+        "cifar10 | cifar100 | svhn | folder | npz | imagenet | shards (`wrn data pack`)",
+        choices=("cifar10", "cifar100", "svhn", "folder", "npz", "imagenet", "shards"),
     )
     data_dir: str | None = option(None, "the dataset's folder (or .zip / .npz file)")
+    loader: str = option(
+        "auto",
+        "auto (resident when the decoded set fits the memory budget, else stream; ImageNet "
+        "streams) | resident (whole on the device) | stream (decoded as it goes, in workers)",
+        choices=("auto", "resident", "stream"),
+    )
+    workers: int | None = option(
+        None,
+        "streaming: decoding processes (default: the cores per training process, at most 16; "
+        "0: in the training process)",
+        check=at_least(0),
+    )
+    data_memory: str | None = option(
+        None,
+        "memory the data may take on the training device, e.g. 8G or 500M (default: half of "
+        "what is free)",
+        check=MEMORY_SIZE,
+    )
     labels: str = option("fine", "CIFAR-100 labels: fine | coarse", choices=("fine", "coarse"))
     train_split: str = option("train", "split to train on (svhn: train+extra in its preset)")
     test_split: str = option("test", "split to test on")
-    augment: bool = option(True, "random crop of the 4-px reflection-padded image + flip")
+    augment: bool = option(True, "random crop (--crop) + flip")
+    crop: str = option(
+        "pad",
+        "pad (the paper's: a random crop of the 4-px reflection-padded image) | random-sized "
+        "(fb.resnet.torch's ImageNet: 8 to 100 percent of the area, aspect 3/4-4/3, bicubic to "
+        "--crop-size) | random-resized (torchvision's RandomResizedCrop, bilinear)",
+        choices=("pad", "random-sized", "random-resized"),
+    )
+    crop_size: int | None = option(
+        None, "random-sized crops: their side in pixels (default 224)", check=POSITIVE
+    )
+    eval_resize: int | None = option(
+        None,
+        "random-sized runs: test images scaled to this shorter side (default 256), then "
+        "centre-cropped to --eval-crop",
+        check=POSITIVE,
+    )
+    eval_crop: int | None = option(
+        None, "random-sized runs: the centre crop at test (default: --crop-size)", check=POSITIVE
+    )
+    color_jitter: float = option(
+        0.0,
+        "brightness, contrast and saturation jitter in random order (fb.resnet.torch's "
+        "ImageNet: 0.4)",
+        check=at_least(0),
+    )
+    lighting: float = option(
+        0.0,
+        "AlexNet-style PCA lighting noise, its std (fb.resnet.torch's ImageNet: 0.1)",
+        check=at_least(0),
+    )
     preprocess: str = option(
         "meanstd",
-        "meanstd (the paper's CIFAR) | zca (GCN + ZCA, Table 4) | div255 (SVHN)",
-        choices=("meanstd", "zca", "div255"),
+        "meanstd (the paper's CIFAR) | zca (GCN + ZCA, Table 4) | div255 (SVHN) | imagenet "
+        "(ImageNet's mean/std)",
+        choices=("meanstd", "zca", "div255", "imagenet"),
     )
     val_size: int = option(
         0, "hold out the last N training images and test on them", check=at_least(0)
@@ -139,6 +189,12 @@ class OptimConfig(Section):
         128, "training batch (the last partial batch is dropped)", check=POSITIVE
     )
     lr: float = option(0.1, "initial learning rate", check=POSITIVE)
+    lr_batch: int | None = option(
+        None,
+        "the batch --lr is given for, scaled linearly to --batch-size (the ImageNet recipes: "
+        "256); not given: --lr as it is",
+        check=POSITIVE,
+    )
     milestones: tuple[int, ...] = option(
         (60, 120, 160),
         "comma-separated epochs; epoch m is the first at the lower rate",
@@ -173,6 +229,12 @@ class OptimConfig(Section):
         "keep an exponential moving average of the weights (e.g. 0.999) and test it too",
         check=between(0, 1),
     )
+
+    @property
+    def base_lr(self) -> float:
+        """The learning rate at the start of the schedule: --lr, scaled linearly from
+        --lr-batch to --batch-size when that is given (the ImageNet recipes)."""
+        return self.lr * self.batch_size / self.lr_batch if self.lr_batch else self.lr
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from wideresnet.data.preprocess import CIFAR_MEAN, CIFAR_STD
+from wideresnet.data.preprocess import normalisation
 from wideresnet.errors import ModelNameError, RunError
 from wideresnet.models import count_params, create_model
 from wideresnet.models.foreign import (
@@ -97,9 +97,10 @@ def import_checkpoint(
         return import_official(source, out, overwrite)
     source, out = Path(source), Path(out)
     imported, model = _imported(layout, load_weights_file(source, out, overwrite), key, source)
+    ours = normalisation(imported.preprocess)
     normalization = {
-        "mean": list(mean or imported.mean or CIFAR_MEAN),
-        "std": list(std or imported.std or CIFAR_STD),
+        "mean": list(mean or imported.mean or ours[0]),
+        "std": list(std or imported.std or ours[1]),
     }
     _write(
         out, model, imported.options, source=str(source), layout=layout, normalization=normalization

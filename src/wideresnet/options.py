@@ -42,6 +42,22 @@ ODD_KERNELS: Check = (lambda v: len(v) > 0 and all(k >= 1 and k % 2 for k in v),
 AUTO_ON_OFF = ("auto", "on", "off")
 EXPERIMENT_TAG: Check = (lambda v: Tag.parse(v) is not None, "must look like TABLE/ROW@DATASET")
 SEED_LIMIT = 2**32
+MEMORY_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.I)
+
+
+def memory_bytes(text: str) -> int:
+    """'8G', '500M', '1.5G', '1024' (bytes) as a number of bytes."""
+    match = _MEMORY.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a memory size: {text!r}")
+    return int(float(match[1]) * MEMORY_UNITS[match[2].upper()])
+
+
+MEMORY_SIZE: Check = (
+    lambda v: _MEMORY.fullmatch(v.strip()) is not None and memory_bytes(v) > 0,
+    "must be a size such as 8G or 500M",
+)
 
 
 class Section:

@@ -129,14 +129,24 @@ def _eval(verbs) -> None:
 
 
 def _data(verbs) -> None:
-    data = verbs.add_parser("data", help="download or verify a dataset")
-    data.add_argument("action", choices=["verify", "download"])
-    data.add_argument("--dataset", required=True)
+    data = verbs.add_parser(
+        "data",
+        help="download, verify, prepare or pack a dataset",
+        epilog="wrn data prepare imagenet --data-dir DIR [--val-labels FILE]: sort ImageNet's "
+        "flat val/ folder by class; wrn data pack --dataset D --data-dir DIR --out SHARDS",
+    )
+    data.add_argument("action", choices=["verify", "download", "prepare", "pack"])
+    data.add_argument("what", nargs="?", help="prepare: the dataset (imagenet)")
+    data.add_argument("--dataset")
     data.add_argument("--data-dir", required=True)
     data.add_argument("--url", help="a mirror: the archive's URL (CIFAR) or base URL (SVHN)")
     data.add_argument("--md5", help="expected md5 of the archive fetched from --url")
     data.add_argument("--no-verify", action="store_true")
     data.add_argument("--labels", default="fine", choices=["fine", "coarse"])
+    data.add_argument("--val-labels", help="prepare: LOC_val_solution.csv or the devkit")
+    data.add_argument("--out", help="pack: the shards folder to write")
+    data.add_argument("--image-size", type=int, help="pack, verify: resize images to N x N")
+    data.add_argument("--workers", type=int, help="verify: decoding processes (default: cores)")
     official = verbs.add_parser(
         "import-official", help="convert the authors' PyTorch model.pt7 into a checkpoint"
     )
@@ -194,8 +204,10 @@ def _bench(verbs) -> None:
     bench.add_argument(
         "--force-bf16", action="store_true", help="also bf16 where the CPU only emulates it"
     )
-    bench.add_argument("--dataset", default="folder", help="with --data-dir: the end-to-end row")
-    bench.add_argument("--data-dir", help="real images for an end-to-end row")
+    bench.add_argument("--dataset", default="folder", help="with --data-dir: the data's kind")
+    bench.add_argument("--data-dir", help="real images: the run's loader alone, then with the step")
+    bench.add_argument("--loader", choices=["auto", "resident", "stream"], help="as wrn train's")
+    bench.add_argument("--workers", type=int, help="streaming: decoding processes")
     bench.add_argument("--json", action="store_true")
 
 

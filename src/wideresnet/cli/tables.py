@@ -27,7 +27,7 @@ def table_list(args: argparse.Namespace) -> int:
         print(json.dumps(tables))
         return 0
     for t in tables:
-        runnable = "" if t["runnable"] else "  (listed only: no ImageNet loader)"
+        runnable = "" if t["runnable"] else "  (listed only)"
         columns = "/".join(t["columns"])
         print(f"{t['table']:<8} {t['rows']:>2} rows  {columns:<24} {t['title']}{runnable}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from wideresnet.cli.parser import UsageError
@@ -114,20 +115,81 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from wideresnet.data import OFFICIAL, download, load_dataset
-
+    if args.action == "prepare":
+        return _data_prepare(args)
+    if not args.dataset:
+        raise UsageError(f"wrn data {args.action}: --dataset is required")
     if args.action == "download":
+        from wideresnet.data import download
+
         with signals_interrupt(DOWNLOAD_STOPPED):
             where = download(args.dataset, args.data_dir, args.url, args.md5)
         print(f"{args.dataset}: downloaded, md5 checked, unpacked to {where}")
         return 0
+    if args.action == "pack":
+        from wideresnet.data.pack import pack
+
+        if not args.out:
+            raise UsageError("wrn data pack: --out SHARDS is required")
+        summary = pack(
+            args.dataset,
+            args.data_dir,
+            args.out,
+            image_size=args.image_size,
+            verify=not args.no_verify,
+        )
+        print(f"packed: {summary}")
+        return 0
+    if args.dataset == "imagenet":
+        return _verify_files(args)
+    return _verify_arrays(args)
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from wideresnet.data.imagenet import prepare_imagenet
+
+    if args.what != "imagenet":
+        raise UsageError("wrn data prepare: the dataset to prepare is imagenet")
+    print(prepare_imagenet(args.data_dir, args.val_labels))
+    return 0
+
+
+def _verify_files(args: argparse.Namespace) -> int:
+    """Decode every file of an ImageNet-style folder in processes; list those that fail."""
+    from pathlib import Path
+
+    from wideresnet.data.imagenet import listing, verify_files
+    from wideresnet.data.stream import FileImages
+
+    root, failed = Path(args.data_dir).expanduser(), []
+    for split in ("train", "val"):
+        paths, labels, classes = listing(root, split)
+        failed += verify_files(FileImages(root, paths, labels), args.workers)
+        print(f"{split}: {len(paths):,} images, {len(classes)} classes")
+    for line in failed:
+        print(f"wrn: error: {line}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} file(s) do not decode", file=sys.stderr)
+        return 2
+    print("every file decodes")
+    return 0
+
+
+def _verify_arrays(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from wideresnet.data import OFFICIAL, load_dataset
+
     official = OFFICIAL.get(args.dataset)
     splits = [s for s in official.splits if "+" not in s] if official else ["train", "test"]
     for split in splits:
         images, labels, classes = load_dataset(
-            args.dataset, args.data_dir, split, not args.no_verify, labels=args.labels
+            args.dataset,
+            args.data_dir,
+            split,
+            not args.no_verify,
+            labels=args.labels,
+            image_size=args.image_size,
         )
         counts = np.bincount(labels, minlength=len(classes))
         print(
@@ -136,7 +198,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         )
         for name, count in zip(classes, counts):
             print(f"  {name:<20} {count:,}")
-    if not args.no_verify and args.dataset in OFFICIAL:
+    if not args.no_verify and official:
         print("official md5 checksums: OK")
     return 0
 
@@ -161,6 +223,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         force_bf16=args.force_bf16,
         dataset=args.dataset,
         data_dir=args.data_dir,
+        data_options={
+            k: v for k, v in (("loader", args.loader), ("workers", args.workers)) if v is not None
+        },
     )
     if args.json:
         print(json.dumps(result))
@@ -176,6 +241,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(
             f"{row['setting']:<40} {row['images_per_second']:>11,.0f} {row['ratio']:>5.2f}x "
             f"{row['inference_images_per_second']:>11,.0f} {row['inference_ratio']:>5.2f}x {mfu:>6}"
+        )
+    if "loader" in result:
+        loader = result["loader"]
+        print(
+            f"the run's loader alone: {loader['images_per_second']:,.0f} img/s with "
+            f"{loader['workers']} workers ({loader['images_per_second_per_worker']:,.0f} per "
+            f"worker), {loader['loader']}"
         )
     if "end_to_end" in result:
         print(f"end to end, real batches: {result['end_to_end']['images_per_second']:,.0f} img/s")

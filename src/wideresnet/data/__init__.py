@@ -9,6 +9,7 @@ from wideresnet.data.official import OFFICIAL
 from wideresnet.data.prepare import RunData, eval_data, run_data, training_split
 from wideresnet.data.preprocess import CIFAR_MEAN, CIFAR_STD, fit_zca, zca_transform
 from wideresnet.data.sources import DATASETS, load_dataset
+from wideresnet.data.stream import StreamLoader
 from wideresnet.errors import DataError
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DataError",
     "OFFICIAL",
     "RunData",
+    "StreamLoader",
     "TrainAugment",
     "cache_dir",
     "download",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from wideresnet.config import DataConfig
 from wideresnet.data.policies import Policy, PolicyDraws
 from wideresnet.seeds import Stream, generator
 
@@ -94,18 +95,52 @@ class TrainAugment:
         self.policy = Policy(policy, compile_policy) if policy else None
         self.cutout = cutout
 
+    @classmethod
+    def of(cls, data: DataConfig, compile_policy: bool = False) -> TrainAugment | None:
+        """A run's training augmentation (None: none); the paper's crop where --crop is pad
+        (the other crops are the streaming loader's, in its workers)."""
+        if not (data.augment or data.policy or data.cutout):
+            return None
+        crop_flip = data.augment and data.crop == "pad"
+        return cls(
+            crop_flip=crop_flip,
+            policy=data.policy,
+            cutout=data.cutout,
+            compile_policy=compile_policy,
+        )
+
+    def draw_crops(self, n: int, seed: int, epoch: int, device: torch.device) -> CropFlip:
+        """The epoch's crop offsets and flips, by position."""
+        return CropFlip.draw(n, self.pad, generator(seed, epoch, Stream.CROP_FLIP), device)
+
     def draw(
-        self, n: int, seed: int, epoch: int, size: tuple[int, int], device: torch.device
+        self,
+        n: int,
+        seed: int,
+        epoch: int,
+        size: tuple[int, int],
+        device: torch.device,
+        crops: bool = True,
     ) -> EpochDraws:
-        crops = policy = boxes = None
-        if self.crop_flip:
-            crops = CropFlip.draw(n, self.pad, generator(seed, epoch, Stream.CROP_FLIP), device)
+        """Every draw of an epoch (`crops`: with the crops and flips, else those done before)."""
+        policy = boxes = None
+        crop_flip = self.draw_crops(n, seed, epoch, device) if crops and self.crop_flip else None
         if self.policy is not None:
             policy = self.policy.draw(n, generator(seed, epoch, Stream.POLICY)).to(device)
         if self.cutout:
             drawn = generator(seed, epoch, Stream.CUTOUT)
             boxes = cutout_boxes(n, self.cutout, *size, drawn).to(device)  # one copy an epoch
-        return EpochDraws(crops, policy, boxes)
+        return EpochDraws(crop_flip, policy, boxes)
+
+    def finish(
+        self, x: torch.Tensor, draws: EpochDraws, positions: slice, fill: torch.Tensor
+    ) -> torch.Tensor:
+        """After the crop and flip: the policy, then Cutout boxes at `fill` (the mean)."""
+        if self.policy is not None and draws.policy is not None:
+            x = self.policy.apply(x, draws.policy, positions)
+        if draws.boxes is not None:
+            x = cutout(x, draws.boxes[positions], fill)
+        return x
 
     def apply(
         self,
@@ -122,8 +157,4 @@ class TrainAugment:
             x = draws.crops.apply(store, index, positions, size).float()
         else:
             x = store[index].float()
-        if self.policy is not None and draws.policy is not None:
-            x = self.policy.apply(x, draws.policy, positions)
-        if draws.boxes is not None:
-            x = cutout(x, draws.boxes[positions], fill)
-        return x
+        return self.finish(x, draws, positions, fill)

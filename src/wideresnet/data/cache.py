@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wideresnet.errors import WriteError
+from wideresnet.errors import DataError, WriteError
 from wideresnet.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,30 @@ def cached_arrays(
     except (WriteError, OSError) as error:
         log.warning(f"could not write the cache entry {path}: {error}")
     return arrays
+
+
+def file_digest(path: Path, algorithm: str, chunk: int = 1 << 22) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_digest(path: Path, algorithm: str, expected: str, record_name: str, refusal: str):
+    """Check a file's digest, remembering a verified file by (size, mtime) in the cache's
+    record `record_name` so that it is hashed once; DataError "PATH: `refusal`" when it does
+    not match (`refusal` may name {actual})."""
+    stat = path.stat()
+    key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns, expected]
+    record = read_record(record_name)
+    if record.get(key) == stamp:
+        return
+    actual = file_digest(path, algorithm)
+    if actual != expected:
+        raise DataError(f"{path}: " + refusal.format(actual=actual, expected=expected))
+    record[key] = stamp
+    write_record(record_name, record)
 
 
 def read_record(name: str) -> dict:

@@ -217,23 +217,31 @@ def _decode_all(source: FolderSource, files: list[tuple[str, int]], what: str, s
     return np.stack(decoded), np.array([label for _, label in files], dtype=np.int64)
 
 
+def folder_files(
+    source: FolderSource, split: str, stats: bool = True
+) -> tuple[list[tuple[str, int]], list[str], dict[str, list[str]]]:
+    """(the split's image paths with their labels, the classes (train/'s sub-folders), the
+    listing). Classes are interleaved (1st image of each class, then 2nd, ...), so that the
+    first N images, --train-limit and a held-out tail all cover every class."""
+    train_listing = source.listing("train", stats=stats and split == "train")
+    listing = train_listing if split == "train" else source.listing(split, stats=stats)
+    classes = list(train_listing)
+    unknown = set(listing) - set(classes)
+    if unknown:
+        raise DataError(f"{source.root}: {split} has classes not in train: {sorted(unknown)}")
+    label = {name: i for i, name in enumerate(classes)}
+    files = sorted(
+        ((f, label[c], i) for c, fs in listing.items() for i, f in enumerate(fs)),
+        key=lambda t: (t[2], t[1]),
+    )
+    return [(f, label) for f, label, _ in files], classes, listing
+
+
 def load_folder(root: Path, split: str, image_size: int | None):
     if split not in ("train", "test"):
         raise DataError(f"folder datasets have splits train and test, not {split!r}")
     source = FolderSource(root)
-    train_listing = source.listing("train", stats=split == "train")  # test: class names only
-    listing = train_listing if split == "train" else source.listing(split)
-    train_classes = list(train_listing)
-    unknown = set(listing) - set(train_classes)
-    if unknown:
-        raise DataError(f"{root}: {split} has classes not in train: {sorted(unknown)}")
-    # Classes interleaved (1st image of each class, then 2nd, ...), so that the first N images,
-    # --train-limit and a held-out tail all cover every class.
-    files = sorted(
-        ((f, train_classes.index(c), i) for c, fs in listing.items() for i, f in enumerate(fs)),
-        key=lambda t: (t[2], t[1]),
-    )
-    files = [(f, label) for f, label, _ in files]
+    files, classes, listing = folder_files(source, split)
 
     def decode() -> dict[str, np.ndarray]:
         images, labels = _decode_all(source, files, f"{root} {split}", image_size)
@@ -242,4 +250,4 @@ def load_folder(root: Path, split: str, image_size: int | None):
     name = f"folder-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]}-{split}"
     key = source.fingerprint(listing, f"{split}|{image_size}")
     arrays = cached_arrays("decoded", name, key, decode)
-    return arrays["images"], arrays["labels"], train_classes
+    return arrays["images"], arrays["labels"], classes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wideresnet.data.cache import cached_arrays, file_stamp, fingerprint, read_record, write_record
+from wideresnet.data.cache import cached_arrays, file_digest, file_stamp, fingerprint, verify_digest
 from wideresnet.errors import DataError
 
 
@@ -87,29 +87,20 @@ def check_split(name: str, split: str) -> list[str]:
     return splits[split]
 
 
-def md5_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def md5_file(path: Path) -> str:
+    return file_digest(path, "md5")
 
 
 def verify_md5(path: Path, expected: str) -> None:
     """Check a file's md5, remembering a verified file by (size, mtime) so it is hashed once."""
-    stat = path.stat()
-    key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns, expected]
-    record = read_record(VERIFIED_RECORD)
-    if record.get(key) == stamp:
-        return
-    actual = md5_file(path)
-    if actual != expected:
-        raise DataError(
-            f"{path}: md5 {actual} does not match the official {expected} (corrupt, truncated "
-            "or not the official file; download it again, or pass --no-verify to use it anyway)"
-        )
-    record[key] = stamp
-    write_record(VERIFIED_RECORD, record)
+    verify_digest(
+        path,
+        "md5",
+        expected,
+        VERIFIED_RECORD,
+        "md5 {actual} does not match the official {expected} (corrupt, truncated or not the "
+        "official file; download it again, or pass --no-verify to use it anyway)",
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The data of a run, prepared the same way for `wrn train` and `wrn eval`."""
+"""The data of a run, prepared the same way for `wrn train` and `wrn eval`: resident (the
+decoded set held on the device, data/loader.py) or streaming (data/streamed.py), as
+data/memory.py chooses."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,22 +14,31 @@ from wideresnet.config import Config
 from wideresnet.data.augment import TrainAugment
 from wideresnet.data.cache import fingerprint
 from wideresnet.data.loader import BatchLoader
+from wideresnet.data.memory import LoaderChoice, choose_loader
 from wideresnet.data.preprocess import cached_zca, normalisation, zca_transform
 from wideresnet.data.sources import load_dataset
+from wideresnet.data.stream import StreamLoader, default_workers
+from wideresnet.data.streamed import stream_data, stream_test
 from wideresnet.errors import DataError
 
 Split = tuple[np.ndarray, np.ndarray]
 
 
+Loader = BatchLoader | StreamLoader
+
+
 @dataclass
 class RunData:
-    train: BatchLoader | None
-    test: BatchLoader
+    train: Loader | None
+    test: Loader
     classes: list[str]
     train_size: int
     test_size: int
     fingerprint: str = ""  # of the images and labels a run trains and tests on
     seconds: float = 0.0  # wall clock spent loading and preparing them
+    loader: str = "resident"  # resident | stream
+    loader_reason: str = ""
+    flags: list[str] = field(default_factory=list)  # how the data departs from the listing
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:
@@ -86,14 +97,7 @@ def _loader(
 ) -> BatchLoader:
     data = config.data
     mean, std = normalisation(data.preprocess)
-    augment = None
-    if train and (data.augment or data.policy or data.cutout):
-        augment = TrainAugment(
-            crop_flip=data.augment,
-            policy=data.policy,
-            cutout=data.cutout,
-            compile_policy=compile_policy,
-        )
+    augment = TrainAugment.of(data, compile_policy) if train else None
     return BatchLoader(
         images,
         labels,
@@ -125,10 +129,46 @@ def run_data(
     rank: int = 0,
     world: int = 1,
     compile_policy: bool = False,
+    recorded_loader: str | None = None,
 ) -> RunData:
     """Training and test loaders of a run (the test set is the held-out tail with val_size);
-    `compile_policy`: the augmentation policy's slots as torch.compile graphs."""
+    `compile_policy`: the augmentation policy's slots as torch.compile graphs;
+    `recorded_loader`: the loader a resumed run started with (kept under --loader auto)."""
     start = time.perf_counter()
+    choice = choose_loader(config, device, recorded_loader)
+    if choice.kind == "stream":
+        data = _streamed(config, device, rank, world, compile_policy, choice)
+    else:
+        data = _resident(config, device, rank, world, compile_policy)
+    data.loader, data.loader_reason = choice.kind, choice.reason
+    data.seconds = time.perf_counter() - start
+    return data
+
+
+def _streamed(config, device, rank, world, compile_policy, choice: LoaderChoice) -> RunData:
+    workers = config.data.workers
+    workers = default_workers(world) if workers is None else workers
+    streamed = stream_data(
+        config,
+        device,
+        rank=rank,
+        world=world,
+        workers=workers,
+        memory=choice.budget,
+        compile_policy=compile_policy,
+    )
+    train, test = streamed.train, streamed.test
+    check_classes(config, streamed.classes)
+    if train.n < config.optim.batch_size:
+        raise DataError(
+            f"{train.n} training images are fewer than one batch of {config.optim.batch_size}"
+        )
+    return RunData(
+        train, test, streamed.classes, train.n, test.n, streamed.fingerprint, flags=streamed.flags
+    )
+
+
+def _resident(config, device, rank, world, compile_policy) -> RunData:
     (x_train, y_train), held_out, classes = training_split(config)
     if held_out is not None:
         x_test, y_test = held_out
@@ -157,7 +197,6 @@ def run_data(
         train_size=len(x_train),
         test_size=len(x_test),
         fingerprint=identity,
-        seconds=time.perf_counter() - start,
     )
 
 
@@ -169,7 +208,22 @@ def eval_data(
     data_dir: str | None = None,
     split: str | None = None,
 ) -> RunData:
-    """The test loader of a trained run (another dataset, folder or split if given)."""
+    """The test loader of a trained run (another dataset, folder or split if given),
+    streaming where the run's data streams."""
+    choice = choose_loader(config, device)
+    if choice.kind == "stream" and config.data.preprocess != "zca":
+        workers = config.data.workers
+        streamed = stream_test(
+            config,
+            device,
+            split or config.data.test_split,
+            dataset=dataset,
+            data_dir=data_dir,
+            workers=default_workers(1) if workers is None else workers,
+            memory=choice.budget,
+        )
+        test = streamed.test
+        return RunData(None, test, streamed.classes, 0, test.n, loader="stream")
     images, labels, classes = load_split(config, split or config.data.test_split, dataset, data_dir)
     if config.data.preprocess == "zca":  # whitened with the run's own fit
         (x_train, _), _, _ = training_split(config)

@@ -1,4 +1,5 @@
-"""Preprocessing of the paper: mean/std (CIFAR), /255 (SVHN), GCN + ZCA (Table 4)."""
+"""Preprocessing of the paper: mean/std (CIFAR), /255 (SVHN), GCN + ZCA (Table 4), and
+ImageNet's mean/std (fb.resnet.torch's)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from wideresnet.data.cache import cached_arrays, fingerprint
 # The paper's normalisation on the 0-255 scale (PAPER.md "Training recipes").
 CIFAR_MEAN = (125.3, 123.0, 113.9)
 CIFAR_STD = (63.0, 62.1, 66.7)
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # fb.resnet.torch's, on 0-255
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 GCN_SCALE = 55.0
 GCN_MIN_NORM = 1e-8  # a flat image (zero contrast) keeps norm 1: divided by nothing
 ZCA_FILTER_BIAS = 0.01
@@ -22,6 +25,8 @@ def normalisation(preprocess: str) -> tuple[tuple[float, ...] | None, tuple[floa
         return (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
     if preprocess == "meanstd":
         return CIFAR_MEAN, CIFAR_STD
+    if preprocess == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
     return None, None  # zca: images are whitened beforehand
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from wideresnet.data.folders import load_folder
+from wideresnet.data.folders import FolderSource, load_folder
+from wideresnet.data.imagenet import class_names
 from wideresnet.data.official import OFFICIAL, load_cifar, load_svhn
+from wideresnet.data.shards import load_shards
 from wideresnet.errors import DataError
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("cifar10", "cifar100", "svhn", "folder", "npz")
+DATASETS = ("cifar10", "cifar100", "svhn", "folder", "npz", "imagenet", "shards")
 
 
 def load_npz(path: Path, split: str):
@@ -76,9 +78,11 @@ def load_dataset(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read one split: (images uint8 (N, H, W, 3) in the official order, labels int64, classes).
 
-    name: cifar10 | cifar100 | svhn | folder | npz. split: train | test (svhn: also extra and
-    train+extra). verify: check the official md5s (cifar, svhn). labels: "fine" or "coarse"
-    (CIFAR-100). image_size: resize folder images to this square size.
+    name: cifar10 | cifar100 | svhn | folder | npz | imagenet | shards. split: train | test
+    (svhn: also extra and train+extra; imagenet: test is val). verify: check the official
+    md5s (cifar, svhn). labels: "fine" or "coarse" (CIFAR-100). image_size: resize folder
+    images to this square size (ImageNet's images differ in size: it needs one here; training
+    streams them instead).
     """
     name = name.lower()
     root = Path(data_dir).expanduser()
@@ -96,6 +100,17 @@ def load_dataset(
         images, targets, classes = load_svhn(root, split, verify)
     elif name == "folder":
         images, targets, classes = load_folder(root, split, image_size)
+    elif name == "imagenet":
+        if image_size is None:
+            raise DataError(
+                f"{root}: ImageNet's images differ in size: load it with an image_size, or "
+                "train with the streaming loader (--loader stream, the default for imagenet)"
+            )
+        images, targets, _ = load_folder(root, "train" if split == "train" else "test", image_size)
+        wnids = list(FolderSource(root).listing("train", stats=False))
+        classes = class_names(root, wnids)
+    elif name == "shards":
+        images, targets, classes = load_shards(root, split)
     else:
         images, targets, classes = load_npz(root, split)
     if len(targets) and (targets.min() < 0 or targets.max() >= len(classes)):

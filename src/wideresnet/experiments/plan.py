@@ -117,7 +117,10 @@ def plan(
         raise ConfigError(
             f"{table.name} has no {column} column (it has {', '.join(table.columns)})"
         )
-    chosen = [table.row(r) for r in rows] if rows else list(table.rows)
+    chosen = [table.row(r) for r in rows] if rows else [r for r in table.rows if r.model]
+    unbuilt = [r.id for r in chosen if r.model is None]
+    if unbuilt:
+        raise ConfigError(f"{table.name} row {unbuilt[0]}: a network not built here")
     folder = dataset if dataset == column else f"{dataset}-as-{column}"
     runs = []
     for row in chosen:

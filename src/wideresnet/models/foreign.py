@@ -41,7 +41,6 @@ FIXMATCH_NORMALIZATION = {  # kekmodel's dataset/cifar.py, on [0, 1]
     10: ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     100: ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
-IMAGENET = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's, on [0, 1]
 LAYERS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
 
 
@@ -52,9 +51,10 @@ class Imported:
     model: str
     options: dict
     weights: dict[str, torch.Tensor]
-    mean: tuple[float, ...] | None  # on the 0-255 scale; None: the paper's CIFAR mean/std
+    mean: tuple[float, ...] | None  # on the 0-255 scale; None: ours, named by `preprocess`
     std: tuple[float, ...] | None
     notes: list[str] = field(default_factory=list)
+    preprocess: str = "meanstd"  # our normalisation the project used (without mean/std)
 
 
 def _scaled(values) -> tuple[float, ...]:
@@ -139,8 +139,7 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
     if not (bottleneck and depth in (50, 101)):
         name += "-imagenet"
     weights = {key: v for key, v in inside.items() if not key.endswith("num_batches_tracked")}
-    mean, std = (_scaled(v) for v in IMAGENET)
-    return Imported(name, {}, weights, mean, std)
+    return Imported(name, {}, weights, None, None, preprocess="imagenet")  # ImageNet's mean/std
 
 
 LAYOUTS = ("authors", "xternalz", "robustbench", "fixmatch", "torchvision")

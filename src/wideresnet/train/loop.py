@@ -18,7 +18,7 @@ from torch import nn
 
 from wideresnet.config import Config
 from wideresnet.data.prepare import RunData
-from wideresnet.errors import Interrupted, RunError, stop_signals
+from wideresnet.errors import DataError, Interrupted, RunError, stop_signals
 from wideresnet.models import count_params
 from wideresnet.protocol import result_flags
 from wideresnet.seeds import Stream, seed_process
@@ -34,7 +34,7 @@ from wideresnet.train.distributed import World, wrap
 from wideresnet.train.ema import WeightAverage
 from wideresnet.train.environment import environment
 from wideresnet.train.evaluate import evaluate
-from wideresnet.train.messages import StepLog, epoch_line
+from wideresnet.train.messages import StepLog, bad_image_advice, epoch_line, nonfinite_message
 from wideresnet.train.optim import begin_epoch, build_optimizer, lr_at, per_step, set_lr
 from wideresnet.train.records import EpochTotals, MetricsRow, Result, TrainingState
 from wideresnet.train.rundir import TENSORBOARD, RunDir, TensorBoardLog
@@ -148,8 +148,18 @@ class Trainer:
         )
 
     def resolved(self) -> dict[str, Any]:
-        """The speed choices in force, for config.json and the checkpoint."""
-        return self.runtime.record(self.world.size)
+        """The speed and loader choices in force, with their reasons, for config.json and the
+        checkpoint."""
+        record = self.runtime.record(self.world.size)
+        record["loader"] = self.data.loader
+        record["reasons"]["loader"] = self.data.loader_reason
+        if self.config.optim.lr_batch:
+            optim = self.config.optim
+            record["reasons"]["lr"] = (
+                f"--lr {optim.lr:g} for batch {optim.lr_batch}, scaled linearly to batch "
+                f"{optim.batch_size}: {optim.base_lr:g}"
+            )
+        return record
 
     def save(self) -> None:
         """Checkpoint (rank 0 writes), never with a non-finite value; the first one settles an
@@ -191,9 +201,15 @@ class Trainer:
         self._end_epoch(epoch, sums)
 
     def _next(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The next batch, its host time counted as data time (on CUDA: the time to queue it)."""
+        """The next batch, its host time counted as data time (on CUDA: the time to queue it).
+        An image that fails to decode (streaming) stops the run, saying how to go on."""
         start = time.perf_counter()
-        batch = next(batches, None)
+        try:
+            batch = next(batches, None)
+        except DataError as error:
+            state, resumable = self.state, self.run_dir.resumable
+            advice = bad_image_advice(state.epoch + 1, state.step_in_epoch, self.run_dir, resumable)
+            raise DataError(f"{error}; {advice}") from None
         self.state.seconds.data += time.perf_counter() - start
         return batch
 
@@ -327,23 +343,12 @@ class Trainer:
 
     def _stop_nonfinite(self, epoch: int, step: int | None, what: str = "training loss") -> None:
         """Write failure.json and stop, naming the last good checkpoint to continue from."""
-        if step:
-            when = f"at epoch {epoch} step {step}: the run stopped before applying that update"
-        elif what == "weights":
-            when = f"in epoch {epoch}: the run stopped without saving them"
-        else:  # fused SGD: found on the device, where the bad update was skipped
-            when = f"in epoch {epoch}: its update was skipped and the run stopped"
         good = self.run_dir.checkpoints.last_good()
-        if good is None or good[1].training is None:
-            advice = "no good checkpoint was saved yet; start again with a lower --lr"
+        if good is not None and good[1].training is not None:
+            good = (good[0], good[1].training.state)
         else:
-            path, state = good[0], good[1].training.state
-            advice = (
-                f"the last good checkpoint is {path} (epoch {state.epoch}, step "
-                f"{state.step_in_epoch}); continue with `wrn train --resume {self.run_dir} "
-                "--lr LOWER` (a recorded change), or check the data"
-            )
-        message = f"non-finite {what} {when}; {advice}"
+            good = None
+        message = nonfinite_message(what, epoch, step, good, self.run_dir)
         if self.world.main:
             failure = {"error": f"non-finite {what}", "epoch": epoch, "step": step}
             self.run_dir.write_failure({**failure, "message": message})
@@ -373,7 +378,7 @@ class Trainer:
             test_top5_error=last.test_top5_error,
             ema_test_error=last.ema_test_error,
             measured=MEASURED,
-            flags=result_flags(self.config, state.config_changes),
+            flags=result_flags(self.config, state.config_changes) + self.data.flags,
             config_changes=[change.to_dict() for change in state.config_changes],
             processes=self.world.size,
             environment=environment(self.runtime.device, self.runtime.precision),

@@ -16,7 +16,7 @@ from wideresnet.config import OptimConfig
 def build_optimizer(model: nn.Module, optim: OptimConfig, fused: bool = False) -> torch.optim.SGD:
     return torch.optim.SGD(
         model.parameters(),
-        lr=optim.lr,
+        lr=optim.base_lr,
         momentum=optim.momentum,
         dampening=0,
         nesterov=optim.nesterov,
@@ -34,18 +34,18 @@ def lr_at(optim: OptimConfig, epoch: int, step: int = 0, steps_per_epoch: int = 
     done = (epoch - 1) * steps_per_epoch + step  # steps before this one
     warmup = optim.warmup_epochs * steps_per_epoch
     if done < warmup:
-        return optim.lr * (done + 1) / warmup
+        return optim.base_lr * (done + 1) / warmup
     if optim.lr_schedule == "step":
         return _stepped(optim, epoch)
     if optim.lr_schedule == "cosine-epoch":
         done = (epoch - 1) * steps_per_epoch
     total = optim.epochs * steps_per_epoch - warmup
     progress = (done - warmup) / max(total, 1)
-    return optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return optim.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _stepped(optim: OptimConfig, epoch: int) -> float:
-    return optim.lr * optim.lr_decay ** sum(1 for m in optim.milestones if epoch >= m)
+    return optim.base_lr * optim.lr_decay ** sum(1 for m in optim.milestones if epoch >= m)
 
 
 def per_step(optim: OptimConfig) -> bool:

@@ -56,9 +56,14 @@ def load_initial_weights(model: nn.Module, source: str) -> None:
 
 
 def make_trainer(
-    config: Config, run_dir: RunDir, log_every: int = 0, world: World = World()
+    config: Config,
+    run_dir: RunDir,
+    log_every: int = 0,
+    world: World = World(),
+    recorded_loader: str | None = None,
 ) -> Trainer:
-    """A Trainer with its device, runtime, data and model built from the config."""
+    """A Trainer with its device, runtime, data and model built from the config
+    (`recorded_loader`: the loader of the run being resumed)."""
     device = resolve_device(config.runtime.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -69,7 +74,12 @@ def make_trainer(
         )
     runtime = Runtime.resolve(config, device, world.size)
     data = run_data(
-        config, device, rank=world.rank, world=world.size, compile_policy=runtime.compile
+        config,
+        device,
+        rank=world.rank,
+        world=world.size,
+        compile_policy=runtime.compile,
+        recorded_loader=recorded_loader,
     )
     seed = config.runtime.seed
     seed_process(seed, 0, Stream.INIT)  # the model's init does not depend on data loading
@@ -135,13 +145,16 @@ def _start(trainer: Trainer, config: Config, run_dir: RunDir, world: World) -> R
     try:
         if world.main:
             run_dir.write_config(config.to_dict(), trainer.resolved())
-        runtime = trainer.runtime
+        runtime, data = trainer.runtime, trainer.data
         log.info(
             f"{config.model.model}: {count_params(trainer.model):,} parameters, "
-            f"{trainer.data.train_size:,} train / {trainer.data.test_size:,} test images, "
+            f"{data.train_size:,} train / {data.test_size:,} test images ({data.loader}: "
+            f"{data.loader_reason}), "
             f"{runtime.device} {runtime.precision}{' compiled' if runtime.compile else ''}"
             + (f", {world.size} processes" if world.distributed else "")
         )
+        if config.optim.lr_batch:
+            log.info(trainer.resolved()["reasons"]["lr"])
         return trainer.run()
     except BaseException:
         if world.main:
@@ -215,7 +228,8 @@ def resume(
         if world.main:
             run_dir.lock()
         with process_settings(config):
-            trainer = make_trainer(config, run_dir, log_every, world)
+            loader = (checkpoint.resolved or {}).get("loader")
+            trainer = make_trainer(config, run_dir, log_every, world, loader)
             trainer.restore(checkpoint)
             _check_same_data(checkpoint, trainer.data, config)
             _record_changes(trainer, checkpoint, changes, config, run_dir)

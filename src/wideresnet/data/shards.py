@@ -1,0 +1,114 @@
+"""Packed shards for big sets of small images (`wrn data pack`, `--dataset shards`).
+
+SHARDS/index.json names the classes, the image shape and, per split, its shard files with
+their image counts and SHA-256. A shard is a small header (magic, version, count, shape),
+the labels (int64) and the images (uint8, N x H x W x C) as fixed-size records, read by
+memory map with random access: streaming touches only the images a batch needs, and the
+resident loader can read the same files. A truncated shard, or one whose bytes changed since
+it was packed, is refused by name (its SHA-256 is checked once per size and mtime, as the
+official files' md5s are).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from wideresnet.data.cache import verify_digest
+from wideresnet.errors import DataError
+
+FORMAT = "wideresnet-shards/1"
+INDEX = "index.json"
+MAGIC = b"WRNSHARD"
+HEADER = struct.Struct("<8sIQIII")  # magic, version, images, height, width, channels
+HEADER_BYTES = 64
+IMAGES_PER_SHARD = 8192
+VERIFIED_RECORD = "verified-shards.json"
+
+
+def shard_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """One shard file: the header, the labels, the images."""
+    n, height, width, channels = images.shape
+    header = HEADER.pack(MAGIC, 1, n, height, width, channels).ljust(HEADER_BYTES, b"\0")
+    return header + labels.astype("<i8").tobytes() + np.ascontiguousarray(images).tobytes()
+
+
+def read_index(root: Path) -> dict:
+    """index.json of a shards folder, checked; DataError naming it otherwise."""
+    path = root / INDEX
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{root}: no {INDEX} (shards are made by `wrn data pack`)") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not readable ({error})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DataError(f"{path}: not a wideresnet shards index (format {FORMAT})")
+    return index
+
+
+def _verify(path: Path, expected: str) -> None:
+    """The shard's SHA-256, checked once per (size, mtime)."""
+    refusal = "fails its SHA-256 (changed or corrupted since it was packed)"
+    verify_digest(path, "sha256", expected, VERIFIED_RECORD, refusal)
+
+
+def _open(root: Path, entry: dict, shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(images memory map, labels) of one shard, its size and header checked."""
+    path = root / str(entry["file"])
+    n = int(entry["images"])
+    size = HEADER_BYTES + 8 * n + n * int(np.prod(shape))
+    try:
+        actual = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(HEADER.size)
+    except OSError as error:
+        raise DataError(f"{path}: unreadable ({error.strerror})") from None
+    if actual != size or len(header) < HEADER.size:
+        raise DataError(f"{path}: {actual:,} bytes, expected {size:,} (truncated?)")
+    magic, _, count, *dims = HEADER.unpack(header)
+    if magic != MAGIC or count != n or list(dims) != list(shape):
+        raise DataError(f"{path}: its header does not match {INDEX}")
+    _verify(path, str(entry["sha256"]))
+    labels = np.fromfile(path, dtype="<i8", count=n, offset=HEADER_BYTES).astype(np.int64)
+    images = np.memmap(path, np.uint8, "r", HEADER_BYTES + 8 * n, (n, *shape))
+    return images, labels
+
+
+class ShardImages:
+    """The images of one split of a shards folder, read by index across its shards."""
+
+    def __init__(self, root: Path, split: str) -> None:
+        index = read_index(root)
+        entries = index["splits"].get(split)
+        if entries is None:
+            raise DataError(f"{root}: no {split} split (it has {', '.join(index['splits'])})")
+        self.root, self.classes, self.shape = root, list(index["classes"]), index["shape"]
+        opened = [_open(root, entry, self.shape) for entry in entries]
+        self.shards = [images for images, _ in opened]
+        self.labels = (
+            np.concatenate([labels for _, labels in opened]) if opened else np.zeros(0, np.int64)
+        )
+        self.starts = np.cumsum([0] + [len(images) for images in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.shards[shard][i - self.starts[shard]]
+
+    def array(self) -> np.ndarray:
+        """Every image in memory (the resident loader)."""
+        if not self.shards:
+            return np.zeros((0, *self.shape), np.uint8)
+        return np.concatenate([np.asarray(images) for images in self.shards])
+
+
+def load_shards(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One split of a shards folder in memory: (images, labels, classes)."""
+    shards = ShardImages(root, split)
+    return shards.array(), shards.labels, shards.classes
