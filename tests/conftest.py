@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, SmallFilesystem
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +31,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(k in item.keywords for k in last):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """small_fs(SIZE): a real tmpfs of SIZE bytes, unmounted after the test."""
+    filesystems = []
+
+    def make(size: int) -> SmallFilesystem:
+        fs = SmallFilesystem(tmp_path / f"fs{len(filesystems)}", size)
+        filesystems.append(fs)
+        if not fs.available:
+            pytest.skip("cannot mount a tmpfs here (not root?); the RLIMIT_FSIZE tests cover it")
+        return fs
+
+    yield make
+    for fs in filesystems:
+        fs.unmount()

@@ -277,7 +277,8 @@ FAULT_CHILD = Path(__file__).parent / "fault_child.py"
 @contextlib.contextmanager
 def fault_at(at_step: int, action: str):
     """While inside, the training step's loss function is wrapped so that its `at_step`-th
-    call sends this process a real SIGTERM ("sigterm") or returns NaN ("nan")."""
+    call sends this process a real SIGTERM ("sigterm") or SIGKILL ("sigkill"), or returns NaN
+    ("nan")."""
     import signal
 
     from wideresnet.train import step
@@ -287,8 +288,8 @@ def fault_at(at_step: int, action: str):
     def loss_fn(logits, labels, *rest):
         calls[0] += 1
         loss = original(logits, labels, *rest)
-        if calls[0] == at_step and action == "sigterm":
-            os.kill(os.getpid(), signal.SIGTERM)
+        if calls[0] == at_step and action in ("sigterm", "sigkill"):
+            os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGKILL)
         if calls[0] == at_step and action == "nan":
             loss = loss * float("nan")
         return loss
@@ -308,7 +309,8 @@ def cli_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
 
 def wrn_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
     """`wrn` in a subprocess with a real fault at training step `at_step` (tests/fault_child.py):
-    action "sigterm" sends the process a real SIGTERM, "nan" makes that step's loss NaN."""
+    action "sigterm" or "sigkill" sends the process that real signal, "nan" makes that step's
+    loss NaN."""
     return subprocess.run(
         [sys.executable, str(FAULT_CHILD), *map(str, args)],
         capture_output=True,
@@ -359,6 +361,21 @@ class SmallFilesystem:
     def resize(self, size: int) -> None:
         remount = ["mount", "-o", f"remount,size={size}", str(self.path)]
         subprocess.run(remount, check=True, capture_output=True)
+
+    def read_only(self) -> None:
+        remount = ["mount", "-o", "remount,ro", str(self.path)]
+        subprocess.run(remount, check=True, capture_output=True)
+
+    def fill(self) -> None:
+        """Fill every free byte: a file written until the real ENOSPC."""
+        fd = os.open(self.path / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def unmount(self) -> None:
         if self.available:

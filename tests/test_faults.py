@@ -19,7 +19,6 @@ import pytest
 import torch
 from helpers import (
     FileServer,
-    SmallFilesystem,
     authors_params,
     cli,
     cli_with,
@@ -137,22 +136,6 @@ def test_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_back(
 # --------------------------------------------------------------------------------------------
 # Full disks: a real small file system, else a real file-size limit
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    filesystems = []
-
-    def make(size: int) -> SmallFilesystem:
-        fs = SmallFilesystem(tmp_path / f"fs{len(filesystems)}", size)
-        filesystems.append(fs)
-        if not fs.available:
-            pytest.skip("cannot mount a tmpfs here (not root?); the RLIMIT_FSIZE tests cover it")
-        return fs
-
-    yield make
-    for fs in filesystems:
-        fs.unmount()
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_and_resume_finishes(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cli, one_line_error
+from helpers import cli, learnable_npz, one_line_error
 from torch import nn
 
 import wideresnet
@@ -135,10 +135,12 @@ def test_torch_hub_builds_the_models_and_loads_weights(run, tmp_path):
     cli("export", run, "--format", "safetensors", "--out", out)
     hub = ROOT / "hubconf.py"
     assert "def wrn_50_2" in hub.read_text()
-    with pytest.raises(ValueError, match="3 classes, not 10"):
-        torch.hub.load(str(ROOT), "wrn_16_4", source="local", weights=str(out))
-    loaded = torch.hub.load(str(ROOT), "wrn_16_4", source="local", num_classes=3, weights=str(out))
-    assert loaded.classes == ["blue", "green", "red"]
+    with pytest.raises(ValueError, match="holds a wrn-10-1, not a wrn-16-4"):
+        torch.hub.load(str(ROOT), "wrn_16_4", source="local", num_classes=3, weights=str(out))
+    with pytest.raises(ValueError, match="cannot apply to weights"):
+        torch.hub.load(str(ROOT), "wrn_16_4", source="local", weights=str(out), dropout=0.3)
+    loaded = torch.hub.load(str(ROOT), "load", source="local", weights=str(out))
+    assert loaded.classes == ["blue", "green", "red"] and loaded.name == "wrn-10-1"
 
 
 @pytest.mark.parametrize("case", ["truncated", "garbage", "code"])
@@ -319,16 +321,165 @@ def randomise(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+class DMBlock(nn.Module):
+    """RobustBench's dm_wide_resnet.py _Block (DeepMind's): the strided conv padded as
+    TensorFlow's SAME, F.pad(x, (0, 1, 0, 1)), the others by (1, 1, 1, 1)."""
+
+    def __init__(self, in_planes, out_planes, stride, act):
+        super().__init__()
+        self.batchnorm_0, self.act = nn.BatchNorm2d(in_planes), act
+        self.conv_0 = nn.Conv2d(in_planes, out_planes, 3, stride, 0, bias=False)
+        self.batchnorm_1 = nn.BatchNorm2d(out_planes)
+        self.conv_1 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.has_shortcut = in_planes != out_planes
+        self.shortcut = (
+            nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+            if self.has_shortcut
+            else None
+        )
+        self.stride = stride
+
+    def forward(self, x):
+        if self.has_shortcut:
+            x = self.act(self.batchnorm_0(x))
+        else:
+            out = self.act(self.batchnorm_0(x))
+        v = x if self.has_shortcut else out
+        v = F.pad(v, (1, 1, 1, 1) if self.stride == 1 else (0, 1, 0, 1))
+        out = self.conv_1(self.act(self.batchnorm_1(self.conv_0(v))))
+        return (self.shortcut(x) if self.has_shortcut else x) + out
+
+
+class DMGroup(nn.Module):
+    def __init__(self, n, in_planes, out_planes, stride, act):
+        super().__init__()
+        self.block = nn.Sequential(
+            *[
+                DMBlock(
+                    in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, act
+                )
+                for i in range(n)
+            ]
+        )
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class ReferenceDMWideResNet(nn.Module):
+    """RobustBench's DMWideResNet: mean/std buffers inside, swish (x * sigmoid(x)) or ReLU,
+    init_conv, layer (three groups), batchnorm, logits; inputs in [0, 1]."""
+
+    def __init__(self, depth, width, classes, swish=True):
+        super().__init__()
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1))
+        act = (lambda x: x * torch.sigmoid(x)) if swish else F.relu
+        n, widths = (depth - 4) // 6, [16, 16 * width, 32 * width, 64 * width]
+        self.init_conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.layer = nn.Sequential(
+            DMGroup(n, widths[0], widths[1], 1, act),
+            DMGroup(n, widths[1], widths[2], 2, act),
+            DMGroup(n, widths[2], widths[3], 2, act),
+        )
+        self.batchnorm, self.act = nn.BatchNorm2d(widths[3]), act
+        self.logits = nn.Linear(widths[3], classes)
+
+    def forward(self, x):
+        out = self.layer(self.init_conv((x - self.mean) / self.std))
+        out = F.avg_pool2d(self.act(self.batchnorm(out)), 8).flatten(1)
+        return self.logits(out)
+
+
+class USBBlock(nn.Module):
+    """USB's semilearn/nets/wrn/wrn.py BasicBlock: biases on every conv, BN momentum and eps
+    0.001, leaky ReLU 0.1; activate_before_residual is stored but not used."""
+
+    def __init__(self, in_planes, out_planes, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes, momentum=0.001, eps=0.001)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=True)
+        self.bn2 = nn.BatchNorm2d(out_planes, momentum=0.001, eps=0.001)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=True)
+        self.equalInOut = in_planes == out_planes
+        self.convShortcut = (
+            None if self.equalInOut else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=True)
+        )
+
+    def forward(self, x):
+        act = lambda t: F.leaky_relu(t, 0.1)  # noqa: E731
+        if not self.equalInOut:
+            x = act(self.bn1(x))
+        else:
+            out = act(self.bn1(x))
+        out = act(self.bn2(self.conv1(out if self.equalInOut else x)))
+        return (x if self.equalInOut else self.convShortcut(x)) + self.conv2(out)
+
+
+class USBGroup(nn.Module):
+    def __init__(self, n, in_planes, out_planes, stride):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[
+                USBBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
+                for i in range(n)
+            ]
+        )
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class ReferenceUSB(nn.Module):
+    """USB's WideResNet (wrn_28_2: first_stride 1, depth 28, widen_factor 2): its logits."""
+
+    def __init__(self, depth=28, k=2, classes=10):
+        super().__init__()
+        n, widths = (depth - 4) // 6, [16, 16 * k, 32 * k, 64 * k]
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=True)
+        self.block1 = USBGroup(n, widths[0], widths[1], 1)
+        self.block2 = USBGroup(n, widths[1], widths[2], 2)
+        self.block3 = USBGroup(n, widths[2], widths[3], 2)
+        self.bn1 = nn.BatchNorm2d(widths[3], momentum=0.001, eps=0.001)
+        self.fc = nn.Linear(widths[3], classes)
+
+    def forward(self, x):
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.leaky_relu(self.bn1(out), 0.1)
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class ReferenceRobustBenchMuSigma(ReferenceWRN):
+    """RobustBench entries that keep their normalisation as `mu` / `sigma` buffers of the
+    network itself (model_zoo/cifar10.py's subclasses of its WideResNet)."""
+
+    def __init__(self):
+        super().__init__(16, 2, 10, robustbench=True)
+        self.register_buffer("mu", torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1))
+        self.register_buffer("sigma", torch.tensor([0.2471, 0.2435, 0.2616]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return super().forward((x - self.mu) / self.sigma)
+
+
 LAYOUTS = {
     "xternalz": lambda: ReferenceWRN(16, 2, 10),
     "robustbench": lambda: ReferenceWRN(16, 2, 10, robustbench=True, bias_last=False),
     "fixmatch": lambda: ReferenceWRN(16, 2, 10, fixmatch=True),
+}
+# layouts whose normalisation is part of the model: compared on [0, 1] images end to end
+WITH_NORMALIZATION = {
+    "robustbench-dm": lambda: ReferenceDMWideResNet(16, 2, 10),
+    "robustbench-mu-sigma": ReferenceRobustBenchMuSigma,
+    "usb": lambda: ReferenceUSB(16, 2, 10),
 }
 
 
 @pytest.mark.parametrize("prefix", ["", "module."], ids=["plain", "module-prefix"])
 @pytest.mark.parametrize("layout", [*LAYOUTS, "torchvision"])
 def test_foreign_checkpoints_give_the_originals_logits(tmp_path, layout, prefix):
+    """Equal logits in eval and train mode; then ONNX export and eval work on the import."""
     reference = randomise(
         TorchvisionWideResNet50() if layout == "torchvision" else LAYOUTS[layout](), 1
     )
@@ -346,6 +497,14 @@ def test_foreign_checkpoints_give_the_originals_logits(tmp_path, layout, prefix)
         ours.train(mode == "train")
         with torch.no_grad():
             torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-5, msg=mode)
+    if prefix:
+        return
+    onnx = cli("export", out, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert onnx.returncode == 0, onnx.stderr
+    classes = len(ours.classes)
+    npz = learnable_npz(tmp_path / "d.npz", n_train=8, n_test=4, size=size, classes=classes)
+    evaluated = cli("eval", out, "--dataset", "npz", "--data-dir", npz, "--json")
+    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["images"] == 4
 
 
 def test_a_robustbench_normalisation_wrapper_becomes_the_input_transform(tmp_path):
@@ -365,4 +524,71 @@ def test_a_robustbench_normalisation_wrapper_becomes_the_input_transform(tmp_pat
         expected = wrapped(images.permute(0, 3, 1, 2).float() / 255)
         torch.testing.assert_close(
             ours(ours.input_transform(images)), expected, rtol=1e-4, atol=1e-5
+        )
+
+
+def usb_normalised(reference: nn.Module):
+    """USB normalises CIFAR-10 with ImageNet's mean/std outside the network."""
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    return lambda x: reference((x - mean) / std)
+
+
+@pytest.mark.parametrize("case", WITH_NORMALIZATION)
+def test_robustbench_and_usb_layouts_give_the_originals_outputs(tmp_path, case):
+    """From uint8 images to logits, ours (with the imported input transform) against the
+    original (on [0, 1] images), eval and train mode; then ONNX export and eval work on it."""
+    reference = randomise(WITH_NORMALIZATION[case](), 5)
+    if case != "usb":  # its buffers: the published normalisation, not random numbers
+        fresh = WITH_NORMALIZATION[case]()
+        for key in ("mean", "std", "mu", "sigma"):
+            if hasattr(fresh, key):
+                getattr(reference, key).copy_(getattr(fresh, key))
+    source = tmp_path / "theirs.pt"
+    torch.save({"model": reference.state_dict()}, source)
+    layout = "usb" if case == "usb" else "robustbench"  # the DeepMind layout is detected
+    out = tmp_path / "ours.pt"
+    result = cli("import", "--from", layout, source, "--out", out)
+    assert result.returncode == 0, result.stderr
+    ours = wideresnet.load_model(out)
+    original = usb_normalised(reference) if case == "usb" else reference
+    images = torch.randint(
+        0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
+    for mode in ("eval", "train"):
+        reference.train(mode == "train")
+        ours.train(mode == "train")
+        with torch.no_grad():
+            expected = original(images.permute(0, 3, 1, 2).float() / 255)
+            got = ours(ours.input_transform(images))
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=mode)
+    onnx = cli("export", out, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert onnx.returncode == 0, onnx.stderr
+    npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
+    evaluated = cli("eval", out, "--dataset", "npz", "--data-dir", npz, "--json")
+    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["images"] == 16
+    line = one_line_error(cli("eval", out))
+    assert "--data-dir" in line
+
+
+def test_the_deepmind_layout_with_relu_and_given_scales(tmp_path):
+    """--from robustbench-dm --activation relu; --mean/--std on the 0-1 scale replace the
+    buffers' normalisation."""
+    reference = randomise(ReferenceDMWideResNet(16, 2, 10, swish=False), 6)
+    reference.mean.copy_(torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1))
+    reference.std.copy_(torch.tensor([0.25, 0.25, 0.25]).view(3, 1, 1))
+    source = tmp_path / "dm.pt"
+    torch.save(reference.state_dict(), source)
+    out = tmp_path / "ours.pt"
+    args = ["import", "--from", "robustbench-dm", source, "--out", out, "--activation", "relu"]
+    assert cli(*args, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25").returncode == 0
+    ours = wideresnet.load_model(out)
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(ours.input_transform(images)),
+            reference(images.permute(0, 3, 1, 2).float() / 255),
+            rtol=1e-4,
+            atol=1e-4,
         )

@@ -64,16 +64,34 @@ class ModelConfig(Section):
     )
     activation: str | None = option(
         None,
-        "wrn-d-k: relu (the paper) | leaky_relu:SLOPE (FixMatch's WRN: leaky_relu:0.1)",
+        "wrn-d-k: relu (the paper) | leaky_relu:SLOPE (FixMatch's, USB's: leaky_relu:0.1) | "
+        "swish (DeepMind's)",
         check=(
-            lambda v: v == "relu" or re.fullmatch(r"leaky_relu:\d*\.?\d+", v),
-            "must be relu or leaky_relu:SLOPE",
+            lambda v: v in ("relu", "swish", "silu") or re.fullmatch(r"leaky_relu:\d*\.?\d+", v),
+            "must be relu, leaky_relu:SLOPE or swish",
         ),
     )
     bn_momentum: float | None = option(
         None,
         "wrn-d-k: batch-norm momentum, PyTorch's convention (0.1; FixMatch 0.001)",
         check=between(0, 1, closed_high=True),
+    )
+    bn_eps: float | None = option(
+        None,
+        "wrn-d-k: the norm layers' eps (1e-5; USB 0.001)",
+        check=(lambda v: v > 0, "must be > 0"),
+    )
+    norm: str | None = option(
+        None,
+        "wrn-d-k: batch (the paper) | group:G (group norm with G groups, for private, federated "
+        "or test-time-adapted training)",
+        check=(lambda v: re.fullmatch(r"batch|group:[1-9]\d*", v), "must be batch or group:G"),
+    )
+    conv_bias: bool | None = option(None, "wrn-d-k: a bias on every conv (the paper: none; USB)")
+    conv_padding: str | None = option(
+        None,
+        "wrn-d-k: symmetric (the paper) | same (TensorFlow's padding of strided convs, DeepMind's)",
+        choices=("symmetric", "same"),
     )
     shortcut_input: str | None = option(
         None,
@@ -376,7 +394,7 @@ class Config:
         return {k: v for k, v in values.items() if v is not None and k not in skip}
 
 
-RECORD_ONLY_KEYS = ("resolved",)  # written into config.json for the record; ignored when read
+RECORD_ONLY_KEYS = ("resolved", "run_id")  # config.json's record of a run; not options
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

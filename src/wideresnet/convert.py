@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from wideresnet.data.preprocess import normalisation
+from wideresnet.data.preprocess import check_normalization, normalisation
 from wideresnet.errors import ModelNameError, RunError
 from wideresnet.models import count_params, create_model
 from wideresnet.models.foreign import (
@@ -20,6 +20,7 @@ from wideresnet.models.foreign import (
     Imported,
     from_torchvision,
     from_xternalz_layout,
+    scaled_to_255,
     state_dict_of,
 )
 from wideresnet.models.official import infer_official_model, load_official_params
@@ -27,6 +28,7 @@ from wideresnet.recipes import make_config
 from wideresnet.train.checkpoint import (
     Checkpoint,
     load_weights_file,
+    nonfinite_tensor,
     weight_mismatch,
     write_checkpoint,
 )
@@ -53,13 +55,16 @@ def import_official(source: str | Path, out: str | Path, overwrite: bool = False
         load_official_params(model, params)
     except (ValueError, ModelNameError) as error:
         raise RunError(f"{source}: {error}") from None
+    bad = nonfinite_tensor(model.state_dict())
+    if bad:
+        raise RunError(f"{source}: {bad} holds NaN or infinite values; refusing to import it")
     del options["num_classes"]
     _write(out, model, options, source=str(source))
     return f"{name}, block {model.block}, {count_params(model):,} parameters"
 
 
 def _imported(
-    layout: str, saved: object, key: str | None, source: Path
+    layout: str, saved: object, key: str | None, source: Path, activation: str | None = None
 ) -> tuple[Imported, nn.Module]:
     """(the foreign weights as ours, our model built for them), or RunError naming the file."""
     try:
@@ -68,6 +73,8 @@ def _imported(
             imported = from_torchvision(state)
         else:
             imported = from_xternalz_layout(state, layout)
+        if activation:
+            imported.options["activation"] = activation
         classes = imported.weights["fc.weight"].shape[0]
         model = create_model(imported.model, classes, **imported.options)
     except (ValueError, KeyError, ModelNameError) as error:
@@ -75,6 +82,9 @@ def _imported(
     problem = weight_mismatch(model.state_dict(), imported.weights)
     if problem:
         raise RunError(f"{source}: does not fit {imported.model}: {problem}")
+    bad = nonfinite_tensor(imported.weights)
+    if bad:
+        raise RunError(f"{source}: {bad} holds NaN or infinite values; refusing to import it")
     model.load_state_dict(imported.weights, strict=False)
     return imported, model
 
@@ -88,20 +98,24 @@ def import_checkpoint(
     key: str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    activation: str | None = None,
 ) -> str:
     """Convert another project's checkpoint into ours at `out`; a one-line summary. `mean`
-    and `std` (0-255 scale) replace the normalisation the layout implies."""
+    and `std` (on the 0-1 or the 0-255 scale) replace the normalisation the layout implies;
+    `activation` the one it implies (the DeepMind layout: swish or relu)."""
     if layout not in LAYOUTS:
         raise RunError(f"--from {layout}: choose from {', '.join(LAYOUTS)}")
     if layout == "authors":
         return import_official(source, out, overwrite)
     source, out = Path(source), Path(out)
-    imported, model = _imported(layout, load_weights_file(source, out, overwrite), key, source)
+    saved = load_weights_file(source, out, overwrite)
+    imported, model = _imported(layout, saved, key, source, activation)
     ours = normalisation(imported.preprocess)
-    normalization = {
-        "mean": list(mean or imported.mean or ours[0]),
-        "std": list(std or imported.std or ours[1]),
-    }
+    given = [scaled_to_255(v) if v else None for v in (mean, std)]
+    mean, std = check_normalization(
+        given[0] or imported.mean or ours[0], given[1] or imported.std or ours[1], str(source)
+    )
+    normalization = {"mean": mean, "std": std}
     _write(
         out, model, imported.options, source=str(source), layout=layout, normalization=normalization
     )

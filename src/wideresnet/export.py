@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,25 @@ from torch import nn
 
 from wideresnet.config import Config
 from wideresnet.data.prepare import load_split, training_split
-from wideresnet.data.preprocess import InputTransform, cached_zca, normalisation
-from wideresnet.errors import DataError, RunError
-from wideresnet.files import atomic_write
+from wideresnet.data.preprocess import (
+    InputTransform,
+    cached_zca,
+    check_normalization,
+    normalisation,
+)
+from wideresnet.errors import DataError, ModelNameError, RunError, WriteError
+from wideresnet.extras import require
+from wideresnet.files import atomic_write, check_regular, free_space
 from wideresnet.models import create_model
+from wideresnet.train.checkpoint import nonfinite_tensor, weight_mismatch
 from wideresnet.train.environment import git_commit
 from wideresnet.train.trained import load_trained
 
 FORMAT = "wideresnet-model/1"
 ZCA_KEYS = ("input.zca_mean", "input.zca_whiten")
+MAX_INPUT_SIZE = (
+    2048  # pixels: a larger input_size in a file is refused before any image is resized
+)
 
 
 @dataclass
@@ -59,9 +71,11 @@ class Portable:
         return self.model
 
 
-def _normalization(recorded: dict | None, config: Config) -> tuple[dict, InputTransform]:
+def _normalization(
+    recorded: dict | None, config: Config, where: str
+) -> tuple[dict, InputTransform]:
     if isinstance(recorded, dict):  # imported from another project
-        mean, std = recorded["mean"], recorded["std"]
+        mean, std = recorded.get("mean"), recorded.get("std")
     elif config.data.preprocess == "zca":
         try:
             (x_train, _), _, _ = training_split(config)
@@ -71,20 +85,26 @@ def _normalization(recorded: dict | None, config: Config) -> tuple[dict, InputTr
         return {"zca": True}, InputTransform(zca_mean=zca_mean, zca_whiten=whiten)
     else:
         mean, std = normalisation(config.data.preprocess)
-    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    mean, std = check_normalization(mean or (), std or (), where)
     return {"mean": mean, "std": std}, InputTransform(mean, std)
 
 
 def portable(source: str | Path) -> Portable:
-    """From a run directory or one of our checkpoint files."""
+    """From a run directory or one of our checkpoint files (refused when its weights hold
+    NaN or infinite values, or its normalisation would make them)."""
     trained = load_trained(source)
-    normalization, transform = _normalization(trained.checkpoint.normalization, trained.config)
+    bad = nonfinite_tensor(trained.model.state_dict())
+    if bad:
+        raise RunError(f"{source}: {bad} holds NaN or infinite values; refusing to use it")
+    recorded = trained.checkpoint.normalization
+    normalization, transform = _normalization(recorded, trained.config, str(source))
     size = trained.config.data.image_size or getattr(trained.model, "input_size", 32)
     return Portable(trained.model, trained.config, trained.classes, normalization, transform, size)
 
 
 def export_safetensors(source: str | Path, out: str | Path) -> str:
     """Weights and the metadata that rebuild the model (and its input) alone."""
+    require("export", "--format safetensors", ("safetensors",))
     from safetensors.torch import save
 
     item = portable(source)
@@ -107,31 +127,68 @@ def export_safetensors(source: str | Path, out: str | Path) -> str:
     return f"{item.config.model.model}, {len(item.classes)} classes, {len(tensors)} tensors"
 
 
+def _metadata(path: Path, data: bytes) -> tuple[list[str], dict, dict, int]:
+    """(classes, model options, normalization, input size) of a safetensors export, each
+    checked; ValueError saying what is wrong."""
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"not a wideresnet export (format {meta.get('format')!r})")
+    classes = json.loads(meta["classes"])
+    options = json.loads(meta["model_options"])
+    normalization = json.loads(meta["normalization"])
+    size = meta["input_size"]
+    if not size.isdigit():
+        raise ValueError(f"input_size {size!r} is not a whole number of pixels")
+    size = int(size)
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError("classes must be a list of class names")
+    if not isinstance(options, dict) or not isinstance(normalization, dict):
+        raise ValueError("model_options and normalization must be objects")
+    if not 1 <= size <= MAX_INPUT_SIZE:
+        raise ValueError(f"input_size {size} is outside 1..{MAX_INPUT_SIZE} pixels")
+    return classes, options, normalization, size
+
+
 def _from_safetensors(path: Path) -> Portable:
+    require("export", f"{path} (a safetensors file)", ("safetensors",))
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     try:
-        data = path.read_bytes()
+        data = read_model_file(path)
         tensors = load(data)
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        meta = header.get("__metadata__") or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"not a wideresnet export (format {meta.get('format')!r})")
-        classes = json.loads(meta["classes"])
-        options = json.loads(meta["model_options"])
-        normalization = json.loads(meta["normalization"])
-    except (SafetensorError, ValueError, KeyError, OSError) as error:
+        classes, options, normalization, size = _metadata(path, data)
+        meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+        model = create_model(meta["model"], len(classes), **options)
+    except (SafetensorError, ValueError, KeyError, TypeError, ModelNameError) as error:
         raise RunError(f"{path}: not a readable wideresnet safetensors file ({error})") from None
-    model = create_model(meta["model"], len(classes), **options)
     zca = [tensors.pop(k) for k in ZCA_KEYS if k in tensors]
+    problem = weight_mismatch(model.state_dict(), tensors)
+    if problem:
+        raise RunError(f"{path}: weights do not fit {meta['model']}: {problem}")
+    bad = nonfinite_tensor(tensors)
+    if bad:
+        raise RunError(f"{path}: {bad} holds NaN or infinite values; refusing to use it")
     model.load_state_dict(tensors)
-    if normalization.get("zca"):
+    if normalization.get("zca") and len(zca) == 2:
         transform = InputTransform(zca_mean=zca[0], zca_whiten=zca[1])
     else:
-        transform = InputTransform(normalization["mean"], normalization["std"])
+        mean, std = check_normalization(
+            normalization.get("mean") or (), normalization.get("std") or (), str(path)
+        )
+        transform = InputTransform(mean, std)
     config = Config.from_dict(json.loads(meta.get("config", "{}")))
-    return Portable(model, config, classes, normalization, transform, int(meta["input_size"]))
+    return Portable(model, config, classes, normalization, transform, size)
+
+
+def read_model_file(path: Path) -> bytes:
+    """A model file's bytes: a regular file only (a FIFO or device is refused by name)."""
+    check_regular(path, "model file")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise RunError(f"{path}: unreadable ({error.strerror})") from None
 
 
 def load_model(path: str | os.PathLike) -> nn.Module:
@@ -144,7 +201,8 @@ def load_model(path: str | os.PathLike) -> nn.Module:
 
 
 def _portable_any(path: Path) -> Portable:
-    if path.is_file():
+    if not path.is_dir():
+        check_regular(path, "model file")
         with open(path, "rb") as f:
             if f.read(2) != b"PK":  # our checkpoints are torch's zip files; the rest: safetensors
                 return _from_safetensors(path)
@@ -162,12 +220,15 @@ class WithPreprocessing(nn.Module):
         return self.model(self.transform(images)).softmax(1)
 
 
-def _check_images(item: Portable, count: int = 16) -> tuple[np.ndarray, str]:
-    """Real images to check an export on: the run's test images when its data is here."""
+def _check_images(item: Portable) -> tuple[np.ndarray, str]:
+    """Real images to check an export on: the run's test images when its data is here (16 at
+    32 px, fewer when larger: 2 at 224 px)."""
+    count = max(2, min(16, 16 * 32 * 32 // item.input_size**2))
     try:
-        images, _, _ = load_split(item.config, item.config.data.test_split)
-        if images.shape[1:3] == (item.input_size, item.input_size):
-            return images[:count], f"{count} test images of {item.config.data.data_dir}"
+        if item.config.data.data_dir is not None and item.config.data.dataset != "imagenet":
+            images, _, _ = load_split(item.config, item.config.data.test_split)
+            if images.shape[1:3] == (item.input_size, item.input_size):
+                return images[:count], f"{count} test images of {item.config.data.data_dir}"
     except DataError:
         pass
     generator = np.random.default_rng(0)
@@ -178,8 +239,7 @@ def _check_images(item: Portable, count: int = 16) -> tuple[np.ndarray, str]:
 def export_onnx(source: str | Path, out: str | Path, include_preprocessing: bool = False):
     """The model as ONNX (dynamic batch), checked with onnxruntime against PyTorch on real
     images; returns (summary, largest absolute difference)."""
-    import onnxruntime
-
+    require("export", "--format onnx")
     item = _portable_any(Path(source))
     item.finish()
     images, what = _check_images(item)
@@ -189,9 +249,29 @@ def export_onnx(source: str | Path, out: str | Path, include_preprocessing: bool
     example = uint8 if include_preprocessing else item.transform(uint8)
     with torch.no_grad():
         expected = module(example).numpy()
+    try:
+        difference = _write_onnx(module, example, expected, out, include_preprocessing)
+    except OSError as error:  # the temporary folder or the exporter's own writes
+        raise WriteError(
+            f"cannot write {out}: {error.strerror or error} ({free_space(Path(out).parent)}); "
+            "nothing was left"
+        ) from None
+    if include_preprocessing:
+        kind = "uint8 NHWC images -> probabilities"
+    else:
+        kind = "float NCHW normalised images -> logits"
+    return f"{kind}; checked with onnxruntime on {what}", difference
+
+
+def _write_onnx(module, example, expected, out, include_preprocessing: bool) -> float:
+    import onnxruntime
+
     folder = Path(out).absolute().parent
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+    # "torchvision is not installed. Skipping torchvision::nms": true, and not ours to say
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
         onnx_path = Path(scratch) / "model.onnx"
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         torch.onnx.export(
@@ -203,13 +283,10 @@ def export_onnx(source: str | Path, out: str | Path, include_preprocessing: bool
             dynamic_shapes=({0: batch},),
             dynamo=True,
             external_data=False,
+            verbose=False,  # no progress lines of its own
         )
         session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": example.numpy()})[0]
         difference = float(np.abs(got - expected).max())
         atomic_write(out, onnx_path.read_bytes())
-    if include_preprocessing:
-        kind = "uint8 NHWC images -> probabilities"
-    else:
-        kind = "float NCHW normalised images -> logits"
-    return f"{kind}; checked with onnxruntime on {what}", difference
+    return difference

@@ -9,9 +9,11 @@ removed and the previous file is left as it was.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +59,9 @@ def atomic_write(
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _remove_stale_temporaries(path)
+        prefix = f".{path.name}.{os.getpid()}."
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         tmp = Path(name)
         with os.fdopen(fd, "wb") as f:
             if isinstance(data, bytes | bytearray | memoryview):
@@ -89,10 +93,67 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """The temporary files a killed writer of `path` left (their process is gone): the next
+    write removes them. Names carry the writer's pid (wideresnet 0.2's had none)."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        writer = old.name[len(path.name) + 2 :].split(".", 1)[0]
+        if writer.isdigit() and alive(int(writer)):
+            continue
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _reason(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return first_line(error)
+
+
+def rewrite_in_place(path: str | os.PathLike, data: bytes) -> None:
+    """Replace a file's contents keeping the file itself: its mode, its other hard links,
+    and, through a symlink, the file the link names. The new bytes are first written beside it
+    (a full or read-only disk then fails with nothing touched), that copy is removed, and the
+    file is rewritten in place, fsynced; WriteError naming it on failure."""
+    target = Path(os.path.realpath(path))
+    atomic_write(target.parent / f".{target.name}.rewrite", data)  # room for it, or one line
+    (target.parent / f".{target.name}.rewrite").unlink()
+    try:
+        with open(target, "r+b") as f:
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise WriteError(
+            f"cannot write {target}: {error.strerror or error} ({free_space(target.parent)})"
+        ) from error
+
+
+def check_regular(path: Path, what: str) -> None:
+    """RunError unless `path` is a regular file (a FIFO would hang a read, a device like
+    /dev/zero never end one): symlinks are followed, to the thing they name."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such {what}") from None
+    except OSError as error:
+        raise RunError(f"{path}: unreadable ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise RunError(f"{path}: not a regular file; refusing to read it as a {what}")
 
 
 def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:

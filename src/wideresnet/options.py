@@ -117,8 +117,10 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 def _parse_text(info: FieldInfo, text: str) -> Any:
     """A value typed on the command line (or given as a string in a file)."""
     text = text.strip()
-    if info.optional and text.lower() in ("", "none"):
+    if info.optional and text.lower() == "none":
         return None
+    if info.optional and not text:  # `--block ""`: a typo, not "not given" (that is `none`)
+        raise ValueError
     if info.kind is bool:
         if text.lower() not in _TRUE + _FALSE:
             raise ValueError

@@ -4,21 +4,23 @@ row), ours against the paper per cell, and our curve beside the authors' own log
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
-from wideresnet.errors import ConfigError
+from wideresnet.errors import ConfigError, WriteError
 from wideresnet.experiments.registry import FIGURES, authors_log
+from wideresnet.extras import require
+from wideresnet.files import atomic_write
 from wideresnet.report import RunRecord, median_curve
 
 FORMATS = ("png", "svg")
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError('--plots needs matplotlib: pip install "wideresnet[plots]"') from None
+    require("plots", "--plots")
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -31,10 +33,12 @@ def _curve(records: list[RunRecord], key: str) -> tuple[list[int], list[float]]:
 
 
 def _save(figure, folder: Path, name: str) -> list[Path]:
+    """The figure as PNG and SVG, each written atomically (WriteError naming it on failure)."""
     paths = []
     for fmt in FORMATS:
-        path = folder / f"{name}.{fmt}"
-        figure.savefig(path, dpi=110, bbox_inches="tight")
+        path, buffer = folder / f"{name}.{fmt}", io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=110, bbox_inches="tight")
+        atomic_write(path, buffer.getvalue())
         paths.append(path)
     return paths
 
@@ -64,7 +68,18 @@ def _group(records: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecor
 def write_plots(records: list[RunRecord], cells: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Every plot the runs allow; returns the files written."""
     plt = _pyplot()
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--plots {folder}: exists and is not a folder")
+    created = not folder.exists()
+    try:
+        return _write_all(plt, records, cells, folder)
+    except WriteError:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # nothing was written: no empty folder left behind
+        raise
+
+
+def _write_all(plt, records: list[RunRecord], cells: list[dict[str, Any]], folder: Path):
     groups, written = _group(records), []
     for table, column in dict.fromkeys((t, c) for t, _, c in groups):
         figure, axis = plt.subplots(figsize=(7, 4.5))

@@ -45,10 +45,15 @@ def read_image(path: Path, size: int) -> np.ndarray:
 def predict(model_source: str | Path, inputs: list[str], top_k: int = 5) -> list[dict[str, Any]]:
     """One entry per image, in order: {"file", "top": [{"class", "probability"}]} or
     {"file", "error"}."""
+    if top_k < 1:
+        raise DataError(f"--top-k {top_k}: give 1 or more")
     model = load_model(model_source)
+    paths = expand(inputs)
+    if not paths:
+        raise DataError(f"no images in {', '.join(inputs)} (files, folders or patterns)")
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray]] = []
-    for path in expand(inputs):
+    for path in paths:
         try:
             pending.append((len(results), read_image(path, model.input_size)))
             results.append({"file": str(path)})

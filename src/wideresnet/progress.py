@@ -18,12 +18,26 @@ INTERVAL_SECONDS = 0.5  # at most two records a second per task
 _ids = itertools.count()
 
 
+def _grace() -> float:
+    """$WRN_PROGRESS_AFTER in seconds, or the default (with a warning) when it is not one."""
+    text = os.environ.get("WRN_PROGRESS_AFTER")
+    if text is None:
+        return GRACE_SECONDS
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        logging.getLogger("wideresnet").warning(
+            f"WRN_PROGRESS_AFTER={text!r} is not a number of seconds; {GRACE_SECONDS:g} used"
+        )
+        return GRACE_SECONDS
+
+
 class Progress:
     """`with Progress("decoding train", total, "files") as p: ... p.update(done)`."""
 
     def __init__(self, what: str, total: int, unit: str = "images", *, grace: float | None = None):
         if grace is None:
-            grace = float(os.environ.get("WRN_PROGRESS_AFTER", GRACE_SECONDS))
+            grace = _grace()
         self.what, self.total, self.unit, self.grace = what, total, unit, grace
         self.key = f"{what}#{next(_ids)}"
         self.started = time.perf_counter()

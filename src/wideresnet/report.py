@@ -23,10 +23,11 @@ from wideresnet.config import FIELDS, Config
 from wideresnet.data.official import OFFICIAL
 from wideresnet.errors import ConfigError, DataError, RunError
 from wideresnet.experiments.registry import Table, authors_log, get_table
+from wideresnet.files import rewrite_in_place
 from wideresnet.protocol import NOT_PROTOCOL, ConfigChange, result_flags
 from wideresnet.tags import Tag
 from wideresnet.train.records import MetricsRow, Result
-from wideresnet.train.rundir import CONFIG, RunDir
+from wideresnet.train.rundir import CONFIG, METRICS, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,21 @@ class RunRecord:
         return [ConfigChange.from_dict(c) for c in recorded if isinstance(c, dict)]
 
 
+RECORDED = ("model", "dataset", "epochs", "seed")  # in every run's config.json (0.1 onwards)
+
+
 def read_record(run_dir: RunDir) -> RunRecord | None:
     """The run's record when its config names a table cell (None otherwise); RunError naming
     the file when its config, result or tag does not read as one."""
     recorded = run_dir.config()
-    tag = Tag.parse((recorded or {}).get("experiment"))
-    if recorded is None or tag is None:
+    if recorded is None:
+        raise RunError(f"{run_dir / CONFIG}: not the config.json of a run (unreadable)")
+    tag = Tag.parse(recorded.get("experiment"))
+    if tag is None:
         return None
+    missing = [key for key in RECORDED if key not in recorded]
+    if missing:
+        raise RunError(f"{run_dir / CONFIG}: no {', '.join(missing)}; not a run's config.json")
     options = {k: v for k, v in recorded.items() if k in FIELDS}
     try:
         config = Config.from_dict(options)
@@ -95,7 +104,13 @@ def read_record(run_dir: RunDir) -> RunRecord | None:
     except ConfigError as error:
         raise RunError(f"{run_dir / CONFIG}: {error}") from None
     resolved = recorded.get("resolved") if isinstance(recorded.get("resolved"), dict) else {}
-    return RunRecord(run_dir.path, tag, config, resolved, run_dir.result(), run_dir.metrics())
+    metrics, bad = run_dir.read_metrics()
+    if bad:
+        lines = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        log.warning(
+            f"{run_dir / METRICS}: line {lines} not an epoch record; its curve leaves them out"
+        )
+    return RunRecord(run_dir.path, tag, config, resolved, run_dir.result(), metrics)
 
 
 def collect(root: str | Path) -> list[RunRecord]:
@@ -305,6 +320,21 @@ def report(root: str | Path, fmt: str = "md") -> tuple[str, list[RunRecord], lis
     else:
         text = format_markdown(all_cells)
     return text, records, all_cells
+
+
+def write_into(path: str | Path, section: str) -> None:
+    """Rewrite the results section of a file (a README) in place: its mode, hard links and,
+    through a symlink, the file the link names are kept."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"--into {path}: a directory, not a file")
+    try:
+        document = path.read_text()
+    except FileNotFoundError:
+        raise DataError(f"--into {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"--into {path}: unreadable ({error})") from None
+    rewrite_in_place(path, replace_section(document, section).encode())
 
 
 def replace_section(document: str, section: str) -> str:

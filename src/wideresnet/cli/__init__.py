@@ -31,7 +31,16 @@ def _machine_readable(args) -> bool:
     return bool(getattr(args, "json", False)) or getattr(args, "format", None) in ("json", "csv")
 
 
+def _printable_everywhere() -> None:
+    """A path a terminal's encoding cannot show is printed escaped, never an error."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_everywhere()
     configure_logging()
     try:
         parser = build_parser()

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from wideresnet.cli.parser import UsageError
 from wideresnet.errors import RunError
 from wideresnet.files import refuse_existing
 
@@ -41,8 +42,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 2 if any("error" in entry for entry in results) else 0
 
 
-def _floats(text: str | None) -> tuple[float, ...] | None:
-    return tuple(float(v) for v in text.split(",")) if text else None
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(
+            f"wrn import: {option} {text!r}: expected comma-separated numbers"
+        ) from None
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -54,8 +62,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         args.out,
         overwrite=args.overwrite,
         key=args.key,
-        mean=_floats(args.mean),
-        std=_floats(args.std),
+        mean=_floats(args.mean, "--mean"),
+        std=_floats(args.std, "--std"),
+        activation=args.activation,
     )
     print(f"{args.file} -> {args.out}: {summary}")
     return 0

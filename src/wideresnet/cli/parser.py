@@ -9,6 +9,7 @@ from typing import Any
 
 from wideresnet.config import FIELDS, SECTIONS
 from wideresnet.errors import WrnError
+from wideresnet.models.foreign import LAYOUTS
 from wideresnet.presets import PRESETS
 from wideresnet.version import __version__
 
@@ -211,10 +212,6 @@ def _bench(verbs) -> None:
     bench.add_argument("--json", action="store_true")
 
 
-# the layouts `wrn import --from` takes (convert.py; tests/test_cli.py holds the two equal)
-LAYOUTS = ("authors", "xternalz", "robustbench", "fixmatch", "torchvision")
-
-
 def _handover(verbs) -> None:
     export = verbs.add_parser("export", help="a trained model as safetensors or ONNX")
     export.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -238,6 +235,9 @@ def _handover(verbs) -> None:
     imports.add_argument("--key", help="the entry holding the state_dict (default: found)")
     imports.add_argument("--mean", help="input mean, comma-separated (0-1 or 0-255 scale)")
     imports.add_argument("--std", help="input std, comma-separated")
+    imports.add_argument(
+        "--activation", help="the network's activation where the weights cannot say (DeepMind's)"
+    )
     imports.add_argument("--overwrite", action="store_true")
 
 

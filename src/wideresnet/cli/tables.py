@@ -92,6 +92,10 @@ def table_run(args: argparse.Namespace) -> int:
         paper_dataset=args.paper_dataset,
         extra=parse_train_options(args.train_options),
     )
+    if any(run.extra.get("tensorboard") for run in runs):
+        from wideresnet.extras import require
+
+        require("tensorboard", "--tensorboard")  # before any run starts, not once per run
     if args.print_commands:
         for line in print_commands(runs, args.retry_failed):
             print(line)
@@ -117,12 +121,15 @@ def table_save(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from wideresnet.files import atomic_write
-    from wideresnet.report import replace_section, report
+    from wideresnet.report import report, write_into
 
+    if args.plots:
+        from wideresnet.extras import require
+
+        require("plots", "--plots")
     text, records, cells = report(args.exp_dir, args.format)
     if args.into:
-        document = Path(args.into).read_text()
-        atomic_write(args.into, replace_section(document, text).encode())
+        write_into(args.into, text)
         print(f"{args.into}: results section rewritten ({len(cells)} cells)")
     elif args.out:
         atomic_write(args.out, text.encode())

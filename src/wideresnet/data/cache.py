@@ -48,21 +48,29 @@ def fingerprint(parts: Iterable[str | bytes]) -> str:
     return digest.hexdigest()
 
 
+KEY = "__key__"  # every entry holds the full key it was built for
+
+
 def cached_arrays(
     kind: str, name: str, key: str, build: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """build()'s arrays, from cache_dir()/kind/name-key.npz when it holds a readable copy."""
+    """build()'s arrays, from cache_dir()/kind/name-key.npz when it holds a readable copy
+    built for this key (an entry that is torn, foreign, for another key or short of arrays
+    is rebuilt, never trusted)."""
     folder = cache_dir() / kind
     path = folder / f"{name}-{key[:16]}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as cached:
-                return {k: cached[k] for k in cached.files}
+                arrays = {k: cached[k] for k in cached.files}
+            if str(arrays.pop(KEY, "")) == key:
+                return arrays
+            log.warning(f"cache entry {path} was not built for these files; rebuilding it")
         except Exception as error:  # any unreadable entry is rebuilt: it is only a cache
             log.warning(f"cache entry {path} is unreadable ({type(error).__name__}); rebuilding it")
     arrays = build()
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays, **{KEY: np.array(key)})
     try:
         atomic_write(path, buffer.getvalue())
         for old in folder.glob(f"{name}-*.npz"):  # a changed source leaves a stale entry

@@ -79,7 +79,7 @@ def fetch(url: str, destination: Path, md5: str | None) -> None:
         if isinstance(cause, urllib.error.URLError | http.client.HTTPException | TimeoutError):
             reason = getattr(cause, "reason", cause)
             raise DataError(f"{url}: download failed ({reason}); nothing was kept") from None
-        if isinstance(cause, ConnectionError):
+        if isinstance(cause, ConnectionError | ValueError):  # ValueError: not a URL at all
             raise DataError(f"{url}: download failed ({cause}); nothing was kept") from None
         raise
 
@@ -110,7 +110,10 @@ def download(
     if name not in OFFICIAL:
         raise DataError(f"{name}: only {', '.join(OFFICIAL)} can be downloaded")
     official, root = OFFICIAL[name], Path(data_dir).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"{root}: cannot be the data folder ({error.strerror})") from None
     if official.archive is None:  # SVHN: bare .mat files
         base = url or base_url(name)
         for file in files or list(official.files):
@@ -143,6 +146,8 @@ def default_data_dir(name: str) -> Path:
     from wideresnet.data.cache import cache_dir
 
     root = os.environ.get("WRN_DATA_DIR")
+    if root and Path(root).expanduser().exists() and not Path(root).expanduser().is_dir():
+        raise DataError(f"WRN_DATA_DIR={root}: not a folder")
     return (Path(root).expanduser() if root else cache_dir() / "data") / name
 
 

@@ -165,6 +165,10 @@ class CifarSource:
                 raise DataError(f"{archive}: unreadable archive ({error})") from None
             self.where = archive
 
+    def name(self, file: str) -> str:
+        """How a file of the set is named in messages: its path, or ARCHIVE:MEMBER."""
+        return f"{self.where}:{file}" if self.archive is not None else str(self.folder / file)
+
     def read(self, file: str) -> dict:
         if self.archive is not None:
             member = self.members.get(file)
@@ -176,7 +180,7 @@ class CifarSource:
                 raise DataError(f"{self.where}: cannot read {file} ({error})") from None
             if self.verify and hashlib.md5(data).hexdigest() != self.official.files[file]:
                 raise DataError(f"{self.where}: member {file} does not match the official md5")
-            return _unpickle(data, f"{self.where}:{file}")
+            return _unpickle(data, self.name(file))
         path = self.folder / file
         if not path.is_file():
             raise DataError(f"{path}: missing")
@@ -203,10 +207,12 @@ def load_cifar(name: str, data_dir: Path, split: str, verify: bool, labels: str)
             data = np.asarray(batch["data"], dtype=np.uint8)
             batch_labels = np.asarray(batch[label_key], dtype=np.int64)
         except KeyError as error:
-            raise DataError(f"{file}: CIFAR batch without key {error}") from None
+            raise DataError(f"{source.name(file)}: CIFAR batch without key {error}") from None
+        except (ValueError, TypeError, OverflowError) as error:  # labels not small integers
+            raise DataError(f"{source.name(file)}: not CIFAR's data and labels ({error})") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(batch_labels):
             raise DataError(
-                f"{file}: data of shape {data.shape} with {len(batch_labels)} "
+                f"{source.name(file)}: data of shape {data.shape} with {len(batch_labels)} "
                 "labels, expected (N, 3072) with N labels"
             )
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))

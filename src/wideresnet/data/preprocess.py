@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from wideresnet.data.cache import cached_arrays, fingerprint
+from wideresnet.errors import DataError
 
 # The paper's normalisation on the 0-255 scale (PAPER.md "Training recipes").
 CIFAR_MEAN = (125.3, 123.0, 113.9)
@@ -28,6 +29,24 @@ def normalisation(preprocess: str) -> tuple[tuple[float, ...] | None, tuple[floa
     if preprocess == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
     return None, None  # zca: images are whitened beforehand
+
+
+def check_normalization(mean, std, where: str) -> tuple[list[float], list[float]]:
+    """A mean/std an input transform may use: three finite values each, the std positive
+    (anything else makes every output NaN or infinite); DataError naming `where` otherwise."""
+    try:
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{where}: mean and std must be numbers, got {mean!r} and {std!r}"
+        ) from None
+    if len(mean) != 3 or len(std) != 3:
+        raise DataError(
+            f"{where}: mean and std need 3 values each (RGB), got {len(mean)} and {len(std)}"
+        )
+    if not all(np.isfinite(mean)) or not all(np.isfinite(std)) or min(std) <= 0:
+        raise DataError(f"{where}: mean {mean} and std {std} must be finite, the std > 0")
+    return mean, std
 
 
 def gcn(x: np.ndarray, scale: float = GCN_SCALE) -> np.ndarray:

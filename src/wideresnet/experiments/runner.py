@@ -8,7 +8,9 @@ later continues the table. Each run's output goes to EXP_DIR/logs/.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +39,7 @@ class Running:
     process: subprocess.Popen
     started: float
     slot: int
+    claim: int  # the descriptor of this runner's claim on the run
 
 
 @dataclass
@@ -46,26 +49,82 @@ class Outcome:
     skipped: int = 0
 
 
-def _log_path(exp_dir: Path, run: PlannedRun) -> Path:
+def run_key(exp_dir: Path, run: PlannedRun) -> str:
+    """A run's name in the experiment's records: its folder relative to EXP_DIR."""
+    return str(run.run_dir.relative_to(exp_dir))
+
+
+def log_path(exp_dir: Path, run: PlannedRun) -> Path:
     relative = run.run_dir.relative_to(exp_dir)
     return exp_dir / "logs" / ("-".join(relative.parts) + ".log")
 
 
+def stopped_by_signal(code: int) -> bool:
+    """The exit of a run that was asked to stop (SIGTERM, SIGINT) and saved a checkpoint."""
+    return code in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
+
+
+def record_exit(exp_dir: Path, run: PlannedRun, code: int, seconds: float) -> None:
+    """EXP_DIR/table-runs.json: each run's last exit code and command (for the ledger and
+    `wrn table status`), whichever launcher ran it."""
+    with locked(exp_dir / ".table-runs.lock"):
+        record = read_json(exp_dir / TABLE_RUNS) or {}
+        record[run_key(exp_dir, run)] = {
+            "exit": code,
+            "seconds": round(seconds, 1),
+            "command": run.command(),
+        }
+        write_json(exp_dir / TABLE_RUNS, record)
+
+
 @contextmanager
-def _stop_requests() -> Iterator[list[int]]:
+def stop_requests() -> Iterator[list[int]]:
     """Signals noted (not acted on at once): the loop passes them on to the runs."""
     received: list[int] = []
     with stop_signals(lambda signum, frame: received.append(signum)):
         yield received
 
 
+class Claims:
+    """One runner at a time per run (two `wrn table run` into one experiment split the work):
+    EXP_DIR/.claims/<run>.lock, an OS lock held while this runner's process for that run
+    lives, and dropped with this runner if it dies."""
+
+    def __init__(self, exp_dir: Path) -> None:
+        self.folder = exp_dir / ".claims"
+
+    def take(self, run: PlannedRun) -> int | None:
+        """The claim's descriptor, or None when another runner holds the run."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = "-".join(run.run_dir.relative_to(self.folder.parent).parts) + ".lock"
+        fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive OS lock on `path` while inside (a shared record's read-modify-write)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class TableRunner:
-    """Runs planned runs in processes, `len(devices)` at a time (one when devices is None)."""
+    """Runs planned runs in processes, `len(devices)` at a time (one when devices is None);
+    a run another runner holds is left to it and looked at again when it lets go."""
 
     def __init__(self, runs: list[PlannedRun], exp_dir: Path, devices: list[str] | None) -> None:
         self.runs, self.exp_dir = runs, Path(exp_dir).absolute()
         self.slots: list[str | None] = list(devices) if devices else [None]
-        self.record_path = self.exp_dir / TABLE_RUNS
+        self.claims = Claims(self.exp_dir)
         self.durations: list[float] = []
 
     def pending(self, retry_failed: bool) -> list[PlannedRun]:
@@ -82,11 +141,20 @@ class TableRunner:
             f"{len(pending)} to run, {len(self.slots)} at a time"
         )
         active: list[Running] = []
-        total = len(pending)
-        with _stop_requests() as stop:
-            while pending or active:
+        total, held_elsewhere, announced = len(pending), [], 0
+        wanted = _wanted(retry_failed)
+        with stop_requests() as stop:
+            while pending or active or held_elsewhere:
                 while pending and len(active) < len(self.slots) and not stop:
-                    active.append(self._start(pending.pop(0), active, total - len(pending)))
+                    run = pending.pop(0)
+                    claim = self.claims.take(run)
+                    if claim is None:
+                        held_elsewhere.append(run)
+                    elif run.state not in wanted:  # another runner did it meanwhile
+                        os.close(claim)
+                        outcome.skipped += 1
+                    else:
+                        active.append(self._start(run, claim, active, total - len(pending)))
                 for item in [a for a in active if a.process.poll() is not None]:
                     active.remove(item)
                     self._finished(item, outcome, total, len(pending) + len(active))
@@ -97,39 +165,46 @@ class TableRunner:
                     active = []
                 if stop:
                     raise Interrupted(stop[0], TABLE_STOPPED)
+                if not pending and held_elsewhere:
+                    if not active and announced != len(held_elsewhere):
+                        announced = len(held_elsewhere)
+                        log.info(f"waiting for {announced} run(s) another runner holds")
+                    pending, held_elsewhere = held_elsewhere, []
+                    time.sleep(POLL_SECONDS * 5)
                 time.sleep(POLL_SECONDS)
         return outcome
 
-    def _start(self, run: PlannedRun, active: list[Running], index: int) -> Running:
+    def _start(self, run: PlannedRun, claim: int, active: list[Running], index: int) -> Running:
         slot = min(set(range(len(self.slots))) - {a.slot for a in active})
         device = self.slots[slot]
         args = run.args() + (["--device", device] if device else [])
-        log_path = _log_path(self.exp_dir, run)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as out:
+        path = log_path(self.exp_dir, run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as out:
             out.write(f"$ wrn {' '.join(args)}\n")
             out.flush()
             process = subprocess.Popen(
                 [sys.executable, "-m", "wideresnet", *args], stdout=out, stderr=subprocess.STDOUT
             )
         what = "resuming" if "--resume" in args else "starting"
-        log.info(f"[{index}/{len(self.runs)}] {what} {run.tag} seed {run.seed} (log: {log_path})")
-        return Running(run, process, time.monotonic(), slot)
+        log.info(f"[{index}/{len(self.runs)}] {what} {run.tag} seed {run.seed} (log: {path})")
+        return Running(run, process, time.monotonic(), slot, claim)
 
     def _finished(self, item: Running, outcome: Outcome, total: int, left: int) -> None:
         code = item.process.wait()
+        os.close(item.claim)
         seconds = time.monotonic() - item.started
         result = _result(item.run) if code == 0 else None
         if result is not None:
             outcome.finished += 1
             self.durations.append(seconds)
             said = f"test error {result.test_error:.2f}% after {result.epochs} epochs"
-        elif code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        elif stopped_by_signal(code):
             said = "stopped, checkpoint saved"
         else:
             outcome.failed += 1
-            said = f"FAILED (exit {code}; see {_log_path(self.exp_dir, item.run)})"
-        self._record(item.run, code, seconds)
+            said = f"FAILED (exit {code}; see {log_path(self.exp_dir, item.run)})"
+        record_exit(self.exp_dir, item.run, code, seconds)
         done = outcome.finished + outcome.failed
         progress_log.info(
             f"{item.run.tag} seed {item.run.seed}: {said}, {seconds:.0f}s; {done}/{total} done"
@@ -150,13 +225,6 @@ class TableRunner:
                 item.process.send_signal(signal.SIGTERM)
         for item in active:
             item.process.wait()
-
-    def _record(self, run: PlannedRun, code: int, seconds: float) -> None:
-        """EXP_DIR/table-runs.json: each run's last exit code and command (for the ledger)."""
-        record = read_json(self.record_path) or {}
-        key = str(run.run_dir.relative_to(self.exp_dir))
-        record[key] = {"exit": code, "seconds": round(seconds, 1), "command": run.command()}
-        write_json(self.record_path, record)
 
 
 def _wanted(retry_failed: bool) -> tuple[RunState, ...]:

@@ -21,6 +21,7 @@ from wideresnet.models.official import (
     official_state_dict,
 )
 from wideresnet.models.summary import FORWARDS_PER_TRAINING_IMAGE, count_params, model_summary
+from wideresnet.models.variants import VARIANT_OPTIONS, Variant
 from wideresnet.models.wrn import WideResNet, wrn_name
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "model_summary",
     "wrn_name",
     "ModelNameError",
+    "Variant",
 ]
 
 
@@ -125,17 +127,7 @@ def _imagenet_resnet(match, num_classes, **options):
     r"wrn-(\d+)-" + _NUMBER,
     "wrn-d-k",
     "wrn-d-k: CIFAR/SVHN WRN, d = 6N+4, k may be fractional",
-    {
-        "dropout",
-        "block",
-        "blocks_per_group",
-        "init",
-        "in_channels",
-        "activation",
-        "bn_momentum",
-        "shortcut_input",
-        "head_bias",
-    },
+    {"dropout", "block", "blocks_per_group", "init", "in_channels", *VARIANT_OPTIONS},
 )
 def _wrn(match, num_classes, **options):
     return WideResNet(int(match[1]), _number(match[2]), num_classes, **options)

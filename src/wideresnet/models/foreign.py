@@ -4,12 +4,22 @@
                the paper's mean/std.
   robustbench  RobustBench's CIFAR WRNs (the same layout; `sub_block1` unused; a head with or
                without bias); inputs in [0, 1], or a normalisation wrapper's mean/std.
+               Normalisation buffers (`mu`/`sigma` or `mean`/`std`, of three values) are taken
+               as the model's input normalisation, wherever they sit.
+  robustbench-dm  RobustBench's DMWideResNet (DeepMind's, most of the top robust CIFAR models):
+               `init_conv`, `layer.G.block.I.batchnorm_0`..., `logits`, `mean`/`std` buffers;
+               TensorFlow's "SAME" padding of strided convs and (for most entries) swish;
+               detected by `--from robustbench` as well.
   fixmatch     FixMatch-pytorch (kekmodel) WRN-28-2: the same layout with leaky ReLU 0.1, batch
                norm momentum 0.001, and the first block of groups 2-3 reading its raw input.
+  usb          USB (microsoft/Semi-supervised-learning) wrn_28_2: the same layout with a bias
+               on every conv, leaky ReLU 0.1, batch norm momentum 0.001 and eps 0.001; its
+               first blocks read BN-ReLU(x) as the paper's (activate_before_residual is unused).
   torchvision  `wide_resnet50_2`, `wide_resnet101_2` (and the ResNets): our ImageNet layout.
   authors      the authors' own PyTorch `params` dict (models/official.py).
 
-Any `module.`-style prefix is dropped. Each layout says the input normalisation of the project
+Any `module.`-style prefix is dropped; a value that is not a floating-point tensor is refused
+by name. Each layout says the input normalisation of the project
 it came from; convert.py writes it into the imported checkpoint, so that predict and export
 use the right one.
 """
@@ -25,17 +35,35 @@ import torch
 from wideresnet.models.wrn import wrn_name
 
 BLOCK_KEY = "block1.layer.0.bn1.weight"
-XTERNALZ_KEYS = [
-    (r"conv1\.weight", "conv0.weight"),
+XTERNALZ_KEYS = [  # (pattern, our key): block{g}.layer.{i} is group{g-1}.block{i}
+    (r"conv1\.(weight|bias)", "conv0.{x}"),
     (r"block(\d+)\.layer\.(\d+)\.bn1\.(\w+)", "group{g}.block{i}.bn0.{x}"),
-    (r"block(\d+)\.layer\.(\d+)\.conv1\.weight", "group{g}.block{i}.conv0.weight"),
+    (r"block(\d+)\.layer\.(\d+)\.conv1\.(weight|bias)", "group{g}.block{i}.conv0.{x}"),
     (r"block(\d+)\.layer\.(\d+)\.bn2\.(\w+)", "group{g}.block{i}.bn1.{x}"),
-    (r"block(\d+)\.layer\.(\d+)\.conv2\.weight", "group{g}.block{i}.conv1.weight"),
-    (r"block(\d+)\.layer\.(\d+)\.convShortcut\.weight", "group{g}.block{i}.convdim.weight"),
+    (r"block(\d+)\.layer\.(\d+)\.conv2\.(weight|bias)", "group{g}.block{i}.conv1.{x}"),
+    (r"block(\d+)\.layer\.(\d+)\.convShortcut\.(weight|bias)", "group{g}.block{i}.convdim.{x}"),
     (r"bn1\.(\w+)", "bn.{x}"),
     (r"fc\.(weight|bias)", "fc.{x}"),
 ]
+DM_KEY = "layer.0.block.0.batchnorm_0.weight"
+DM_KEYS = [  # layer.{g}.block.{i} is group{g}.block{i}
+    (r"init_conv\.weight", "conv0.weight"),
+    (r"layer\.(\d+)\.block\.(\d+)\.batchnorm_0\.(\w+)", "group{g}.block{i}.bn0.{x}"),
+    (r"layer\.(\d+)\.block\.(\d+)\.conv_0\.weight", "group{g}.block{i}.conv0.weight"),
+    (r"layer\.(\d+)\.block\.(\d+)\.batchnorm_1\.(\w+)", "group{g}.block{i}.bn1.{x}"),
+    (r"layer\.(\d+)\.block\.(\d+)\.conv_1\.weight", "group{g}.block{i}.conv1.weight"),
+    (r"layer\.(\d+)\.block\.(\d+)\.shortcut\.weight", "group{g}.block{i}.convdim.weight"),
+    (r"batchnorm\.(\w+)", "bn.{x}"),
+    (r"logits\.(weight|bias)", "fc.{x}"),
+]
+NORMALIZATION_KEYS = (("mean", "mu"), ("std", "sigma"))
 FIXMATCH = {"activation": "leaky_relu:0.1", "bn_momentum": 0.001, "shortcut_input": "raw"}
+USB = {"activation": "leaky_relu:0.1", "bn_momentum": 0.001, "bn_eps": 0.001, "conv_bias": True}
+USB_NORMALIZATION = {  # semilearn/datasets/cv_datasets/cifar.py, on [0, 1]
+    10: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    100: ((129.3 / 255, 124.1 / 255, 112.4 / 255), (68.2 / 255, 65.4 / 255, 70.4 / 255)),
+}
+DM = {"conv_padding": "same", "activation": "swish"}  # RobustBench's DM entries: most swish
 UNIT = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)  # inputs in [0, 1]
 FIXMATCH_NORMALIZATION = {  # kekmodel's dataset/cifar.py, on [0, 1]
     10: ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
@@ -57,7 +85,7 @@ class Imported:
     preprocess: str = "meanstd"  # our normalisation the project used (without mean/std)
 
 
-def _scaled(values) -> tuple[float, ...]:
+def scaled_to_255(values) -> tuple[float, ...]:
     """A mean or std on the 0-255 scale (given on [0, 1] when every value is at most 1)."""
     values = [float(v) for v in values]
     return tuple(v * 255 for v in values) if max(values) <= 1 else tuple(values)
@@ -74,54 +102,101 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], marker: str) -> tuple[dict,
     return inside, outside
 
 
-def _wrapper_normalization(outside: dict) -> tuple[tuple, tuple] | None:
-    """A normalisation wrapper's mean and std (keys ending in mean/mu and std/sigma)."""
-
-    def find(names: tuple[str, ...]):
-        for key, value in outside.items():
-            if key.split(".")[-1] in names and torch.is_tensor(value) and value.numel() == 3:
-                return value.flatten().tolist()
+def _normalization_of(state: dict) -> tuple[tuple, tuple] | None:
+    """A normalisation's mean and std among the keys (`mean`/`mu`, `std`/`sigma`, of three
+    values, wherever they sit), taken out of `state`; None when there is none."""
+    found: dict[int, list[float]] = {}
+    for key in list(state):
+        value, leaf = state[key], key.split(".")[-1]
+        for which, names in enumerate(NORMALIZATION_KEYS):
+            if leaf in names and torch.is_tensor(value) and value.numel() == 3:
+                found[which] = value.flatten().tolist()
+                del state[key]
+    if len(found) < 2:
         return None
-
-    mean, std = find(("mean", "mu")), find(("std", "sigma"))
-    return (_scaled(mean), _scaled(std)) if mean and std else None
+    return scaled_to_255(found[0]), scaled_to_255(found[1])
 
 
-def from_xternalz_layout(state: Mapping[str, torch.Tensor], layout: str) -> Imported:
-    """xternalz, RobustBench and FixMatch WRNs (block1.layer.0.bn1...) as our wrn-d-k."""
-    inside, outside = _strip_prefix(state, BLOCK_KEY)
-    weights, notes = {}, []
+def _mapped(inside: dict, patterns: list, layout: str, group_offset: int) -> dict:
+    """The keys of `inside` as ours, by `patterns` (a key no pattern takes is refused)."""
+    weights = {}
     for key, value in inside.items():
         if key.startswith("sub_block1.") or key.endswith("num_batches_tracked"):
             continue  # RobustBench's TRADES models carry an unused sub-block
-        for pattern, target in XTERNALZ_KEYS:
+        if not torch.is_tensor(value) or not torch.is_floating_point(value):
+            raise ValueError(f"{key} is a {type(value).__name__}, not a floating-point tensor")
+        for pattern, target in patterns:
             match = re.fullmatch(pattern, key)
             if match:
                 groups = match.groups()
-                if key.startswith("block"):  # block{g}.layer.{i}[.{x}]
+                if "{g}" in target:  # group, block and (for most keys) the leaf name
                     extra = groups[2] if len(groups) > 2 else ""
-                    names = {"g": int(groups[0]) - 1, "i": groups[1], "x": extra}
+                    names = {"g": int(groups[0]) - group_offset, "i": groups[1], "x": extra}
                 else:
                     names = {"x": groups[0] if groups else ""}
                 weights[target.format(**names)] = value
                 break
         else:
             raise ValueError(f"unexpected key {key!r} for the {layout} layout")
+    if "fc.weight" not in weights or not any(k.startswith("group0.") for k in weights):
+        raise ValueError(f"no head or first group: not the {layout} layout")
+    return weights
+
+
+def _shape(weights: dict) -> tuple[str, int, dict]:
+    """(our model name, its classes, head options) from the mapped weights' shapes."""
     blocks = 1 + max(int(k.split(".")[1][5:]) for k in weights if k.startswith("group0."))
     classes, width = weights["fc.weight"].shape
-    name = wrn_name(6 * blocks + 4, width / 64)
     options: dict = {} if "fc.bias" in weights else {"head_bias": False}
+    return wrn_name(6 * blocks + 4, width / 64), int(classes), options
+
+
+def from_xternalz_layout(state: Mapping[str, torch.Tensor], layout: str) -> Imported:
+    """xternalz, RobustBench, FixMatch and USB WRNs (block1.layer.0.bn1...) as our wrn-d-k."""
+    if layout in ("robustbench", "robustbench-dm") and any(k.endswith(DM_KEY) for k in state):
+        return from_dm_layout(state)
+    if layout == "robustbench-dm":
+        raise ValueError(f"no {DM_KEY} key: not the DeepMind layout")
+    state = dict(state)
+    normalization = _normalization_of(state)
+    inside, _ = _strip_prefix(state, BLOCK_KEY)
+    weights = _mapped(inside, XTERNALZ_KEYS, layout, 1)
+    name, classes, options = _shape(weights)
+    notes = []
     if layout == "fixmatch":
         options.update(FIXMATCH)
-        mean, std = (
-            _scaled(v) for v in FIXMATCH_NORMALIZATION.get(classes, FIXMATCH_NORMALIZATION[10])
-        )
+        normalization = [
+            scaled_to_255(v)
+            for v in FIXMATCH_NORMALIZATION.get(classes, FIXMATCH_NORMALIZATION[10])
+        ]
+    elif layout == "usb":
+        options.update(USB)
+        normalization = [
+            scaled_to_255(v) for v in USB_NORMALIZATION.get(classes, USB_NORMALIZATION[10])
+        ]
     elif layout == "robustbench":
-        mean, std = _wrapper_normalization(outside) or UNIT
-        notes.append("inputs in [0, 1]" if (mean, std) == UNIT else "the wrapper's mean/std")
-    else:
+        notes.append("the checkpoint's mean/std" if normalization else "inputs in [0, 1]")
+        normalization = normalization or UNIT
+    elif normalization is None:
         return Imported(name, options, weights, None, None, notes)  # the paper's mean/std
+    mean, std = normalization
     return Imported(name, options, weights, tuple(mean), tuple(std), notes)
+
+
+def from_dm_layout(state: Mapping[str, torch.Tensor]) -> Imported:
+    """RobustBench's DMWideResNet (DeepMind's layout) as our wrn-d-k: "SAME" padding, and its
+    mean/std buffers as the input normalisation. The activation is not in the weights: swish,
+    as most of these entries; `--activation relu` for the others."""
+    state = dict(state)
+    normalization = _normalization_of(state) or UNIT
+    inside, _ = _strip_prefix(state, DM_KEY)
+    weights = _mapped(inside, DM_KEYS, "robustbench-dm", 0)
+    name, _, options = _shape(weights)
+    notes = [
+        "DeepMind's layout: swish and TensorFlow's padding (--activation relu if it was "
+        "trained with ReLU)"
+    ]
+    return Imported(name, {**options, **DM}, weights, *map(tuple, normalization), notes)
 
 
 def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
@@ -142,7 +217,7 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
     return Imported(name, {}, weights, None, None, preprocess="imagenet")  # ImageNet's mean/std
 
 
-LAYOUTS = ("authors", "xternalz", "robustbench", "fixmatch", "torchvision")
+LAYOUTS = ("authors", "xternalz", "robustbench", "robustbench-dm", "fixmatch", "usb", "torchvision")
 
 
 def state_dict_of(saved: object, key: str | None = None) -> dict[str, torch.Tensor]:

@@ -7,19 +7,22 @@ Module names mirror the authors' PyTorch code (`conv0`, `group{g}.block{i}.bn0|c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wideresnet.errors import ModelNameError
+from wideresnet.models.variants import PAPER, VARIANT_OPTIONS, Variant
 
 
 def wrn_name(depth: int, widen_factor: float) -> str:
     """The name of WRN-d-k: `wrn-28-10`, `wrn-16-1.5` (k written as an integer when it is one)."""
     k = float(widen_factor)
     return f"wrn-{depth}-{int(k) if k.is_integer() else k}"
+
+
+NORMS = (nn.BatchNorm2d, nn.GroupNorm)
 
 
 def init_authors(module: nn.Module) -> None:
@@ -29,7 +32,7 @@ def init_authors(module: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, NORMS):
             nn.init.uniform_(m.weight, 0.0, 1.0)
             nn.init.zeros_(m.bias)
 
@@ -39,7 +42,9 @@ def init_he_fan_out(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, NORMS):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
@@ -56,22 +61,6 @@ def apply_init(model: nn.Module, init: str) -> None:
     if init not in INITS:
         raise ModelNameError(f"unknown init {init!r}; choose from {sorted(INITS)}")
     INITS[init](model)
-
-
-def activation_of(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """ "relu" (the paper) or "leaky_relu:SLOPE" (FixMatch's WRN uses leaky_relu:0.1)."""
-    if spec == "relu":
-        return F.relu
-    name, _, slope = spec.partition(":")
-    if name == "leaky_relu":
-        try:
-            return partial(F.leaky_relu, negative_slope=float(slope or 0.01))
-        except ValueError:
-            pass
-    raise ModelNameError(f"activation must be relu or leaky_relu:SLOPE, not {spec!r}")
-
-
-SHORTCUT_INPUTS = ("preact", "raw")
 
 
 def conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -102,8 +91,9 @@ class WideBlock(nn.Module):
     BN-ReLU output as the first conv. Dropout, when on, sits after the ReLU before every conv
     but the first (for B(3,3): between the two convs, as in the paper).
 
-    `preact_input=False` is FixMatch's variant for the first block of groups 2 and 3: that
-    block's first conv and its projection read the raw input x (its bn0 goes unused).
+    `variant` (models/variants.py) is another project's departure from the paper;
+    `preact_input=False` is FixMatch's first block of groups 2 and 3: that block's first conv
+    and its projection read the raw input x (its bn0 goes unused).
     """
 
     def __init__(
@@ -114,18 +104,18 @@ class WideBlock(nn.Module):
         kernels: Sequence[int],
         dropout: float,
         *,
-        act: Callable[[torch.Tensor], torch.Tensor] = F.relu,
-        bn_momentum: float = 0.1,
+        variant: Variant = PAPER,
         preact_input: bool = True,
     ) -> None:
         super().__init__()
         self.kernels = tuple(kernels)
-        self.dropout, self.act, self.preact_input = dropout, act, preact_input or c_in == c_out
+        self.dropout, self.act = dropout, variant.act
+        self.preact_input = preact_input or c_in == c_out
         for i, k in enumerate(self.kernels):
             width_in = c_in if i == 0 else c_out
-            self.add_module(f"bn{i}", nn.BatchNorm2d(width_in, momentum=bn_momentum))
-            self.add_module(f"conv{i}", conv(width_in, c_out, k, stride if i == 0 else 1))
-        self.convdim = conv(c_in, c_out, 1, stride) if c_in != c_out else None
+            self.add_module(f"bn{i}", variant.norm_layer(width_in))
+            self.add_module(f"conv{i}", variant.conv(width_in, c_out, k, stride if i == 0 else 1))
+        self.convdim = variant.conv(c_in, c_out, 1, stride) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # o1: BN-ReLU(x), the authors' name; the first conv and the projection both read it
@@ -151,11 +141,9 @@ class WideResNet(ThreeGroups):
         blocks_per_group: N, overriding the one derived from depth (Table 3).
         in_channels: channels of the input image.
         init: "authors" (He fan_in, BN gamma ~ U[0,1)) or "he_fan_out" (BN gamma = 1).
-
-    Other ports' variants, default off (the paper's network): activation ("leaky_relu:0.1"),
-    bn_momentum (PyTorch's convention; FixMatch 0.001), shortcut_input ("raw": FixMatch's
-    first blocks of groups 2 and 3 read x, not BN-ReLU(x)), head_bias (False: RobustBench's
-    bias_last=False).
+        **variant: another project's departures from the paper (models/variants.py Variant:
+            activation, bn_momentum, bn_eps, conv_bias, conv_padding, shortcut_input,
+            head_bias, norm); none given: the paper's network.
     """
 
     def __init__(
@@ -169,14 +157,13 @@ class WideResNet(ThreeGroups):
         blocks_per_group: int | None = None,
         in_channels: int = 3,
         init: str = "authors",
-        activation: str = "relu",
-        bn_momentum: float = 0.1,
-        shortcut_input: str = "preact",
-        head_bias: bool = True,
+        **variant,
     ) -> None:
         super().__init__()
-        if shortcut_input not in SHORTCUT_INPUTS:
-            raise ModelNameError(f"shortcut_input must be preact or raw, not {shortcut_input!r}")
+        unknown = set(variant) - VARIANT_OPTIONS
+        if unknown:
+            raise TypeError(f"WideResNet got unexpected options {sorted(unknown)}")
+        self.variant = Variant(**variant)
         if blocks_per_group is None:
             if depth is None or (depth - 4) % 6 != 0 or depth < 10:
                 raise ModelNameError(f"depth must be 6N+4 with N >= 1, got {depth}")
@@ -194,28 +181,27 @@ class WideResNet(ThreeGroups):
         self.widths = [int(v * widen_factor) for v in (16, 32, 64)]
         self.blocks_per_group = blocks_per_group
         self.block = tuple(block)
-        self.act = activation_of(activation)
-        self.conv0 = conv(in_channels, 16, 3)
+        self.act = self.variant.act
+        self.conv0 = self.variant.conv(in_channels, 16, 3)
         c_in = 16
         for g, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
             group = nn.Sequential()
             for i in range(blocks_per_group):
-                raw = shortcut_input == "raw" and g > 0 and i == 0
+                raw = self.variant.shortcut_input == "raw" and g > 0 and i == 0
                 unit = WideBlock(
                     c_in,
                     width,
                     stride if i == 0 else 1,
                     self.block,
                     dropout,
-                    act=self.act,
-                    bn_momentum=bn_momentum,
+                    variant=self.variant,
                     preact_input=not raw,
                 )
                 group.add_module(f"block{i}", unit)
                 c_in = width
             self.add_module(f"group{g}", group)
-        self.bn = nn.BatchNorm2d(c_in, momentum=bn_momentum)
-        self.fc = nn.Linear(c_in, num_classes, bias=head_bias)
+        self.bn = self.variant.norm_layer(c_in)
+        self.fc = nn.Linear(c_in, num_classes, bias=self.variant.head_bias)
         apply_init(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from wideresnet.errors import RunError
-from wideresnet.files import atomic_write, first_line, refuse_existing
+from wideresnet.files import atomic_write, check_regular, first_line, refuse_existing
 from wideresnet.protocol import ConfigChange
 from wideresnet.train.records import (
     EpochTotals,
@@ -228,6 +228,7 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint, before_replace=None) ->
 def load_checkpoint(path: Path) -> Checkpoint:
     """torch.load with weights_only=True (a file that would run code is refused), the checksum,
     then every field's type: RunError naming the file when any of it fails."""
+    check_regular(path, "checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -251,6 +252,7 @@ def load_weights_file(source: Path, out: Path | None = None, overwrite: bool = F
     existing `out` without overwrite first; RunError naming the file when it cannot be read."""
     if out is not None:
         refuse_existing(out, overwrite)
+    check_regular(Path(source), "file")
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -264,6 +266,15 @@ def load_weights_file(source: Path, out: Path | None = None, overwrite: bool = F
 def load_any(path: Path) -> Checkpoint:
     """The checkpoint of a run directory (newest readable) or a checkpoint file."""
     return Checkpoints(path).load_latest()[0] if path.is_dir() else load_checkpoint(path)
+
+
+def nonfinite_tensor(tensors: dict[str, Any]) -> str | None:
+    """The first key whose floating tensor holds a NaN or an infinity (None: all finite)."""
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and torch.is_floating_point(value):
+            if not bool(torch.isfinite(value).all()):
+                return key
+    return None
 
 
 def is_finite(checkpoint: Checkpoint) -> bool:

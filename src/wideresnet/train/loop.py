@@ -63,8 +63,10 @@ class Trainer:
         runtime: Runtime,
         log_every: int = 0,
         world: World = World(),
+        run_id: str | None = None,
     ) -> None:
         self.config, self.run_dir, self.data, self.runtime = config, run_dir, data, runtime
+        self.run_id = run_id  # the run's identity (config.json, checkpoints, result.json)
         self.world, self.device = world, runtime.torch_device
         self.model = model
         self.optimizer = build_optimizer(model, config.optim, runtime.fused_sgd)
@@ -109,6 +111,7 @@ class Trainer:
             training=training,
             resolved=self.resolved(),
             data_fingerprint=self.data.fingerprint,
+            run_id=self.run_id,
         )
 
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -382,6 +385,7 @@ class Trainer:
             config_changes=[change.to_dict() for change in state.config_changes],
             processes=self.world.size,
             environment=environment(self.runtime.device, self.runtime.precision),
+            run_id=self.run_id,
         )
         if self.world.main:
             self.run_dir.write_result(result)

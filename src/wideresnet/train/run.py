@@ -4,6 +4,8 @@ one of several launched by torchrun)."""
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,11 @@ from wideresnet.data.download import default_data_dir, ensure_official
 from wideresnet.data.official import OFFICIAL
 from wideresnet.data.prepare import RunData, run_data
 from wideresnet.errors import DOWNLOAD_STOPPED, ConfigError, RunError, signals_interrupt
+from wideresnet.extras import require
 from wideresnet.models import count_params
 from wideresnet.protocol import RESUME_CHANGES, ConfigChange
 from wideresnet.seeds import Stream, seed_process
-from wideresnet.train.checkpoint import Checkpoint, load_any, weight_mismatch
+from wideresnet.train.checkpoint import Checkpoint, load_any, nonfinite_tensor, weight_mismatch
 from wideresnet.train.distributed import (
     World,
     shutdown,
@@ -33,13 +36,19 @@ from wideresnet.train.trained import build_model, config_of
 
 log = logging.getLogger(__name__)
 
-IDENTITY = ("model", "dataset", "seed")  # what makes a checkpoint this run's
+
+def new_run_id() -> str:
+    """The identity of a new run, written into its config.json, checkpoints and result."""
+    return uuid.uuid4().hex[:16]
 
 
 def load_initial_weights(model: nn.Module, source: str) -> None:
     """`--init-from`: the weights of a checkpoint or run; a new head when the class count
     differs (said in the log)."""
     weights = load_any(Path(source)).model
+    bad = nonfinite_tensor(weights)
+    if bad:
+        raise RunError(f"--init-from {source}: {bad} holds NaN or infinite values")
     ours = model.state_dict()
     head = tuple(k for k in ours if k.startswith("fc."))
     new_head = any(k in weights and weights[k].shape != ours[k].shape for k in head)
@@ -61,9 +70,10 @@ def make_trainer(
     log_every: int = 0,
     world: World = World(),
     recorded_loader: str | None = None,
+    run_id: str | None = None,
 ) -> Trainer:
     """A Trainer with its device, runtime, data and model built from the config
-    (`recorded_loader`: the loader of the run being resumed)."""
+    (`recorded_loader`: the loader of the run being resumed; `run_id`: the run's identity)."""
     device = resolve_device(config.runtime.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -90,7 +100,8 @@ def make_trainer(
         if config.runtime.sync_bn:
             use_global_batch_norm(model)
         seed_process(seed, 1, Stream.DROPOUT, world.rank)  # each process its own dropout
-    return Trainer(config, run_dir, data, runtime.prepare(model), runtime, log_every, world)
+    model = runtime.prepare(model)
+    return Trainer(config, run_dir, data, model, runtime, log_every, world, run_id or new_run_id())
 
 
 def resolve_paths(config: Config) -> Config:
@@ -112,6 +123,12 @@ def resolve_paths(config: Config) -> Config:
     return config.replace(**changes)
 
 
+def _check_extras(config: Config) -> None:
+    """The extras a run's options need, checked before any work."""
+    if config.runtime.tensorboard:
+        require("tensorboard", "--tensorboard")
+
+
 def _world(config: Config) -> World:
     return world_from_environment(resolve_device(config.runtime.device).type)
 
@@ -124,6 +141,7 @@ def train(
     Everything (options, data, model) is checked before the folder is touched; an old run
     replaced with `overwrite` is kept aside until the new run's first checkpoint. Under
     torchrun, rank 0 fetches, checks and writes; the others follow it."""
+    _check_extras(config)
     run_dir, world = RunDir(out), _world(config)
     try:
         with process_settings(config):
@@ -144,7 +162,7 @@ def train(
 def _start(trainer: Trainer, config: Config, run_dir: RunDir, world: World) -> Result:
     try:
         if world.main:
-            run_dir.write_config(config.to_dict(), trainer.resolved())
+            run_dir.write_config(config.to_dict(), trainer.resolved(), trainer.run_id)
         runtime, data = trainer.runtime, trainer.data
         log.info(
             f"{config.model.model}: {count_params(trainer.model):,} parameters, "
@@ -184,16 +202,6 @@ def resume_changes(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return differing
 
 
-def check_identity(checkpoint: Checkpoint, recorded: dict[str, Any], path: Path) -> None:
-    """Refuse a checkpoint of another run dropped into this run's directory."""
-    theirs = checkpoint.config
-    differing = [k for k in IDENTITY if theirs.get(k) != recorded.get(k)]
-    if differing:
-        found = ", ".join(f"{k} {theirs.get(k)!r}" for k in differing)
-        ours = ", ".join(f"{k} {recorded.get(k)!r}" for k in differing)
-        raise RunError(f"{path} belongs to another run ({found}; this run: {ours}); refusing it")
-
-
 def _check_same_data(checkpoint: Checkpoint, data: RunData, config: Config) -> None:
     recorded = checkpoint.data_fingerprint
     if recorded and recorded != data.fingerprint:
@@ -212,14 +220,19 @@ def resume(
     run_dir = RunDir(out)
     if not run_dir.path.is_dir():
         raise RunError(f"--resume {out}: no such run directory")
+    if run_dir.aside_with_checkpoint() is not None and os.environ.get("RANK", "0") == "0":
+        run_dir.lock()  # an interrupted --overwrite: the run it replaced comes back
+        run_dir.put_back()
+        run_dir.release()
     checkpoint, source = run_dir.checkpoints.load_latest()
     if checkpoint.training is None:
         raise RunError(f"{source}: a model-only checkpoint; not a training checkpoint of wrn")
-    recorded = run_dir.config()
-    if recorded is not None:
-        check_identity(checkpoint, recorded, source)
+    run_dir.check_belongs(checkpoint, source)
+    recorded = run_dir.config() or {}
+    run_id = recorded.get("run_id") or checkpoint.run_id or new_run_id()
     changes = resume_changes(checkpoint.config, overrides or {})
     config = config_of({**checkpoint.config, **changes}, source)
+    _check_extras(config)
     trained = checkpoint.training.state.epoch
     if config.optim.epochs < trained:
         raise RunError(f"--epochs {config.optim.epochs}: the run has trained {trained}")
@@ -229,7 +242,7 @@ def resume(
             run_dir.lock()
         with process_settings(config):
             loader = (checkpoint.resolved or {}).get("loader")
-            trainer = make_trainer(config, run_dir, log_every, world, loader)
+            trainer = make_trainer(config, run_dir, log_every, world, loader, run_id)
             trainer.restore(checkpoint)
             _check_same_data(checkpoint, trainer.data, config)
             _record_changes(trainer, checkpoint, changes, config, run_dir)
@@ -256,7 +269,7 @@ def _record_changes(
         state.config_changes.append(change)
         log.info(change.flag.replace("changed on resume", "resume changes"))
     if trainer.world.main:
-        if changes:
-            run_dir.write_config(config.to_dict(), trainer.resolved())
+        if changes or (run_dir.config() or {}).get("run_id") != trainer.run_id:
+            run_dir.write_config(config.to_dict(), trainer.resolved(), trainer.run_id)
         run_dir.write_metrics(state.metrics)  # drop lines past the checkpoint
         run_dir.clear_result()

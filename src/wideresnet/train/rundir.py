@@ -11,24 +11,28 @@ failure.json    written when a run stops on a non-finite loss
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 import shutil
+import stat
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from wideresnet.errors import ConfigError, RunError
-from wideresnet.files import atomic_write, read_json, write_json
-from wideresnet.train.checkpoint import CHECKPOINT, PREVIOUS, Checkpoints
+from wideresnet.errors import RunError, WriteError
+from wideresnet.extras import require
+from wideresnet.files import alive, atomic_write, free_space, read_json, write_json
+from wideresnet.train.checkpoint import CHECKPOINT, PREVIOUS, Checkpoint, Checkpoints
 from wideresnet.train.records import MetricsRow, Result
 
 log = logging.getLogger(__name__)
 
 CONFIG, METRICS, RESULT, FAILURE = "config.json", "metrics.jsonl", "result.json", "failure.json"
-LOCK, TENSORBOARD = ".lock", "tensorboard"
+LOCK, TENSORBOARD, ASIDE = ".lock", "tensorboard", ".replaced-"
+IDENTITY = ("model", "dataset", "seed")  # recorded in every run's config and checkpoint
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, RESULT, FAILURE, TENSORBOARD)
 RECORD_FILES = (CONFIG, METRICS, RESULT, FAILURE)  # the small files (no checkpoints)
 
@@ -81,11 +85,91 @@ class RunDir:
     def resumable(self) -> bool:
         return (self / CHECKPOINT).is_file() or (self / PREVIOUS).is_file()
 
+    def check_belongs(self, checkpoint: Checkpoint, path: Path) -> None:
+        """Refuse a checkpoint of another run dropped into this run's directory: its run id
+        (when both record one), the model, data and seed, and its history of epochs (the
+        checkpoint's and metrics.jsonl's: one must begin the other, timings and all)."""
+        recorded = self.config()
+        if recorded is None:
+            return
+        differing = [k for k in IDENTITY if checkpoint.config.get(k) != recorded.get(k)]
+        if differing:
+            found = ", ".join(f"{k} {checkpoint.config.get(k)!r}" for k in differing)
+            mine = ", ".join(f"{k} {recorded.get(k)!r}" for k in differing)
+            raise RunError(
+                f"{path} belongs to another run ({found}; this run: {mine}); refusing it"
+            )
+        history = (
+            [row.to_dict() for row in checkpoint.training.state.metrics]
+            if checkpoint.training
+            else []
+        )
+        written = [row.to_dict() for row in self.metrics()]
+        shorter = min(len(history), len(written))
+        if history[:shorter] != written[:shorter]:
+            raise RunError(
+                f"{path} belongs to another run (its epochs differ from {self / METRICS}); "
+                "refusing it"
+            )
+
+    # ---- what an interrupted --overwrite leaves ----
+
+    def orphans(self) -> list[Path]:
+        """Runs an --overwrite moved aside whose process ended before settling them, newest
+        first."""
+        found = []
+        for entry in self.path.glob(ASIDE + "*") if self.path.is_dir() else []:
+            pid = entry.name[len(ASIDE) :]
+            if entry.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+                found.append(entry)
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+    def aside_with_checkpoint(self) -> Path | None:
+        """The run an interrupted --overwrite left aside, when this folder has no checkpoint."""
+        if self.resumable:
+            return None
+        return next((o for o in self.orphans() if RunDir(o).resumable), None)
+
+    def put_back(self) -> Path | None:
+        """The run an interrupted --overwrite replaced comes back (the new run never saved a
+        checkpoint; its files go); the folder it came from, or None. Under the lock."""
+        aside = self.aside_with_checkpoint()
+        if aside is None:
+            return None
+        self._clear_run_files()
+        for entry in aside.iterdir():
+            os.replace(entry, self / entry.name)
+        aside.rmdir()
+        log.warning(
+            f"{self.path}: the run an interrupted --overwrite replaced is back (from {aside.name})"
+        )
+        return aside
+
     # ---- one writer at a time ----
+
+    def _open_lock(self) -> int:
+        """The lock file's descriptor: never through a symlink, never anything but a regular
+        file (a .lock planted as a link would otherwise truncate whatever it names)."""
+        path = self / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise RunError(f"{path} is a symlink; refusing to follow it (remove it)") from None
+            if error.errno == errno.EISDIR or path.is_dir():
+                raise RunError(f"{path} is a directory, not a lock file; remove it") from None
+            raise WriteError(
+                f"cannot write {path}: {error.strerror} ({free_space(self.path)}); nothing was "
+                "changed"
+            ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunError(f"{path} is not a regular file; refusing to use it as a lock")
+        return fd
 
     def _try_lock(self) -> tuple[int, str]:
         """(fd holding the lock, the pid the file named before); RunError when held."""
-        fd = os.open(self / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open_lock()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -103,10 +187,10 @@ class RunDir:
             return False
         try:
             fd, _ = self._try_lock()
-        except RunError:
-            return True
-        except OSError:
-            return False
+        except WriteError:
+            return False  # a read-only folder: nobody writes it
+        except RunError as error:
+            return "in use" in str(error)
         os.close(fd)
         return False
 
@@ -120,11 +204,19 @@ class RunDir:
         """Own the run directory until release() or the end of this process."""
         fd, before = self._try_lock()
         if before and before != str(os.getpid()):
+            shown = before if before.isdigit() else repr(before[:20])
             log.warning(
-                f"took over {self / LOCK} from pid {before}, which ended without releasing it"
+                f"took over {self / LOCK} from pid {shown}, which ended without releasing it"
             )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as error:
+            os.close(fd)
+            raise WriteError(
+                f"cannot write {self / LOCK}: {error.strerror} ({free_space(self.path)}); "
+                "nothing was changed"
+            ) from None
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -172,30 +264,39 @@ class RunDir:
             log.info(f"--overwrite: the run in {self.path} is kept aside until the new one saves")
 
     def settle(self) -> None:
-        """The new run has a checkpoint: the run it replaced is deleted."""
+        """The new run has a checkpoint: the run it replaced is deleted (and any an earlier,
+        interrupted --overwrite of this folder left aside)."""
         if self._aside is not None:
-            shutil.rmtree(self._aside, ignore_errors=True)
+            for aside in [self._aside, *self.orphans()]:
+                shutil.rmtree(aside, ignore_errors=True)
             self._aside = None
 
     def restore(self) -> None:
         """The new run failed before its first checkpoint: the replaced run comes back."""
         if self._aside is None:
             return
-        for name in RUN_FILES:
-            target = self / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            target.unlink(missing_ok=True)
+        self._clear_run_files()
         for entry in self._aside.iterdir():
             os.replace(entry, self / entry.name)
         self._aside.rmdir()
         self._aside = None
         log.info(f"the previous run in {self.path} was put back")
 
+    def _clear_run_files(self) -> None:
+        for name in RUN_FILES:
+            target = self / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+
     # ---- records ----
 
-    def write_config(self, config: dict[str, Any], resolved: dict[str, Any]) -> None:
-        write_json(self / CONFIG, {**config, "resolved": resolved})
+    def write_config(
+        self, config: dict[str, Any], resolved: dict[str, Any], run_id: str | None = None
+    ) -> None:
+        record = {**config, "resolved": resolved}
+        write_json(self / CONFIG, record | ({"run_id": run_id} if run_id else {}))
 
     def config(self) -> dict[str, Any] | None:
         """config.json (flat options and `resolved`), or None when missing or not an object."""
@@ -209,17 +310,24 @@ class RunDir:
     def metrics(self) -> list[MetricsRow]:
         """The epochs of metrics.jsonl that read as records (a torn last line of a killed run,
         or a line that is not an epoch record, is left out)."""
+        return self.read_metrics()[0]
+
+    def read_metrics(self) -> tuple[list[MetricsRow], list[int]]:
+        """(the epoch records of metrics.jsonl, the numbers of its lines that are not one,
+        besides a torn last line)."""
         try:
             lines = (self / METRICS).read_text().splitlines()
         except (OSError, UnicodeDecodeError):
-            return []
-        rows = []
-        for line in lines:
+            return [], []
+        rows, bad = [], []
+        for number, line in enumerate(lines, 1):
             try:
                 rows.append(MetricsRow.from_dict(json.loads(line), str(self / METRICS)))
             except (ValueError, RunError):
-                continue
-        return rows
+                torn = number == len(lines) and line.startswith("{")
+                if not torn:
+                    bad.append(number)
+        return rows, bad
 
     def write_result(self, result: Result) -> None:
         write_json(self / RESULT, result.to_dict())
@@ -249,12 +357,9 @@ class TensorBoardLog:
     (`--tensorboard`; needs the tensorboard package: `pip install "wideresnet[tensorboard]"`)."""
 
     def __init__(self, folder: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                '--tensorboard needs the tensorboard package: pip install "wideresnet[tensorboard]"'
-            ) from None
+        require("tensorboard", "--tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
         self.folder, self.make_writer, self.writer = folder, SummaryWriter, None
 
     def add(self, row: MetricsRow) -> None:

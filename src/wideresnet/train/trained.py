@@ -14,7 +14,7 @@ from wideresnet.config import Config
 from wideresnet.data.prepare import eval_data
 from wideresnet.errors import ConfigError, RunError
 from wideresnet.models import create_model
-from wideresnet.train.checkpoint import Checkpoint, load_any, weight_mismatch
+from wideresnet.train.checkpoint import Checkpoint, load_any, nonfinite_tensor, weight_mismatch
 from wideresnet.train.evaluate import evaluate
 from wideresnet.train.rundir import RunDir, RunState
 from wideresnet.train.runtime import Runtime, resolve_device
@@ -60,12 +60,24 @@ class Trained:
 def load_trained(path: str | Path) -> Trained:
     """The model of a run directory (newest readable checkpoint) or of a checkpoint file."""
     path = Path(path)
+    if path.is_dir():
+        aside = RunDir(path).aside_with_checkpoint()
+        if aside is not None:
+            raise RunError(
+                f"{path} has no checkpoint: {aside} holds the run an interrupted --overwrite "
+                f"replaced; `wrn train --resume {path}` puts it back (or `wrn eval {aside}`)"
+            )
     checkpoint = load_any(path)
+    if path.is_dir():
+        RunDir(path).check_belongs(checkpoint, path)
     config = config_of(checkpoint.config, path)
     model = build_model(config, len(checkpoint.classes))
     problem = weight_mismatch(model.state_dict(), checkpoint.model)
     if problem:
         raise RunError(f"{path}: weights do not fit {config.model.model}: {problem}")
+    bad = nonfinite_tensor(checkpoint.model)
+    if bad:
+        raise RunError(f"{path}: {bad} holds NaN or infinite values; refusing to use it")
     model.load_state_dict(checkpoint.model)
     resolved = checkpoint.resolved
     if resolved is None and path.is_dir():  # older checkpoints: the run's record
@@ -92,6 +104,10 @@ def evaluate_run(
     """Test error of a run or checkpoint, prepared as its run prepared the data."""
     trained = load_trained(path)
     config = trained.config
+    if data_dir is None and config.data.data_dir is None:
+        raise RunError(
+            f"{path} names no data (an imported model): give --dataset and --data-dir to test it on"
+        )
     torch_device = resolve_device(device)
     chosen = precision or trained.precision or "fp32"
     channels_last = config.runtime.channels_last is not False
