@@ -801,6 +801,7 @@ def verbs_with_extras(finished, exported, experiment, npz, tmp_path):
         (("matplotlib",), "plots", ["report", experiment, "--plots", tmp_path / "plots"]),
         (("tensorboard",), "tensorboard", [*args(npz, tmp_path / "run"), "--tensorboard"]),
         (("tensorboard",), "tensorboard", table),
+        (("submitit",), "cluster", [*table[:-4], "--launcher", "submitit-local"]),
     ]
 
 

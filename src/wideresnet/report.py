@@ -22,6 +22,7 @@ from typing import Any
 from wideresnet.config import FIELDS, Config
 from wideresnet.data.official import OFFICIAL
 from wideresnet.errors import ConfigError, DataError, RunError
+from wideresnet.experiments.grid import load_grids_in
 from wideresnet.experiments.registry import Table, authors_log, get_table
 from wideresnet.files import rewrite_in_place
 from wideresnet.protocol import NOT_PROTOCOL, ConfigChange, result_flags
@@ -119,6 +120,8 @@ def collect(root: str | Path) -> list[RunRecord]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such experiment folder")
+    for problem in load_grids_in(root):  # the grids this experiment ran (EXP/tables/)
+        log.warning(f"left out of the report: {problem}")
     records = []
     for config_path in sorted(root.rglob(CONFIG)):
         try:

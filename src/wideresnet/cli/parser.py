@@ -157,30 +157,49 @@ def _data(verbs) -> None:
 
 
 def _table(verbs) -> None:
-    table = verbs.add_parser("table", help="the paper's tables: list, show, run, save")
+    table = verbs.add_parser(
+        "table", help="the paper's tables and your grids: list, show, run, status, save"
+    )
     actions = table.add_subparsers(dest="table_action", required=True, parser_class=Parser)
     listing = actions.add_parser("list", help="the tables")
     listing.add_argument("--json", action="store_true")
     show = actions.add_parser("show", help="rows, the paper's numbers, our parameters, the cost")
-    show.add_argument("table")
+    show.add_argument("table", help="a paper table (table2 ...) or a grid file (NAME.toml)")
     show.add_argument("--json", action="store_true")
     run = actions.add_parser(
         "run",
-        help="run every row of a table (resumably)",
+        help="run every row of a table or grid file (resumably)",
         epilog="options after -- go to every `wrn train` run (e.g. -- --batch-size 64)",
     )
-    run.add_argument("table")
-    run.add_argument("--dataset", required=True)
+    run.add_argument("table", help="a paper table (table2 ...) or a grid file (NAME.toml)")
+    run.add_argument("--dataset", help="the data (a grid without it: each of its datasets)")
     run.add_argument("--data-dir", help="the dataset's folder (none: the official files, fetched)")
     run.add_argument("--out", required=True, help="the experiment folder")
     run.add_argument("--rows", help="comma-separated row ids (default: every row)")
-    run.add_argument("--seeds", default="0", help="comma-separated seeds (the paper: 5 runs)")
+    run.add_argument("--seeds", help="comma-separated seeds (default: 0, or the grid's)")
     run.add_argument("--epochs", type=int, help="shorten the schedule to N epochs")
     run.add_argument("--schedule-scale", type=float, help="scale epochs and milestones by F")
     run.add_argument("--devices", help="run one process per device at once: 0,1 or cpu,cpu")
     run.add_argument("--print-commands", action="store_true", help="print, do not run")
     run.add_argument("--paper-dataset", help="the paper's column a folder/npz stands for")
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    cluster = run.add_argument_group("cluster (--launcher submitit: the cluster extra)")
+    cluster.add_argument(
+        "--launcher",
+        choices=["local", "submitit", "submitit-local"],
+        default="local",
+        help="local: here; submitit: one Slurm job array; submitit-local: submitit on this machine",
+    )
+    cluster.add_argument("--slurm-partition", help="the partition to submit to")
+    cluster.add_argument("--slurm-time", help="each job's time limit: minutes or [D-]HH:MM:SS")
+    cluster.add_argument("--gpus-per-run", type=int, help="GPUs of each job (default 1)")
+    cluster.add_argument("--max-parallel", type=int, help="jobs running at once (array cap)")
+    cluster.add_argument(
+        "--slurm-option", action="append", metavar="KEY=VALUE", help="any other sbatch option"
+    )
+    status = actions.add_parser("status", help="where each run of an experiment stands")
+    status.add_argument("exp_dir", metavar="EXP_DIR")
+    status.add_argument("--json", action="store_true")
     save = actions.add_parser("save", help="copy a table run's small files into the ledger")
     save.add_argument("exp_dir")
     save.add_argument("--to", required=True, help="a folder under results/")

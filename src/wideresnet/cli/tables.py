@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from wideresnet.cli.parser import parse_train_options
+from wideresnet.cli.parser import UsageError, parse_train_options
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -14,9 +14,8 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    return {"list": table_list, "show": table_show, "run": table_run, "save": table_save}[
-        args.table_action
-    ](args)
+    verbs = {"list": table_list, "show": table_show, "run": table_run, "status": table_status}
+    return {**verbs, "save": table_save}[args.table_action](args)
 
 
 def table_list(args: argparse.Namespace) -> int:
@@ -76,37 +75,110 @@ def table_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str | None, grid) -> list[int]:
+    if not text:
+        return list(grid.seeds) if grid else [0]
+    try:
+        return [int(s) for s in _csv(text) or []]
+    except ValueError:
+        raise UsageError(
+            f"wrn table run: --seeds {text!r}: whole numbers, comma-separated"
+        ) from None
+
+
 def table_run(args: argparse.Namespace) -> int:
     from wideresnet.experiments import TableRunner, parse_devices, plan, print_commands
+    from wideresnet.experiments.grid import keep_in, load_grid
+    from wideresnet.experiments.status import record_plan
+    from wideresnet.extras import require
 
-    seeds = [int(s) for s in _csv(args.seeds) or ["0"]]
+    grid = load_grid(args.table) if args.table.endswith(".toml") else None
     runs = plan(
-        args.table,
+        grid.table if grid else args.table,
         args.dataset,
         args.data_dir,
         args.out,
         rows=_csv(args.rows),
-        seeds=seeds,
+        seeds=_seeds(args.seeds, grid),
         epochs=args.epochs,
         scale=args.schedule_scale,
         paper_dataset=args.paper_dataset,
         extra=parse_train_options(args.train_options),
     )
     if any(run.extra.get("tensorboard") for run in runs):
-        from wideresnet.extras import require
-
         require("tensorboard", "--tensorboard")  # before any run starts, not once per run
+    cluster = _cluster_options(args) if args.launcher != "local" else None
+    if cluster:
+        require("cluster", f"--launcher {args.launcher}")
+    exp_dir = Path(args.out).absolute()
+    if grid:
+        keep_in(grid, exp_dir)  # where `wrn report` finds the grid again
+    name = grid.table.name if grid else args.table
+    record_plan(exp_dir, runs)  # what `wrn table status` lists, however the runs are run
     if args.print_commands:
         for line in print_commands(runs, args.retry_failed):
             print(line)
         return 0
-    runner = TableRunner(runs, Path(args.out), parse_devices(_csv(args.devices)))
+    if cluster:
+        return _submit(runs, exp_dir, cluster, args, name)
+    runner = TableRunner(runs, exp_dir, parse_devices(_csv(args.devices)))
     outcome = runner.run(args.retry_failed)
     print(
-        f"{args.table}: {outcome.finished} runs finished now, {outcome.skipped} skipped, "
+        f"{name}: {outcome.finished} runs finished now, {outcome.skipped} skipped, "
         f"{outcome.failed} failed; `wrn report {args.out}` shows the table"
     )
     return 1 if outcome.failed else 0
+
+
+def _cluster_options(args: argparse.Namespace):
+    from wideresnet.experiments.cluster import ClusterOptions, parse_minutes, parse_slurm_options
+
+    if args.devices:
+        raise UsageError("wrn table run: --devices is for --launcher local")
+    for option in ("gpus_per_run", "max_parallel"):
+        value = getattr(args, option)
+        if value is not None and value < (0 if option == "gpus_per_run" else 1):
+            raise UsageError(f"wrn table run: --{option.replace('_', '-')} {value}: too small")
+    return ClusterOptions(
+        args.launcher,
+        partition=args.slurm_partition,
+        minutes=parse_minutes(args.slurm_time),
+        gpus_per_run=args.gpus_per_run,
+        max_parallel=args.max_parallel,
+        slurm_options=parse_slurm_options(args.slurm_option),
+    )
+
+
+def _submit(runs, exp_dir: Path, cluster, args: argparse.Namespace, name: str) -> int:
+    from wideresnet.experiments.cluster import submit
+
+    done = submit(runs, exp_dir, cluster, args.retry_failed)
+    print(
+        f"{name}: skipped {len(done.finished)} finished, {len(done.queued)} queued or running, "
+        f"{len(done.skipped_failed)} failed (--retry-failed runs them)"
+    )
+    if not done.submitted:
+        print(f"{name}: nothing new to submit")
+        return 0
+    if done.outcome is None:  # Slurm: submitted; the jobs run on
+        ids = ", ".join(sorted({job_id.split("_")[0] for _, job_id in done.submitted}))
+        print(f"{name}: {len(done.submitted)} runs submitted (job {ids})")
+        print(f"`wrn table status {args.out}` follows them; the same command submits only the rest")
+        return 0
+    outcome = done.outcome
+    print(
+        f"{name}: {outcome.finished} runs finished now, {outcome.failed} failed; "
+        f"`wrn report {args.out}` shows the table"
+    )
+    return 1 if outcome.failed else 0
+
+
+def table_status(args: argparse.Namespace) -> int:
+    from wideresnet.experiments.status import format_status, table_status
+
+    status = table_status(args.exp_dir)
+    print(json.dumps(status) if args.json else format_status(status, args.exp_dir))
+    return 0
 
 
 def table_save(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from wideresnet.experiments.cost import GPU_ASSUMES, cpu_rate, run_cost
-from wideresnet.experiments.registry import TABLES, Row, Table, get_table
+from wideresnet.experiments.grid import table_named
+from wideresnet.experiments.registry import TABLES, Row, Table
 from wideresnet.models import create_model, model_summary
 
 CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet": 1000}
@@ -46,7 +47,8 @@ def describe_row(table: Table, row: Row) -> dict[str, Any]:
         return {**entry, "params": None, "macs": None, "params_match": None, "cost": {}}
     model = create_model(row.model, CLASSES[table.columns[0]], **row.options)
     summary = model_summary(model)
-    costs = {column: run_cost(summary["macs"], column) for column in table.columns}
+    epochs = row.settings.get("epochs")  # a grid's own schedule; else the paper's
+    costs = {column: run_cost(summary["macs"], column, epochs) for column in table.columns}
     return {
         **entry,
         "params": summary["params"],
@@ -58,7 +60,7 @@ def describe_row(table: Table, row: Row) -> dict[str, Any]:
 
 def describe_table(name: str) -> dict[str, Any]:
     """The table's rows (as `wrn table show --json` prints them) and its estimated cost."""
-    table = get_table(name)
+    table = table_named(name)
     rows = [describe_row(table, row) for row in table.rows]
     totals = {
         column: {
@@ -79,8 +81,8 @@ def describe_table(name: str) -> dict[str, Any]:
         "cost": {
             "per_run_of_each_row": totals,
             "assumes": [
-                "the paper's full schedule, one run (seed) per row and column; the paper's "
-                "statistics take 5",
+                "each row's epochs (the paper's full schedule unless a grid gives its own), "
+                "one run (seed) per row and column; the paper's statistics take 5",
                 "multiply-accumulates counted by running each network, x3 for a training image",
                 cpu_rate()[1],
                 GPU_ASSUMES,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wideresnet.errors import RunError
+from wideresnet.experiments.grid import FOLDER as GRIDS
 from wideresnet.experiments.runner import TABLE_RUNS
 from wideresnet.files import atomic_write, write_json
 from wideresnet.report import collect
@@ -35,6 +36,8 @@ def save_ledger(exp_dir: str | Path, to: str | Path) -> dict[str, Any]:
                 _copy(record.path / name, folder / name)
     if (source / TABLE_RUNS).is_file():
         _copy(source / TABLE_RUNS, target / TABLE_RUNS)
+    for grid in sorted((source / GRIDS).glob("*.toml")):  # the grid files the runs came from
+        _copy(grid, target / GRIDS / grid.name)
     provenance = {
         "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "from": str(source.absolute()),

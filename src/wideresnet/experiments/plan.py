@@ -8,11 +8,12 @@ printed commands produce the same directories.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wideresnet.errors import ConfigError
-from wideresnet.experiments.registry import PRESET_OF, get_table
+from wideresnet.experiments.grid import table_named
+from wideresnet.experiments.registry import PRESET_OF, TABLES, Table
 from wideresnet.recipes import make_config
 from wideresnet.tags import Tag
 from wideresnet.train.rundir import RunDir, RunState
@@ -96,8 +97,8 @@ class PlannedRun:
 
 
 def plan(
-    table_name: str,
-    dataset: str,
+    table_name: str | Table,
+    dataset: str | None,
     data_dir: str | None,
     out: str | Path,
     *,
@@ -108,35 +109,44 @@ def plan(
     paper_dataset: str | None = None,
     extra: dict | None = None,
 ) -> list[PlannedRun]:
-    """Every run of a table on one dataset, each validated as `wrn train` would."""
-    table = get_table(table_name)
+    """Every run of a table (a paper table's name, or a grid's Table) on one dataset (for a
+    grid, None: each of its columns on its official data), each validated as `wrn train`
+    would."""
+    table = table_name if isinstance(table_name, Table) else table_named(table_name)
     if not table.runnable:
         raise ConfigError(f"{table.name} cannot be run: {table.note}")
-    column = column_of(dataset, paper_dataset)
-    if column not in table.columns:
-        raise ConfigError(
-            f"{table.name} has no {column} column (it has {', '.join(table.columns)})"
-        )
+    if dataset is None and table.name in TABLES:
+        raise ConfigError(f"--dataset: which of {', '.join(table.columns)} to run {table.name} on")
     chosen = [table.row(r) for r in rows] if rows else [r for r in table.rows if r.model]
     unbuilt = [r.id for r in chosen if r.model is None]
     if unbuilt:
         raise ConfigError(f"{table.name} row {unbuilt[0]}: a network not built here")
-    folder = dataset if dataset == column else f"{dataset}-as-{column}"
     runs = []
-    for row in chosen:
-        preset = row.preset_for(column)
-        schedule = _schedule(preset, epochs, scale)
-        for seed in seeds or [0]:
-            values = {**table.values_for(row, column), "dataset": dataset, "seed": seed}
-            values.update(schedule)
-            if data_dir is not None:
-                values["data_dir"] = str(Path(data_dir).expanduser().absolute())
-            values["experiment"] = str(Tag(table.name, row.id, column))
-            run_dir = Path(out).absolute() / table.name / row.id / folder / f"seed{seed}"
-            planned = PlannedRun(table.name, row.id, dataset, column, seed, run_dir, preset, values)
-            runs.append(replace(planned, extra=dict(extra or {})))
+    for name in [dataset] if dataset else list(table.columns):
+        column = column_of(name, paper_dataset)
+        if column not in table.columns:
+            raise ConfigError(
+                f"{table.name} has no {column} column (it has {', '.join(table.columns)})"
+            )
+        for row in chosen:
+            for seed in seeds or [0]:
+                runs.append(_planned(table, row, name, column, seed, data_dir, out, epochs, scale))
+    for run in runs:
+        run.extra.update(extra or {})
     _validate(runs)
     return runs
+
+
+def _planned(table, row, dataset, column, seed, data_dir, out, epochs, scale) -> PlannedRun:
+    preset = row.preset_for(column)
+    values = {**table.values_for(row, column), "dataset": dataset, "seed": seed}
+    values.update(_schedule(preset, epochs, scale))
+    if data_dir is not None:
+        values["data_dir"] = str(Path(data_dir).expanduser().absolute())
+    values["experiment"] = str(Tag(table.name, row.id, column))
+    folder = dataset if dataset == column else f"{dataset}-as-{column}"
+    run_dir = Path(out).absolute() / table.name / row.id / folder / f"seed{seed}"
+    return PlannedRun(table.name, row.id, dataset, column, seed, run_dir, preset, values)
 
 
 def _schedule(preset: str, epochs: int | None, scale: float | None) -> dict:

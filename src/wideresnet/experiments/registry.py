@@ -45,7 +45,7 @@ class Row:
         if self.dropout:
             values["dropout"] = DROPOUT_OF[column]
         elif column == "svhn" and self.model and self.model.startswith("wrn-"):
-            values["dropout"] = 0.0  # the svhn preset's dropout is Table 6's "yes"
+            values.setdefault("dropout", 0.0)  # the svhn preset's dropout is Table 6's "yes"
         return values
 
 
@@ -371,7 +371,20 @@ def authors_log(table: str, row: str, column: str) -> list[dict] | None:
     return [{**r, "test_error": round(100.0 - r["test_acc"], 4)} for r in rows]
 
 
+USER_TABLES: dict[str, Table] = {}  # grid files read in this process (experiments/grid.py)
+
+
+def register(table: Table) -> None:
+    """A table of the user's own (a grid file), found by name from now on."""
+    USER_TABLES[table.name] = table
+
+
 def get_table(name: str) -> Table:
-    if name not in TABLES:
-        raise ConfigError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
-    return TABLES[name]
+    """A paper table, or a grid file's table read before in this process, by name."""
+    if name in TABLES:
+        return TABLES[name]
+    if name in USER_TABLES:
+        return USER_TABLES[name]
+    raise ConfigError(
+        f"unknown table {name!r}; tables: {', '.join(TABLES)}, or a grid file (NAME.toml)"
+    )

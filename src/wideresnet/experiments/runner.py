@@ -55,8 +55,12 @@ def run_key(exp_dir: Path, run: PlannedRun) -> str:
 
 
 def log_path(exp_dir: Path, run: PlannedRun) -> Path:
-    relative = run.run_dir.relative_to(exp_dir)
-    return exp_dir / "logs" / ("-".join(relative.parts) + ".log")
+    return log_of(exp_dir, run_key(exp_dir, run))
+
+
+def log_of(exp_dir: Path, key: str) -> Path:
+    """EXP_DIR/logs/<the run's folder, its parts joined by ->.log: every process of the run."""
+    return exp_dir / "logs" / ("-".join(Path(key).parts) + ".log")
 
 
 def stopped_by_signal(code: int) -> bool:

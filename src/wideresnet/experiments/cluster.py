@@ -1,0 +1,397 @@
+"""`wrn table run --launcher submitit|submitit-local`: a table's runs as cluster jobs.
+
+Each run not finished, running or already queued becomes one job (on Slurm, one task of a
+single job array); the job runs the same `wrn train` command a local runner would, in a child
+process, into the run's own directory. Preemption or a time limit (submitit's USR2) reaches
+`RunJob.checkpoint`: the child gets SIGTERM, saves a checkpoint and exits, and submitit
+requeues the job, which resumes the run as `--resume` does. The job ids go into EXP/jobs.json,
+so the same command later submits only what is neither finished nor queued or running.
+
+    --launcher submitit        Slurm (sbatch), through submitit's AutoExecutor; returns once
+                               submitted (`wrn table status EXP` follows the jobs)
+    --launcher submitit-local  submitit's local executor on this machine: the same jobs and
+                               requeue, --max-parallel at a time; waits for them to end
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wideresnet.errors import ConfigError, Interrupted, RunError
+from wideresnet.experiments.plan import PlannedRun
+from wideresnet.experiments.runner import (
+    TABLE_STOPPED,
+    Outcome,
+    locked,
+    log_path,
+    record_exit,
+    run_key,
+    stop_requests,
+    stopped_by_signal,
+)
+from wideresnet.extras import require
+from wideresnet.files import read_json, write_json
+from wideresnet.train.rundir import LOCK, RunDir, RunState
+
+log = logging.getLogger(__name__)
+
+JOBS = "jobs.json"  # EXP_DIR's record of each run's last submitted job
+# Slurm states of a job that is still to run or running (sacct's names)
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+}
+LOCAL_POLL_SECONDS = 0.5
+DEFAULT_MINUTES = 24 * 60
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    launcher: str  # submitit | submitit-local
+    partition: str | None = None
+    minutes: int | None = None
+    gpus_per_run: int | None = None
+    max_parallel: int | None = None
+    slurm_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def local(self) -> bool:
+        return self.launcher == "submitit-local"
+
+
+def parse_minutes(text: str | None) -> int | None:
+    """--slurm-time: minutes (90), or Slurm's [D-]HH:MM[:SS] (1-12:00:00)."""
+    if text is None:
+        return None
+    try:
+        days, _, clock = text.rpartition("-")
+        parts = [int(p) for p in clock.split(":")]
+        if len(parts) == 1:
+            minutes = parts[0]
+        elif len(parts) in (2, 3):
+            minutes = parts[0] * 60 + parts[1] + (1 if len(parts) == 3 and parts[2] else 0)
+        else:
+            raise ValueError
+        minutes += int(days) * 24 * 60 if days else 0
+    except ValueError:
+        raise ConfigError(f"--slurm-time {text!r}: give minutes or [D-]HH:MM:SS") from None
+    if minutes < 1:
+        raise ConfigError(f"--slurm-time {text!r}: at least one minute")
+    return minutes
+
+
+def parse_slurm_options(items: list[str] | None) -> dict[str, str]:
+    """--slurm-option KEY=VALUE (repeatable): sbatch options submitit has no name for."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--slurm-option {item!r}: give KEY=VALUE (e.g. account=myproj)")
+        options[key.strip().lstrip("-").replace("-", "_")] = value.strip()
+    return options
+
+
+def _job_id() -> str:
+    import submitit
+
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:  # not inside a submitit job (a test calling the job directly)
+        return "none"
+
+
+def _die_with_parent() -> None:
+    """In the training child: SIGTERM when the job process ends, however it ends (Linux), so
+    a killed job never leaves a run training on with nobody to requeue it."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class RunJob:
+    """One run as a submitit job: the run's `wrn train` (fresh or --resume, as its directory
+    says when the job starts) in a child process, its output appended to EXP_DIR/logs/."""
+
+    def __init__(self, run: PlannedRun, exp_dir: Path) -> None:
+        self.run, self.exp_dir = run, exp_dir
+        self._process: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {"run": self.run, "exp_dir": self.exp_dir}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _process=None)
+
+    def __call__(self) -> int:
+        if self.run.state == RunState.FINISHED:  # requeued after the run had ended: done
+            return 0
+        args = self.run.args()
+        path = log_path(self.exp_dir, self.run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(path, "a") as out:
+            out.write(f"$ wrn {' '.join(args)}   (job {_job_id()})\n")
+            out.flush()
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "wideresnet", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                code = self._process.wait()
+            except BaseException:  # Ctrl-C or an exit of the job: the run checkpoints first
+                self._stop_child()
+                raise
+        record_exit(self.exp_dir, self.run, code, time.monotonic() - started)
+        if code != 0 and not stopped_by_signal(code):
+            raise RunError(f"{self.run.tag} seed {self.run.seed}: exit {code}; see {path}")
+        return code
+
+    def _stop_child(self) -> None:
+        """SIGTERM to the run (it saves a checkpoint), and wait until it has ended. Called from
+        a signal handler that interrupted Popen.wait, so it waits with os.waitpid (Popen.wait
+        would wait for the lock the interrupted wait holds)."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        try:
+            process.send_signal(signal.SIGTERM)
+            _, status = os.waitpid(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped already
+            pass
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's hook on preemption or time-out: the run saves a checkpoint and stops;
+        the job is requeued with a fresh RunJob, which resumes it."""
+        import submitit
+
+        self._stop_child()
+        return submitit.helpers.DelayedSubmission(RunJob(self.run, self.exp_dir))
+
+
+# --------------------------------------------------------------------------------------------
+# What is queued: EXP_DIR/jobs.json and the scheduler's view of each job
+# --------------------------------------------------------------------------------------------
+
+
+def read_jobs(exp_dir: Path) -> dict[str, dict]:
+    jobs = read_json(exp_dir / JOBS)
+    return jobs if isinstance(jobs, dict) else {}
+
+
+def _record_jobs(exp_dir: Path, submitted: list[tuple[PlannedRun, str]], launcher: str) -> None:
+    with locked(exp_dir / ".jobs.lock"):
+        jobs = read_jobs(exp_dir)
+        for run, job_id in submitted:
+            jobs[run_key(exp_dir, run)] = {
+                "job_id": job_id,
+                "launcher": launcher,
+                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        write_json(exp_dir / JOBS, jobs)
+
+
+def job_active(exp_dir: Path, job: dict | None) -> bool:
+    """Whether a recorded job is still queued or running, as its scheduler says."""
+    if not isinstance(job, dict) or not str(job.get("job_id", "")):
+        return False
+    job_id = str(job["job_id"])
+    if job.get("launcher") == "submitit-local":  # the id is the local controller's pid
+        return job_id.isdigit() and _is_local_controller(int(job_id))
+    return _slurm_state(job_id) in ACTIVE_STATES
+
+
+def _is_local_controller(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"submitit.local._local" in command
+
+
+def _slurm_state(job_id: str) -> str:
+    """sacct's state of a job ("UNKNOWN" when Slurm cannot say)."""
+    if shutil.which("sacct") is None:
+        return "UNKNOWN"
+    try:
+        output = subprocess.run(
+            ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "UNKNOWN"
+    states = [line.split()[0] for line in output.splitlines() if line.strip()]
+    return states[0] if states else "UNKNOWN"
+
+
+# --------------------------------------------------------------------------------------------
+# Submitting
+# --------------------------------------------------------------------------------------------
+
+
+def _executor(exp_dir: Path, options: ClusterOptions):
+    import submitit
+
+    if not options.local and shutil.which("sbatch") is None:
+        raise RunError(
+            "--launcher submitit: no Slurm here (sbatch not found); run it on the cluster's "
+            "login node, or use --launcher submitit-local to try the sweep on this machine"
+        )
+    folder = exp_dir / "submitit" / "%j"
+    executor = submitit.AutoExecutor(
+        folder=folder, cluster="local" if options.local else "slurm", slurm_max_num_timeout=20
+    )
+    parameters: dict = {"timeout_min": options.minutes or DEFAULT_MINUTES, "name": "wrn"}
+    gpus = options.gpus_per_run
+    if gpus is None:
+        gpus = 0 if options.local and not _has_cuda() else 1
+    parameters["gpus_per_node"] = gpus
+    if not options.local:
+        parameters["slurm_array_parallelism"] = options.max_parallel or 256
+        if options.partition:
+            parameters["slurm_partition"] = options.partition
+        if options.slurm_options:
+            parameters["slurm_additional_parameters"] = dict(options.slurm_options)
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@dataclass
+class Submission:
+    submitted: list[tuple[PlannedRun, str]] = field(default_factory=list)
+    finished: list[PlannedRun] = field(default_factory=list)
+    queued: list[tuple[PlannedRun, str]] = field(default_factory=list)
+    skipped_failed: list[PlannedRun] = field(default_factory=list)
+    outcome: Outcome | None = None  # submitit-local: how the jobs ended
+
+
+def to_submit(runs: list[PlannedRun], exp_dir: Path, retry_failed: bool) -> Submission:
+    """Which runs need a job now (neither finished, nor running, nor queued)."""
+    jobs, plan = read_jobs(exp_dir), Submission()
+    for run in runs:
+        state = run.state
+        recorded = jobs.get(run_key(exp_dir, run))
+        if state == RunState.FINISHED:
+            plan.finished.append(run)
+        elif state == RunState.RUNNING or job_active(exp_dir, recorded):
+            plan.queued.append((run, str((recorded or {}).get("job_id", "?"))))
+        elif state == RunState.FAILED and not retry_failed:
+            plan.skipped_failed.append(run)
+        else:
+            plan.submitted.append((run, ""))
+    return plan
+
+
+def submit(
+    runs: list[PlannedRun], exp_dir: Path, options: ClusterOptions, retry_failed: bool = False
+) -> Submission:
+    """Submit the runs that need it; with submitit-local, also wait for them to end."""
+    require("cluster", f"--launcher {options.launcher}")
+    exp_dir = exp_dir.absolute()
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    plan = to_submit(runs, exp_dir, retry_failed)
+    todo = [run for run, _ in plan.submitted]
+    plan.submitted = []
+    if not todo:
+        return plan
+    executor = _executor(exp_dir, options)
+    if options.local:
+        plan.outcome = _run_locally(executor, todo, exp_dir, options, plan)
+        return plan
+    with executor.batch():
+        jobs = [executor.submit(RunJob(run, exp_dir)) for run in todo]
+    plan.submitted = [(run, str(job.job_id)) for run, job in zip(todo, jobs)]
+    _record_jobs(exp_dir, plan.submitted, options.launcher)
+    return plan
+
+
+def _run_locally(executor, todo, exp_dir: Path, options: ClusterOptions, plan) -> Outcome:
+    """submitit's local executor, --max-parallel jobs at a time (default 1), until all end.
+    SIGTERM or SIGINT: every running run saves a checkpoint, then Interrupted."""
+    cap = options.max_parallel or 1
+    pending, active, outcome = list(todo), [], Outcome()
+    with stop_requests() as stop:
+        while (pending or active) and not stop:
+            while pending and len(active) < cap:
+                run = pending.pop(0)
+                job = executor.submit(RunJob(run, exp_dir))
+                plan.submitted.append((run, str(job.job_id)))
+                _record_jobs(exp_dir, [(run, str(job.job_id))], options.launcher)
+                log.info(f"submitted {run.tag} seed {run.seed} as local job {job.job_id}")
+                active.append((run, job))
+            for run, job in [item for item in active if item[1].done()]:
+                active.remove((run, job))
+                _ended(run, job, outcome)
+            time.sleep(LOCAL_POLL_SECONDS)
+        if stop:
+            _stop_local_jobs(active)
+            raise Interrupted(stop[0], TABLE_STOPPED)
+    return outcome
+
+
+def _stop_local_jobs(active: list) -> None:
+    """Each job's run gets SIGTERM: it saves a checkpoint, and its job ends with it."""
+    for run, _ in active:
+        pid = _lock_holder(run)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 300  # a checkpoint of the largest model, with room
+    while time.monotonic() < deadline and not all(job.done() for _, job in active):
+        time.sleep(LOCAL_POLL_SECONDS)
+    for _, job in active:
+        if not job.done():  # a job whose run never started: its controller is stopped
+            job.cancel(check=False)
+
+
+def _lock_holder(run: PlannedRun) -> int | None:
+    try:
+        text = (run.run_dir / LOCK).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _ended(run: PlannedRun, job, outcome: Outcome) -> None:
+    state = RunDir(run.run_dir).status()
+    if state == RunState.FINISHED:
+        outcome.finished += 1
+        error = RunDir(run.run_dir).result().test_error
+        log.info(f"{run.tag} seed {run.seed}: test error {error:.2f}% (job {job.job_id})")
+        return
+    outcome.failed += 1
+    try:
+        job.result()
+        reason = f"ended {state}"
+    except Exception as error:  # the job's own error, as submitit returns it
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    log.info(f"{run.tag} seed {run.seed}: FAILED (job {job.job_id}: {reason})")

@@ -1,0 +1,188 @@
+"""Your own tables: a grid file of rows, dataset columns and seeds that runs, reports and plots
+as the paper's tables do (`wrn table run|show grid.toml`, `wrn report`).
+
+    name = "lr-sweep"                  # the table's name (default: the file's, without .toml)
+    title = "WRN-16-4 at three learning rates"
+    seeds = [0, 1, 2]
+    datasets = ["cifar10"]             # the paper columns (cifar10 cifar100 svhn imagenet)
+    preset = "cifar"                   # optional: by column (cifar, svhn, imagenet)
+
+    [base]                             # every run's `wrn train` options (flat names)
+    model = "wrn-16-4"
+    epochs = 30
+    milestones = [9, 18, 24]
+
+    [[rows]]
+    id = "lr-0.1"                      # path-safe: a run directory's name
+    lr = 0.1                           # this row's own options, over [base]
+    published = { cifar10 = 4.9 }      # optional: the number to compare against
+
+`wrn table run grid.toml --out EXP` copies the file into EXP/tables/, where `wrn report EXP`
+(and the ledger) find it again.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wideresnet.errors import ConfigError, ModelNameError
+from wideresnet.experiments.registry import PRESET_OF, TABLES, Row, Table, get_table, register
+from wideresnet.files import atomic_write
+from wideresnet.models import create_model
+from wideresnet.recipes import MODEL_OPTIONS, make_config
+
+KEYS = {"name", "title", "preset", "datasets", "seeds", "base", "rows", "statistic"}
+ROW_KEYS = {"id", "published", "label", "note"}  # the rest of a row: its options
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+FOLDER = "tables"  # EXP_DIR/tables/NAME.toml: the grids an experiment ran
+
+
+@dataclass(frozen=True)
+class Grid:
+    table: Table
+    seeds: tuple[int, ...]
+    path: Path
+    text: str
+
+
+def table_named(name: str) -> Table:
+    """`wrn table run|show NAME`: a paper table, or the table of a grid file (NAME.toml)."""
+    return load_grid(name).table if name.endswith(".toml") else get_table(name)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """The grid in a TOML file, every row checked as `wrn train` checks its options, and its
+    table registered (so that reports find it); ConfigError naming the file, row and option."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the grid file ({error.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    grid = _parse(path, data, text)
+    register(grid.table)
+    return grid
+
+
+def _parse(path: Path, data: dict[str, Any], text: str) -> Grid:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{path}: {message}")
+
+    unknown = sorted(set(data) - KEYS)
+    if unknown:
+        raise fail(f"unknown key {unknown[0]!r} (a grid has {', '.join(sorted(KEYS))})")
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not SAFE_ID.fullmatch(name):
+        raise fail(f"name {name!r}: letters, digits, '.', '_' or '-'")
+    if name in TABLES:
+        raise fail(f"name {name!r} is one of the paper's tables; choose another")
+    columns = data.get("datasets", ["cifar10"])
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        raise fail(f'datasets {columns!r}: a list of paper columns, e.g. ["cifar10"]')
+    for column in columns:
+        if column not in PRESET_OF:
+            raise fail(
+                f"datasets: {column!r} is not a column (one of {', '.join(PRESET_OF)}; "
+                "train on other data with --dataset/--data-dir --paper-dataset COLUMN)"
+            )
+    if "seeds" not in data:
+        raise fail("no seeds (e.g. seeds = [0, 1, 2])")
+    seeds = data["seeds"]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise fail(f"seeds {seeds!r}: a list of whole numbers >= 0")
+    preset = data.get("preset")
+    base = data.get("base", {})
+    if not isinstance(base, dict):
+        raise fail("[base] must be a table of `wrn train` options")
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise fail("no rows (each row: [[rows]] with an id and its options)")
+    built, seen = [], set()
+    for number, row in enumerate(rows, 1):
+        built.append(_row(fail, row, number, base, preset, columns, seen))
+    title = data.get("title", name)
+    statistic = data.get("statistic", "as the grid file gives them")
+    table = Table(name, str(title), tuple(built), tuple(columns), statistic=str(statistic))
+    return Grid(table, tuple(seeds), path, text)
+
+
+def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set) -> Row:
+    row_id = row.get("id")
+    if not isinstance(row_id, str) or not SAFE_ID.fullmatch(row_id):
+        raise fail(f"row {number}: id {row_id!r}: letters, digits, '.', '_' or '-'")
+    if row_id in seen:
+        raise fail(f"row {row_id!r}: a second row with this id")
+    seen.add(row_id)
+    where = f"row {row_id!r}"
+    options = {k: v for k, v in row.items() if k not in ROW_KEYS}
+    published = row.get("published", {})
+    if not isinstance(published, dict):
+        raise fail(f"{where}: published must be a table, e.g. {{ cifar10 = 5.02 }}")
+    values = {**base, **options}
+    for reserved in ("dataset", "data_dir", "seed", "experiment", "out"):
+        if reserved in values:
+            raise fail(f"{where}: option {reserved!r} is set by `wrn table run`, not the grid")
+    if "model" not in values:
+        raise fail(f"{where}: no model (give it in [base] or in the row)")
+    try:
+        for column in columns:
+            make_config(preset or PRESET_OF[column], values)
+        with torch.device("meta"):  # the name checked by building it, without its weights
+            create_model(str(values["model"]), 10)
+    except (ConfigError, ModelNameError) as error:
+        raise fail(f"{where}: {error}") from None
+    for column, number_given in published.items():
+        if column not in columns:
+            raise fail(f"{where}: published {column!r} is not one of the datasets")
+        if not isinstance(number_given, int | float) or isinstance(number_given, bool):
+            raise fail(f"{where}: published {column} = {number_given!r} is not a number")
+    flat = {k.replace("-", "_"): v for k, v in values.items() if k != "model"}
+    model_options = {k: _tuple(v) for k, v in flat.items() if k in MODEL_OPTIONS}
+    settings = {k: _tuple(v) for k, v in flat.items() if k not in MODEL_OPTIONS}
+    return Row(
+        row_id,
+        str(values["model"]),
+        {c: (float(published[c]) if c in published else None) for c in columns},
+        None,
+        model_options,
+        label=str(row.get("label", row_id)),
+        note=str(row.get("note", "")),
+        preset=preset,
+        settings=settings,
+    )
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def keep_in(grid: Grid, exp_dir: Path) -> Path:
+    """A copy of the grid file in EXP_DIR/tables/, for `wrn report EXP` (and the ledger)."""
+    target = Path(exp_dir) / FOLDER / f"{grid.table.name}.toml"
+    if not target.is_file() or target.read_text() != grid.text:
+        atomic_write(target, grid.text.encode())
+    return target
+
+
+def load_grids_in(root: Path) -> list[str]:
+    """Register the grids kept under root (EXP_DIR/tables/*.toml); the names of any that no
+    longer read, for the report to warn about."""
+    problems = []
+    for path in sorted(root.rglob(f"{FOLDER}/*.toml")):
+        try:
+            load_grid(path)
+        except ConfigError as error:
+            problems.append(str(error))
+    return problems
