@@ -111,7 +111,8 @@ def test_sigterm_on_one_rank_then_resume_is_bit_identical(npz, two_rank_run, tmp
     stopped = finish(process)
     assert stopped.returncode != 0 and "stopped by SIGTERM" in stopped.stderr
     state = load_checkpoint(out / "checkpoint.pt").training.state
-    assert state.global_step > 6 and not (out / "result.json").exists()
+    # stopped in epoch 2, or at its very start when the signal beat its first step
+    assert state.global_step >= 6 and not (out / "result.json").exists()
     resumed = finish(torchrun("train", "--resume", out))
     assert resumed.returncode == 0, resumed.stderr
     assert metrics_of(out) == metrics_of(two_rank_run)

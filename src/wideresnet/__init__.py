@@ -17,7 +17,8 @@ from wideresnet.models import (
 )
 from wideresnet.presets import PRESETS
 from wideresnet.recipes import make_config
-from wideresnet.train import Runtime, evaluate, evaluate_run, load_trained, resume, train
+from wideresnet.train import Runtime, evaluate, evaluate_run, load_trained
+from wideresnet.train.run import resume, train
 from wideresnet.version import __version__
 
 __all__ = [

@@ -247,6 +247,19 @@ class OptimConfig(Section):
         "keep an exponential moving average of the weights (e.g. 0.999) and test it too",
         check=between(0, 1),
     )
+    teacher: str | None = option(
+        None,
+        "knowledge distillation: the teacher (a run directory, checkpoint, import or export) "
+        "whose softened outputs the student learns too (Hinton et al. 2015)",
+    )
+    kd_temperature: float = option(
+        4.0, "distillation: the softmax temperature T of both outputs", check=POSITIVE
+    )
+    kd_alpha: float = option(
+        0.9,
+        "distillation: the weight of the teacher's term (T^2 KL); 1 - A weights the labels' loss",
+        check=between(0, 1, closed_high=True),
+    )
 
     @property
     def base_lr(self) -> float:
@@ -357,6 +370,10 @@ class Config:
         optim, runtime = self.optim, self.runtime
         if runtime.compile == "step" and (optim.mixup_alpha or optim.cutmix_alpha or optim.sam_rho):
             raise ConfigError("--compile step does not combine with mixup, CutMix or SAM")
+        if optim.teacher and (optim.mixup_alpha or optim.cutmix_alpha or optim.sam_rho):
+            raise ConfigError("--teacher does not combine with mixup, CutMix or SAM")
+        if optim.teacher and runtime.compile == "step":
+            raise ConfigError("--teacher does not combine with --compile step")
         if optim.nesterov and optim.momentum == 0:
             raise ConfigError(
                 "--momentum 0: Nesterov momentum needs a momentum > 0 (or pass --no-nesterov)"

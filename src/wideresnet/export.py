@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from wideresnet.data.preprocess import (
 from wideresnet.errors import DataError, ModelNameError, RunError, WriteError
 from wideresnet.extras import require
 from wideresnet.files import atomic_write, check_regular, free_space
-from wideresnet.models import create_model
+from wideresnet.models import FeatureNet, create_model
 from wideresnet.train.checkpoint import nonfinite_tensor, weight_mismatch
 from wideresnet.train.environment import git_commit
 from wideresnet.train.trained import load_trained
@@ -191,13 +192,25 @@ def read_model_file(path: Path) -> bytes:
         raise RunError(f"{path}: unreadable ({error.strerror})") from None
 
 
-def load_model(path: str | os.PathLike) -> nn.Module:
-    """A ready eval-mode model from an exported .safetensors file, one of our checkpoints, or a
-    run directory; `model.classes`, `model.input_size` and `model.input_transform` come with it."""
+def load_model(
+    path: str | os.PathLike,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+) -> nn.Module:
+    """A ready eval-mode model from an exported .safetensors file, one of our checkpoints (an
+    import's too), or a run directory; `model.classes`, `model.input_size` and
+    `model.input_transform` come with it. `features_only=True`: its backbone, with those
+    weights (models/features.py; `out_indices` as create_model's)."""
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path}: no such file or run directory")
-    return _portable_any(path).finish()
+    model = _portable_any(path).finish()
+    if not features_only:
+        return model
+    backbone = FeatureNet(model, out_indices).eval()
+    object.__setattr__(backbone, "input_transform", model.input_transform)
+    return backbone
 
 
 def _portable_any(path: Path) -> Portable:

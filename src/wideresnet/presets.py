@@ -17,6 +17,13 @@ the modern ones WRN papers use today (opt-in; the paper's presets are unchanged)
   cifar-sam             SAM (Foret et al. 2021, arXiv 2010.01412): rho 0.05 on the paper's
            augmentation, cosine lr 0.1, 200 epochs, weight decay 5e-4; WRN-28-10: 2.7% on
            CIFAR-10 with basic augmentation (its Table 1).
+  cifar100-kd  RepDistiller's CIFAR-100 recipe (Tian et al. 2020, CRD; its train_student.py
+           and train_teacher.py): 240 epochs, SGD momentum 0.9 (no Nesterov, no reset at the
+           drops) lr 0.05 x0.1 at 150/180/210, weight decay 5e-4, batch 64, flip + crop; with
+           --teacher, Hinton's loss at T = 4 weighted 0.9 against 0.1 of the labels' (its
+           `-r 0.1 -a 0.9`). Without --teacher it trains the teachers and the plain students.
+           Departure: our mean/std (the paper's CIFAR-10 numbers) where RepDistiller
+           normalises with CIFAR-100's own.
   imagenet  the paper's ImageNet recipe, fb.resnet.torch's (datasets/imagenet.lua,
            transforms.lua, train.lua): random-sized crop 224 (8-100% of the area, aspect
            3/4-4/3, bicubic), flip, colour jitter 0.4 and PCA lighting 0.1, ImageNet mean/std;
@@ -54,6 +61,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar-autoaugment": {"policy": "autoaugment", "cutout": 16, "lr_schedule": "cosine"},
     "cifar-trivialaugment": {"policy": "trivialaugment", "cutout": 16, "lr_schedule": "cosine"},
     "cifar-sam": {"sam_rho": 0.05, "lr_schedule": "cosine"},
+    "cifar100-kd": {
+        "dataset": "cifar100",
+        "model": "wrn-16-2",
+        "epochs": 240,
+        "lr": 0.05,
+        "milestones": (150, 180, 210),
+        "lr_decay": 0.1,
+        "weight_decay": 5e-4,
+        "batch_size": 64,
+        "nesterov": False,
+        "reset_momentum": False,
+        "kd_temperature": 4.0,
+        "kd_alpha": 0.9,
+    },
     "imagenet": {
         "model": "wrn-50-2",
         "dataset": "imagenet",

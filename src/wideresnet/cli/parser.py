@@ -7,7 +7,7 @@ import difflib
 from importlib import metadata
 from typing import Any
 
-from wideresnet.config import FIELDS, SECTIONS
+from wideresnet.config import FIELDS, SECTIONS, ModelConfig
 from wideresnet.errors import WrnError
 from wideresnet.models.foreign import LAYOUTS
 from wideresnet.presets import PRESETS
@@ -34,7 +34,9 @@ class Parser(argparse.ArgumentParser):
             for word in unknown:
                 if word.startswith("-"):
                     hint = difflib.get_close_matches(word.split("=")[0], options, n=1)
-                    if hint:
+                    if hint and hint[0] == word.split("=")[0]:  # another verb's option
+                        message = f"{word} is not an option of this verb (see its --help)"
+                    elif hint:
                         message = f"unknown option {word}; did you mean {hint[0]}?"
                         break
         raise UsageError(f"{self.prog}: {message}")
@@ -51,23 +53,16 @@ def _all_options(parser: argparse.ArgumentParser) -> list[str]:
     return options
 
 
-def _csv_ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
 METAVARS = {int: "N", float: "X", str: "TEXT", tuple: "N,N,..."}
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(
+    parser: argparse.ArgumentParser, sections=SECTIONS, skip: tuple[str, ...] = ()
+) -> None:
     """One option per config field, grouped by section, defaulting to 'not given'."""
-    for section in SECTIONS:
+    for section in sections:
         group = parser.add_argument_group(f"{section} options")
-        for info in (i for i in FIELDS.values() if i.section == section):
+        for info in (i for i in FIELDS.values() if i.section == section and i.key not in skip):
             shown = info.default if info.default is not None else "not given"
             if isinstance(shown, tuple):
                 shown = ",".join(map(str, shown))
@@ -99,11 +94,10 @@ def _info(verbs) -> None:
     info = verbs.add_parser("info", help="parameters, MACs and stages of a model")
     info.add_argument("model", nargs="?")
     info.add_argument("--num-classes", type=int, default=None)
-    info.add_argument("--block", type=_csv_ints)
-    info.add_argument("--blocks-per-group", type=int)
     info.add_argument("--input-size", type=int)
     info.add_argument("--json", action="store_true")
     info.add_argument("--list", action="store_true", help="list the paper's model names")
+    _add_config_options(info, ("model",), skip=ModelConfig.NOT_ARCHITECTURE)  # --norm, ...
 
 
 def _train(verbs) -> None:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from wideresnet.cli.parser import UsageError
-from wideresnet.config import FIELDS, read_config_file
+from wideresnet.config import FIELDS, coerce, read_config_file
 from wideresnet.errors import DOWNLOAD_STOPPED, signals_interrupt
 
 
@@ -19,16 +19,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("\n".join(list_models()))
         print("\naccepted names:\n  " + "\n  ".join(model_name_patterns()))
         return 0
-    options = {"block": args.block, "blocks_per_group": args.blocks_per_group}
+    given = {k: v for k, v in _given(args).items() if k not in ("model", "num_classes")}
+    options = {k: coerce(k, v) for k, v in given.items()}
     model = create_model(args.model, args.num_classes, **options)
     summary = model_summary(model, args.input_size)
     classes = model.fc.out_features
     summary = {"model": args.model.lower(), "num_classes": classes, **summary}
+    shown = ", ".join(f"{k}={v}" for k, v in given.items())
     if args.json:
         print(json.dumps(summary))
         return 0
     print(
-        f"{summary['model']}: {summary['params']:,} parameters, "
+        f"{summary['model']}{f' ({shown})' if shown else ''}: {summary['params']:,} parameters, "
         f"{summary['macs'] / 1e9:.3f} G multiply-accumulates per "
         f"{summary['input'][1]}x{summary['input'][2]} image (convs + linear, counted by "
         "running the built module)"
@@ -46,7 +48,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from wideresnet.recipes import make_config
-    from wideresnet.train import resume, train
+    from wideresnet.train.run import resume, train
 
     given = _given(args)
     if args.resume:

@@ -9,6 +9,7 @@ from wideresnet.experiments.cost import GPU_ASSUMES, cpu_rate, run_cost
 from wideresnet.experiments.grid import table_named
 from wideresnet.experiments.registry import TABLES, Row, Table
 from wideresnet.models import create_model, model_summary
+from wideresnet.recipes import make_config
 
 CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet": 1000}
 
@@ -47,7 +48,9 @@ def describe_row(table: Table, row: Row) -> dict[str, Any]:
         return {**entry, "params": None, "macs": None, "params_match": None, "cost": {}}
     model = create_model(row.model, CLASSES[table.columns[0]], **row.options)
     summary = model_summary(model)
-    epochs = row.settings.get("epochs")  # a grid's own schedule; else the paper's
+    epochs = row.settings.get("epochs")  # a grid's own schedule, a row's preset's, the paper's
+    if epochs is None and row.preset:
+        epochs = make_config(row.preset).optim.epochs
     costs = {column: run_cost(summary["macs"], column, epochs) for column in table.columns}
     return {
         **entry,
@@ -81,7 +84,7 @@ def describe_table(name: str) -> dict[str, Any]:
         "cost": {
             "per_run_of_each_row": totals,
             "assumes": [
-                "each row's epochs (the paper's full schedule unless a grid gives its own), "
+                "each row's epochs (its preset's full schedule, or a grid's own), "
                 "one run (seed) per row and column; the paper's statistics take 5",
                 "multiply-accumulates counted by running each network, x3 for a training image",
                 cpu_rate()[1],

@@ -7,13 +7,14 @@ refused by name, and options left as None never override a model's own defaults.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from wideresnet.errors import ModelNameError
 from wideresnet.models.baselines import CifarResNet, PreActResNet
+from wideresnet.models.features import FeatureInfo, FeatureNet
 from wideresnet.models.imagenet import ImageNetResNet
 from wideresnet.models.official import (
     infer_official_model,
@@ -42,6 +43,8 @@ __all__ = [
     "wrn_name",
     "ModelNameError",
     "Variant",
+    "FeatureNet",
+    "FeatureInfo",
 ]
 
 
@@ -211,8 +214,19 @@ def model_options(name: str) -> tuple[frozenset[str], Callable[[str], str]]:
     return family.options, owner
 
 
-def create_model(name: str, num_classes: int | None = None, **options) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **options,
+) -> nn.Module:
     """Build a model by name, e.g. create_model("wrn-28-10", num_classes=10, dropout=0.3).
+
+    `features_only=True` gives the backbone (models/features.py FeatureNet): its forward
+    returns the maps of `out_indices` (0 the stem, then each stage; default all), listed in
+    its `feature_info`.
 
     Options left as None are not passed, so the model's own defaults stand. WideResNet takes
     dropout, block, blocks_per_group, in_channels and init; the baselines take init. Raises
@@ -234,4 +248,8 @@ def create_model(name: str, num_classes: int | None = None, **options) -> nn.Mod
     except ModelNameError as error:
         raise ModelNameError(f"{name}: {error}") from None
     model.name = name.strip().lower()
+    if features_only:
+        return FeatureNet(model, out_indices)
+    if out_indices is not None:
+        raise ModelNameError("out_indices applies with features_only=True")
     return model

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wideresnet.errors import ModelNameError
+from wideresnet.models.features import Stage
 from wideresnet.models.wrn import ThreeGroups, WideBlock, apply_init, conv
 
 
@@ -42,8 +43,9 @@ class CifarResNet(ThreeGroups):
             raise ModelNameError(f"original ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.conv0, self.bn0 = conv(3, 16, 3), nn.BatchNorm2d(16)
+        self.widths = [16, 32, 64]
         c_in = 16
-        for g, (width, stride) in enumerate(zip((16, 32, 64), (1, 2, 2))):
+        for g, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
             blocks = [
                 PostActBlock(c_in if i == 0 else width, width, stride if i == 0 else 1)
                 for i in range(n)
@@ -53,10 +55,15 @@ class CifarResNet(ThreeGroups):
         self.fc = nn.Linear(64, num_classes)
         apply_init(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn0(self.conv0(x)))
-        x = self.group2(self.group1(self.group0(x)))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+    def stem_stage(self) -> Stage:
+        return Stage("act0", ("conv0", "bn0"), _post_act_stem, 16, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group2(self.group1(self.group0(_post_act_stem(self, x))))
+
+
+def _post_act_stem(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.relu(model.bn0(model.conv0(x)))
 
 
 class PreActBottleneck(nn.Module):
@@ -97,10 +104,10 @@ class PreActResNet(ThreeGroups):
         if (depth - 2) % per_block != 0 or depth < per_block + 2:
             raise ModelNameError(f"pre-act ResNet depth must be {per_block}n+2, got {depth}")
         n = (depth - 2) // per_block
-        widths = (64, 128, 256) if bottleneck else (16, 32, 64)
+        self.widths = [64, 128, 256] if bottleneck else [16, 32, 64]
         self.conv0 = conv(3, 16, 3)
         c_in = 16
-        for g, (width, stride) in enumerate(zip(widths, (1, 2, 2))):
+        for g, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
             blocks = []
             for i in range(n):
                 s = stride if i == 0 else 1
@@ -114,8 +121,7 @@ class PreActResNet(ThreeGroups):
         self.fc = nn.Linear(c_in, num_classes)
         apply_init(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv0(x)
         x = self.group2(self.group1(self.group0(x)))
-        x = F.relu(self.bn(x))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return F.relu(self.bn(x))

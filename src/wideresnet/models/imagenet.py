@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wideresnet.errors import ModelNameError
+from wideresnet.models.features import Backbone, Stage, module_stage
 from wideresnet.models.wrn import apply_init, conv
 
 
@@ -49,7 +50,7 @@ def downsample(c_in: int, c_out: int, stride: int) -> nn.Module | None:
     return nn.Sequential(conv(c_in, c_out, 1, stride), nn.BatchNorm2d(c_out))
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(Backbone, nn.Module):
     """Post-activation ImageNet ResNet with torchvision's state_dict layout.
 
     `widen_factor` k widens the blocks; the stem stays at 64 channels:
@@ -83,10 +84,11 @@ class ImageNetResNet(nn.Module):
         block_type = Bottleneck if bottleneck else BasicBlock
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        c_in = 64
+        c_in, self.widths = 64, []
         for s, count in enumerate(self.LAYERS[depth]):
             width = int(64 * 2**s * widen_factor)
             planes = 64 * 2**s * 4 if bottleneck else width
+            self.widths.append(planes)
             blocks = []
             for i in range(count):
                 blocks.append(block_type(c_in, planes, 2 if (i == 0 and s > 0) else 1, width))
@@ -100,7 +102,26 @@ class ImageNetResNet(nn.Module):
         layers = [(f"layer{s}", getattr(self, f"layer{s}")) for s in range(1, 5)]
         return [("stem", nn.ModuleList([self.conv1, self.bn1])), *layers, ("head", self.fc)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+    @property
+    def num_features(self) -> int:
+        return self.widths[-1]
+
+    def feature_stages(self) -> list[Stage]:
+        """timm's: the stem after its ReLU (stride 2), then layer1 (after the max pool) to
+        layer4 (stride 32)."""
+        stem = Stage("act1", ("conv1", "bn1"), _stem, 64, 2)
+        first = Stage("layer1", ("layer1",), _pooled_layer1, self.widths[0], 4)
+        rest = [module_stage(f"layer{s + 1}", self.widths[s], 4 * 2**s) for s in range(1, 4)]
+        return [stem, first, *rest]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pooled_layer1(self, _stem(self, x))
+        return self.layer4(self.layer3(self.layer2(x)))
+
+
+def _stem(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.relu(model.bn1(model.conv1(x)))
+
+
+def _pooled_layer1(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.layer1(F.max_pool2d(x, 3, stride=2, padding=1))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wideresnet.errors import ModelNameError
+from wideresnet.models.features import Backbone, Stage, module_stage
 from wideresnet.models.variants import PAPER, VARIANT_OPTIONS, Variant
 
 
@@ -68,12 +69,26 @@ def conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
 
 
-class ThreeGroups(nn.Module):
-    """A stem, three groups (group0-2) and a head: the stages that `wrn info` tabulates."""
+class ThreeGroups(Backbone, nn.Module):
+    """A stem, three groups (group0-2) of `widths` channels and a head: the stages that `wrn
+    info` tabulates and a backbone gives (models/features.py)."""
 
     STEM: tuple[str, ...] = ("conv0",)
     HEAD: tuple[str, ...] = ("bn", "fc")
     input_size = 32
+    widths: list[int]
+
+    def stem_stage(self) -> Stage:
+        return module_stage("conv0", 16, 1)
+
+    def feature_stages(self) -> list[Stage]:
+        strides = zip(self.widths, (1, 2, 4))
+        groups = [module_stage(f"group{g}", w, r) for g, (w, r) in enumerate(strides)]
+        return [self.stem_stage(), *groups]
+
+    @property
+    def num_features(self) -> int:
+        return self.widths[-1]
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         def part(names: tuple[str, ...]) -> nn.ModuleList:
@@ -201,12 +216,13 @@ class WideResNet(ThreeGroups):
                 c_in = width
             self.add_module(f"group{g}", group)
         self.bn = self.variant.norm_layer(c_in)
-        self.fc = nn.Linear(c_in, num_classes, bias=self.variant.head_bias)
+        self.head_bias = self.variant.head_bias
+        self.fc = nn.Linear(c_in, num_classes, bias=self.head_bias)
         apply_init(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last map, BN-ReLU'd as the head reads it (the head then takes the 8x8 average
+        pool of a 32x32 input and the linear layer)."""
         x = self.conv0(x)
         x = self.group2(self.group1(self.group0(x)))
-        x = self.act(self.bn(x))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # the 8x8 average pool for 32x32 inputs
-        return self.fc(x)
+        return self.act(self.bn(x))

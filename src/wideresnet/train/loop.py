@@ -30,6 +30,7 @@ from wideresnet.train.checkpoint import (
     set_rng_state,
     weight_mismatch,
 )
+from wideresnet.train.distill import Teacher
 from wideresnet.train.distributed import World, wrap
 from wideresnet.train.ema import WeightAverage
 from wideresnet.train.environment import environment
@@ -64,8 +65,10 @@ class Trainer:
         log_every: int = 0,
         world: World = World(),
         run_id: str | None = None,
+        teacher: Teacher | None = None,
     ) -> None:
         self.config, self.run_dir, self.data, self.runtime = config, run_dir, data, runtime
+        self.teacher = teacher  # distillation (train/distill.py)
         self.run_id = run_id  # the run's identity (config.json, checkpoints, result.json)
         self.world, self.device = world, runtime.torch_device
         self.model = model
@@ -78,6 +81,7 @@ class Trainer:
             world=world,
             options=StepOptions.of(config.optim),
             seed=config.runtime.seed,
+            teacher=teacher.model if teacher else None,
         )
         decay = config.optim.ema_decay
         self.ema = WeightAverage(model, decay) if decay else None
@@ -386,6 +390,7 @@ class Trainer:
             processes=self.world.size,
             environment=environment(self.runtime.device, self.runtime.precision),
             run_id=self.run_id,
+            teacher=self.teacher.identity if self.teacher else None,
         )
         if self.world.main:
             self.run_dir.write_result(result)

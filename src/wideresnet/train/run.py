@@ -22,6 +22,7 @@ from wideresnet.models import count_params
 from wideresnet.protocol import RESUME_CHANGES, ConfigChange
 from wideresnet.seeds import Stream, seed_process
 from wideresnet.train.checkpoint import Checkpoint, load_any, nonfinite_tensor, weight_mismatch
+from wideresnet.train.distill import load_teacher
 from wideresnet.train.distributed import (
     World,
     shutdown,
@@ -101,7 +102,9 @@ def make_trainer(
             use_global_batch_norm(model)
         seed_process(seed, 1, Stream.DROPOUT, world.rank)  # each process its own dropout
     model = runtime.prepare(model)
-    return Trainer(config, run_dir, data, model, runtime, log_every, world, run_id or new_run_id())
+    teacher = load_teacher(config, data.classes, device)
+    run_id = run_id or new_run_id()
+    return Trainer(config, run_dir, data, model, runtime, log_every, world, run_id, teacher)
 
 
 def resolve_paths(config: Config) -> Config:
@@ -118,13 +121,17 @@ def resolve_paths(config: Config) -> Config:
             ensure_official(data.dataset, root, splits, data.verify)
         config = config.replace(data_dir=str(root))
     changes = {"data_dir": str(Path(config.data.data_dir).expanduser().absolute())}
-    if config.model.init_from:
-        changes["init_from"] = str(Path(config.model.init_from).expanduser().absolute())
+    for key, path in (("init_from", config.model.init_from), ("teacher", config.optim.teacher)):
+        if path:
+            changes[key] = str(Path(path).expanduser().absolute())
     return config.replace(**changes)
 
 
 def _check_extras(config: Config) -> None:
-    """The extras a run's options need, checked before any work."""
+    """The extras and files a run's options need, checked before any work."""
+    teacher = config.optim.teacher
+    if teacher and not Path(teacher).exists():
+        raise ConfigError(f"--teacher {teacher}: no such run directory or model file")
     if config.runtime.tensorboard:
         require("tensorboard", "--tensorboard")
 

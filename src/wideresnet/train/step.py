@@ -9,7 +9,8 @@ are next read. On several processes the verdict is shared, so every rank skips o
 together.
 
 The modern recipes act here too (all off by default): label smoothing; mixup or CutMix of
-the batch, drawn from the step's own generator (seeds.py); SAM's second forward-backward.
+the batch, drawn from the step's own generator (seeds.py); SAM's second forward-backward; a
+distillation teacher's softened outputs (train/distill.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,26 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) 
     return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
 
 
+def kd_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Hinton's distillation loss as RepDistiller's (train/distill.py): (1 - alpha) CE +
+    alpha T^2 KL(teacher's softened outputs || the student's), batch-averaged."""
+    hard = loss_fn(student, labels, smoothing)
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(student.float() / t, dim=1),
+        F.softmax(teacher.float() / t, dim=1),
+        reduction="batchmean",
+    )
+    return (1 - alpha) * hard + alpha * t * t * soft
+
+
 @dataclass(frozen=True)
 class StepOptions:
     """The parts of the recipe a step applies (OptimConfig's loss, mixing and SAM fields)."""
@@ -50,6 +71,8 @@ class StepOptions:
     cutmix_alpha: float = 0.0
     sam_rho: float = 0.0
     sam_adaptive: bool = False
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
 
     @classmethod
     def of(cls, optim: OptimConfig) -> StepOptions:
@@ -59,6 +82,8 @@ class StepOptions:
             cutmix_alpha=optim.cutmix_alpha,
             sam_rho=optim.sam_rho,
             sam_adaptive=optim.sam_adaptive,
+            kd_temperature=optim.kd_temperature,
+            kd_alpha=optim.kd_alpha,
         )
 
     @property
@@ -143,7 +168,7 @@ def _nonfinite(loss: torch.Tensor, world: World) -> torch.Tensor:
 
 class _Step:
     """What every step holds: the model it calls, its optimizer, runtime, processes, the
-    recipe's options, and the seed of its mixing draws."""
+    recipe's options, the seed of its mixing draws, and a distillation teacher (or None)."""
 
     def __init__(
         self,
@@ -153,9 +178,11 @@ class _Step:
         world: World,
         options: StepOptions,
         seed: int,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.model, self.optimizer, self.runtime = model, optimizer, runtime
         self.world, self.options, self.seed = world, options, seed
+        self.teacher = teacher
 
 
 class EagerStep(_Step):
@@ -178,7 +205,14 @@ class EagerStep(_Step):
             x, mix = mix_batch(x, options, draw)
         with runtime.autocast():
             logits = self.model(runtime.input(x))
-        loss = mixed_loss(logits, y, mix, options.label_smoothing)
+        if self.teacher is not None:  # Config.check: no mixing or SAM with a teacher
+            with torch.no_grad(), runtime.autocast():
+                taught = self.teacher(runtime.input(x))
+            loss = kd_loss(
+                logits, taught, y, options.kd_temperature, options.kd_alpha, options.label_smoothing
+            )
+        else:
+            loss = mixed_loss(logits, y, mix, options.label_smoothing)
         bad = _nonfinite(loss, self.world)
         if not self.skip_on_device and bool(bad.item()):
             raise NonFiniteLoss(before_update=True)
@@ -283,8 +317,10 @@ def make_step(
     world: World = World(),
     options: StepOptions = StepOptions(),
     seed: int = 0,
+    teacher: nn.Module | None = None,
 ) -> Step:
     """The training step for `runtime`: `step(x, y, sums, index)`. `model` is what the step
-    calls (the model, compiled or wrapped in DDP); `seed` seeds the mixing draws."""
+    calls (the model, compiled or wrapped in DDP); `seed` seeds the mixing draws; `teacher`,
+    an eval-mode model, distils into it (the eager step)."""
     kind = WholeStep if runtime.whole_step else EagerStep
-    return kind(model, optimizer, runtime, world, options, seed)
+    return kind(model, optimizer, runtime, world, options, seed, teacher)

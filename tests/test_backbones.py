@@ -1,0 +1,274 @@
+"""WRNs beyond classification: feature backbones in timm's convention (every family, against
+hooks on the full model), torchvision's wide_resnet50_2 weights in the feature form, the
+classifier interface, distillation (the step's loss against one written here by hand), and
+group norm through training, resume, export and load."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import (
+    SHARED_DATA,
+    cli,
+    cli_with,
+    learnable_npz,
+    metrics,
+    one_line_error,
+)
+
+import wideresnet
+from wideresnet import create_model
+from wideresnet.train.distributed import World
+from wideresnet.train.runtime import Runtime
+from wideresnet.train.step import EpochSums, StepOptions, make_step
+
+# one name per family, and the input size each is checked at
+FAMILIES = {
+    "wrn-10-2": 32,  # wrn-d-k
+    "resnet-20": 32,  # the original post-activation CIFAR ResNet
+    "preact-resnet-110": 32,  # pre-activation, basic blocks
+    "preact-resnet-164": 32,  # pre-activation, bottlenecks
+    "wrn-50-2": 64,  # the ImageNet bottleneck WRN (torchvision layout)
+    "wrn-18-2-imagenet": 64,  # Table 7's basic-block ImageNet WRN
+    "resnet-18": 64,  # the ImageNet ResNet
+}
+
+
+def stage_maps(model: torch.nn.Module, names: list[str], x: torch.Tensor) -> list[torch.Tensor]:
+    """The activations forward hooks see at each stage of the full model (the stems that
+    end in a functional ReLU: their norm layer's output, ReLU'd here)."""
+    seen = {}
+    hooks = []
+    for name in names:
+        module_name = {"act0": "bn0", "act1": "bn1"}.get(name, name)
+        module = getattr(model, module_name)
+        hooks.append(module.register_forward_hook(lambda m, i, o, n=name: seen.setdefault(n, o)))
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return [F.relu(seen[n]) if n in ("act0", "act1") else seen[n] for n in names]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_feature_maps_equal_the_full_models_activations(name):
+    torch.manual_seed(0)
+    full = create_model(name, num_classes=10).eval()
+    backbone = create_model(name, num_classes=10, features_only=True)
+    backbone.load_state_dict(full.state_dict())  # the head's keys are left out
+    backbone.eval()
+    size = FAMILIES[name]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        maps = backbone(x)
+    info = backbone.feature_info
+    assert len(maps) == len(info) == (5 if size == 64 else 4)
+    expected = stage_maps(full, info.module_name(), x)
+    for got, want, entry in zip(maps, expected, info):
+        torch.testing.assert_close(got, want, msg=entry["module"])
+        assert got.shape[1] == entry["num_chs"] and size // got.shape[-1] == entry["reduction"]
+    assert info.channels() == [e["num_chs"] for e in info]
+    chosen = create_model(name, features_only=True, out_indices=(1, -1))
+    assert [e["module"] for e in chosen.feature_info] == [info[1]["module"], info[-1]["module"]]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_has_timms_classifier_interface(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).eval()
+    size = FAMILIES[name]
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        logits = model(x)
+        features = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(features), logits)
+        pooled = model.forward_head(features, pre_logits=True)
+    assert pooled.shape == (2, model.num_features) and model.get_classifier() is model.fc
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), pooled)
+
+
+def test_out_indices_out_of_range_are_refused_by_name():
+    with pytest.raises(wideresnet.ModelNameError, match=r"out_indices \(4,\): each from 0"):
+        create_model("wrn-16-2", features_only=True, out_indices=(4,))
+    with pytest.raises(wideresnet.ModelNameError, match="features_only"):
+        create_model("wrn-16-2", out_indices=(1,))
+
+
+def test_torchvisions_wide_resnet50_2_weights_load_into_the_feature_form():
+    from test_handover import TorchvisionWideResNet50, randomise
+
+    reference = randomise(TorchvisionWideResNet50(), 4).eval()
+    backbone = create_model("wrn-50-2", features_only=True, out_indices=(2, 3))
+    backbone.load_state_dict(reference.state_dict())  # torchvision's keys, fc.* left out
+    backbone.eval()
+    assert [e["module"] for e in backbone.feature_info] == ["layer2", "layer3"]
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    layer2, layer3 = backbone(x)
+    expected = stage_maps(reference, ["layer2", "layer3"], x)
+    torch.testing.assert_close(layer2, expected[0])
+    torch.testing.assert_close(layer3, expected[1])
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    return learnable_npz(tmp_path_factory.mktemp("data") / "d.npz", n_train=64, n_test=16, size=32)
+
+
+def train_args(npz: Path, out: Path, *extra: str, model: str = "wrn-10-1") -> list:
+    options = f"--model {model} --dataset npz --epochs 2 --batch-size 16 --precision fp32"
+    return ["train", *options.split(), "--data-dir", npz, "--out", out, *extra]
+
+
+def test_a_run_and_its_export_load_as_backbones(npz, tmp_path):
+    run = tmp_path / "run"
+    assert cli(*train_args(npz, run, model="wrn-10-2")).returncode == 0
+    export = tmp_path / "m.safetensors"
+    assert cli("export", run, "--format", "safetensors", "--out", export).returncode == 0
+    full = wideresnet.load_model(run)
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    x = full.input_transform(images)
+    expected = stage_maps(full, ["group1", "group2"], x)
+    for source in (run, export):
+        backbone = wideresnet.load_model(source, features_only=True, out_indices=(2, 3))
+        assert not backbone.training
+        with torch.no_grad():
+            maps = backbone(backbone.input_transform(images))
+        for got, want in zip(maps, expected):
+            torch.testing.assert_close(got, want)
+
+
+# --------------------------------------------------------------------------------------------
+# Distillation
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_steps_distillation_loss_is_hintons_written_by_hand():
+    torch.manual_seed(0)
+    student = create_model("wrn-10-1", num_classes=5)
+    teacher = create_model("wrn-10-2", num_classes=5).eval().requires_grad_(False)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(8) % 5
+    before = copy.deepcopy(student)  # train mode, as the step runs it
+    t, alpha = 3.0, 0.7
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    options = StepOptions(kd_temperature=t, kd_alpha=alpha)
+    runtime = Runtime.eager("cpu", "fp32")
+    step = make_step(student, optimizer, runtime, world=World(), options=options, teacher=teacher)
+    sums = EpochSums.start(torch.device("cpu"))
+    step(x, y, sums, 0)
+    with torch.no_grad():
+        s, z = before(x).double(), teacher(x).double()
+    hard = -(s.log_softmax(1)[torch.arange(8), y]).mean()
+    p = (z / t).softmax(1)
+    soft = (p * (p.log() - (s / t).log_softmax(1))).sum(1).mean() * t * t
+    expected = (1 - alpha) * hard + alpha * soft
+    assert sums.loss.item() / 8 == pytest.approx(expected.item(), rel=1e-5)
+    assert not any(p.grad is not None for p in teacher.parameters())
+
+
+def test_a_distilled_student_trains_and_records_its_teacher(npz, tmp_path):
+    teacher = tmp_path / "teacher"
+    assert cli(*train_args(npz, teacher, model="wrn-10-2")).returncode == 0
+    student = tmp_path / "student"
+    result = cli(*train_args(npz, student, "--teacher", teacher, "--kd-temperature", "2"))
+    assert result.returncode == 0, result.stderr
+    recorded = json.loads((student / "result.json").read_text())["teacher"]
+    assert recorded["source"] == str(teacher) and recorded["model"] == "wrn-10-2"
+    assert len(recorded["sha256"]) == 64 and recorded["classes"] == 4
+    config = json.loads((student / "config.json").read_text())
+    assert config["teacher"] == str(teacher) and config["kd_temperature"] == 2.0
+    five = learnable_npz(tmp_path / "five.npz", n_train=32, n_test=8, size=32, classes=5)
+    line = one_line_error(cli(*train_args(five, tmp_path / "s5", "--teacher", teacher)))
+    assert "predicts 4 classes, this run's data has 5" in line
+    line = one_line_error(
+        cli(*train_args(npz, tmp_path / "s6", "--teacher", teacher, "--preprocess", "div255"))
+    )
+    assert "normalises with mean" in line
+    line = one_line_error(cli(*train_args(npz, tmp_path / "s7", "--teacher", tmp_path / "no")))
+    assert "--teacher" in line and "no such run directory" in line
+    line = one_line_error(
+        cli(*train_args(npz, tmp_path / "s8", "--teacher", teacher, "--mixup-alpha", "0.2"))
+    )
+    assert "--teacher does not combine with mixup" in line
+
+
+@pytest.mark.slow
+def test_distillation_on_real_cifar10_images(tmp_path, real_data_cache):
+    data = SHARED_DATA / "cifar10-jpeg"
+    env = {"WRN_CACHE_DIR": str(real_data_cache)}
+    common = "--dataset folder --epochs 2 --batch-size 32 --train-limit 512 --eval-limit 256"
+    common += " --precision fp32 --lr 0.05 --milestones 2"
+    teacher = tmp_path / "teacher"
+    args = ["train", "--model", "wrn-10-2", *common.split(), "--data-dir", data]
+    assert cli(*args, "--out", teacher, env=env).returncode == 0
+    student = tmp_path / "student"
+    args = ["train", "--model", "wrn-10-1", *common.split(), "--data-dir", data]
+    result = cli(*args, "--out", student, "--teacher", teacher, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = metrics(student)
+    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) for r in rows)
+    assert json.loads((student / "result.json").read_text())["teacher"]["model"] == "wrn-10-2"
+
+
+def test_the_cifar100_kd_preset_is_repdistillers_recipe():
+    from wideresnet.recipes import make_config
+
+    optim = make_config("cifar100-kd").optim
+    assert (optim.epochs, optim.lr, optim.milestones, optim.lr_decay) == (
+        240,
+        0.05,
+        (150, 180, 210),
+        0.1,
+    )
+    assert (optim.weight_decay, optim.batch_size, optim.momentum) == (5e-4, 64, 0.9)
+    assert (optim.nesterov, optim.kd_temperature, optim.kd_alpha) == (False, 4.0, 0.9)
+    shown = json.loads(cli("table", "show", "beyond", "--json").stdout)["rows"]
+    published = {r["id"]: r["paper"]["cifar100"] for r in shown if r["id"].startswith("rd-")}
+    assert published == {
+        "rd-wrn-40-2": 24.39,
+        "rd-wrn-16-2": 26.74,
+        "rd-kd-wrn-16-2": 25.08,
+        "rd-wrn-40-1": 28.02,
+        "rd-kd-wrn-40-1": 26.46,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Group norm
+# --------------------------------------------------------------------------------------------
+
+
+def test_group_norm_trains_resumes_exports_and_loads_back(npz, tmp_path):
+    group = ["--norm", "group:4", "--epochs", "3", "--milestones", "2,3"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert cli(*train_args(npz, straight, *group)).returncode == 0
+    assert cli_with("sigterm", 6, *train_args(npz, stopped, *group)).returncode == 143
+    assert cli("train", "--resume", stopped).returncode == 0
+    assert metrics(stopped, timing=False) == metrics(straight, timing=False)
+    model = wideresnet.load_model(straight)
+    assert isinstance(model.group0.block0.bn0, torch.nn.GroupNorm)
+    assert model.group0.block0.bn0.num_groups == 4
+    onnx = cli("export", straight, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert onnx.returncode == 0, onnx.stderr
+    export = tmp_path / "m.safetensors"
+    assert cli("export", straight, "--format", "safetensors", "--out", export).returncode == 0
+    again = wideresnet.load_model(export)
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(again.input_transform(images)), model(model.input_transform(images))
+        )
+    info = json.loads(cli("info", "wrn-16-4", "--norm", "group:16", "--json").stdout)
+    assert info["params"] == wideresnet.count_params(create_model("wrn-16-4", norm="group:16"))
+    line = one_line_error(cli("info", "wrn-16-4", "--norm", "group:7"))
+    assert "16 channels do not split into 7 groups" in line
