@@ -57,7 +57,7 @@ def test_recipes_are_frozen_and_validated():
     with pytest.raises(ConfigError, match="dropout"):
         make_config("cifar", {"dropout": 1.5})
     with pytest.raises(ConfigError, match="precision"):
-        make_config("cifar", {"precision": "fp16"})
+        make_config("cifar", {"precision": "fp8"})
 
 
 def test_unknown_key_has_a_did_you_mean_hint():

@@ -15,27 +15,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from wideresnet.config import Config, OptimConfig
+from wideresnet.config import Config
 from wideresnet.data.prepare import run_data
 from wideresnet.errors import DataError
 from wideresnet.models import FORWARDS_PER_TRAINING_IMAGE, create_model, model_summary
 from wideresnet.recipes import make_config
-from wideresnet.train.cpu import cpu_bf16, cpu_flags, cpu_ghz
+from wideresnet.train.calibrate import (
+    WARMUP_STEPS,
+    Work,
+    build_for_bench,
+    calibrate,
+    cpu_choice,
+    describe,
+    measure,
+    timed,
+)
+from wideresnet.train.cpu import Candidate, cpu_bf16, cpu_flags, cpu_ghz
 from wideresnet.train.environment import device_name
-from wideresnet.train.optim import build_optimizer
 from wideresnet.train.runtime import Runtime, resolve_device
-from wideresnet.train.step import EpochSums, Step, make_step
+from wideresnet.train.step import EpochSums
 
 log = logging.getLogger(__name__)
 
 FLOPS_PER_MAC = 2
-WARMUP_STEPS = {False: 2, True: 5}  # with CUDA graphs: recorded on a later call than the first
 GPU_PEAKS = {  # dense tensor-core FLOP/s (bf16, and fp32 as TF32), from the vendors' sheets
     "H200": (989e12, 494e12),
     "H100": (989e12, 494e12),
@@ -45,81 +51,34 @@ GPU_PEAKS = {  # dense tensor-core FLOP/s (bf16, and fp32 as TF32), from the ven
 }
 
 
-@dataclass
-class Measured:
-    setting: str
-    images_per_second: float
-    warmup_seconds: float
-    inference_images_per_second: float
+# what the default row assumes on a CPU, where compiling is weighed against the run's length
+BENCH_RUN = ("a run of the paper's CIFAR schedule", 200 * 49_920)
 
 
-def _synthetic(runtime: Runtime, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=generator)
-    y = torch.randint(0, 10, (batch,), generator=generator)
-    return x.to(runtime.device), y.to(runtime.device)
-
-
-def build_for_bench(model_name: str, runtime: Runtime) -> tuple[torch.nn.Module, Step]:
-    """(model, its training step) for `runtime`, seeded: what a benchmark trains (bench/
-    augment.py uses it too)."""
-    torch.manual_seed(0)
-    model = runtime.prepare(create_model(model_name, 10))
-    optimizer = build_optimizer(model, OptimConfig(), runtime.fused_sgd)
-    return model, make_step(runtime.compiled(model), optimizer, runtime)
-
-
-def _timed(run, steps: int, runtime: Runtime) -> tuple[float, float]:
-    """(seconds for `steps` calls after warm-up, warm-up seconds); run(i) is call i."""
-    warmup_steps = WARMUP_STEPS[runtime.cuda_graphs]
-    start = time.perf_counter()
-    for index in range(warmup_steps):
-        run(index)
-    runtime.sync()
-    warmup = time.perf_counter() - start
-    start = time.perf_counter()
-    for index in range(warmup_steps, warmup_steps + steps):
-        run(index)
-    runtime.sync()
-    return time.perf_counter() - start, warmup
-
-
-def measure(model_name: str, setting: str, runtime: Runtime, batch: int, steps: int) -> Measured:
-    model, step = build_for_bench(model_name, runtime)
-    x, y = _synthetic(runtime, batch, getattr(model, "input_size", 32))
-    sums = EpochSums.start(runtime.torch_device)
-    model.train()
-    seconds, warmup = _timed(lambda index: step(x, y, sums, index), steps, runtime)
-    model.eval()
-    forward = step.model
-
-    @torch.no_grad()
-    def infer_once(index: int) -> None:
-        with runtime.autocast():
-            forward(runtime.input(x))
-
-    infer_seconds, _ = _timed(infer_once, steps, runtime)
-    return Measured(setting, batch * steps / seconds, warmup, batch * steps / infer_seconds)
+def cpu_default(model_name: str) -> tuple[Candidate, str]:
+    """The CPU setting `wrn train` picks for `model_name` on a paper-length CIFAR run."""
+    model = create_model(model_name, 10)
+    return cpu_choice(Config(), Work.of(model, BENCH_RUN[1]), may_measure=False)
 
 
 def settings(
-    device: str, compile_step: bool, force_bf16: bool = False
+    device: str, model_name: str, compile_step: bool = False, force_bf16: bool = False
 ) -> list[tuple[str, Runtime]]:
     """The plain baseline, what `wrn train` picks here, and the steps between."""
     cuda = torch.device(device).type == "cuda"
     rows = [("eager fp32 NCHW (baseline)", Runtime.eager(device))]
     rows.append(("channels_last fp32", Runtime.eager(device, channels_last=True)))
-    chosen = Runtime.resolve(Config.from_dict({"device": device}), torch.device(device))
+    cpu = None if cuda else cpu_default(model_name)
+    chosen = Runtime.resolve(Config.from_dict({"device": device}), torch.device(device), 1, cpu)
     if chosen.precision == "bf16" or cuda or force_bf16:
         label = "channels_last bf16" + ("" if cuda or cpu_bf16()[0] else " (forced)")
         bf16 = dataclasses.replace(Runtime.eager(device, "bf16", True), fused_sgd=cuda)
         rows.append((label, bf16))
-    rows.append((f"wrn train's default ({chosen.precision})", chosen))
+    rows.append((f"wrn train's default ({cpu[0].name if cpu else chosen.precision})", chosen))
     if compile_step:
         whole = Config.from_dict({"device": device, "compile": "step"})
-        rows.append(
-            ("whole step compiled (--compile step)", Runtime.resolve(whole, torch.device(device)))
-        )
+        runtime = Runtime.resolve(whole, torch.device(device), 1, cpu)
+        rows.append(("whole step compiled (--compile step)", runtime))
     return rows
 
 
@@ -170,7 +129,7 @@ def loader_rate(loader, steps: int, runtime: Runtime) -> float:
     def once(index: int) -> None:
         next(batches)
 
-    seconds, _ = _timed(once, steps, runtime)
+    seconds, _ = timed(once, steps, runtime)
     return loader.batch_size * steps / seconds
 
 
@@ -184,7 +143,7 @@ def end_to_end(model_name: str, runtime: Runtime, loader, steps: int) -> float:
         x, y = next(batches)
         step(x, y, sums, index)
 
-    seconds, _ = _timed(once, steps, runtime)
+    seconds, _ = timed(once, steps, runtime)
     return loader.batch_size * steps / seconds
 
 
@@ -199,13 +158,17 @@ def bench(
     dataset: str = "folder",
     data_dir: str | None = None,
     data_options: dict[str, Any] | None = None,
+    calibrate_cpu: bool = False,
 ) -> dict[str, Any]:
-    """Every row (as `wrn bench --json` prints it), ratios against the first row."""
+    """Every row (as `wrn bench --json` prints it), ratios against the first row;
+    `calibrate_cpu`: first time every CPU setting on this machine (cached for `wrn train`)."""
     device = str(resolve_device(device))
+    cpu = torch.device(device).type == "cpu"
+    calibration = [] if not (cpu and calibrate_cpu) else describe(calibrate())
     steps = steps or (50 if torch.device(device).type == "cuda" else 5)
     macs = model_summary(create_model(model_name, 10))["macs"]
     rows, baseline = [], None
-    for label, runtime in settings(device, compile_step, force_bf16):
+    for label, runtime in settings(device, model_name, compile_step, force_bf16):
         measured = measure(model_name, label, runtime, batch, steps)
         log.info(
             "%s: %.0f train img/s (warm-up %.0f s)",
@@ -239,6 +202,8 @@ def bench(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "rows": rows,
+        "calibration": calibration,
+        "default_reason": cpu_default(model_name)[1] if cpu else "CUDA defaults",
         "peaks": {p: peak(device, p)[1] for p in ("fp32", "bf16")},
         "measured": (
             f"images/s over {steps} whole steps after warm-up, one batch of {batch} held on "
@@ -248,7 +213,7 @@ def bench(
         ),
     }
     if data_dir:
-        chosen = settings(device, False)[-1][1]
+        chosen = settings(device, model_name)[-1][1]
         loader, how = real_data(model_name, dataset, data_dir, batch, device, data_options)
         needed = steps + WARMUP_STEPS[chosen.cuda_graphs]
         if len(loader) < needed:

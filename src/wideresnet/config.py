@@ -277,14 +277,20 @@ class RuntimeConfig(Section):
     device: str = option("auto", "auto | cpu | cuda | cuda:N")
     precision: str = option(
         "auto",
-        "auto (bf16 where the hardware has it) | bf16 | fp32",
-        choices=("auto", "bf16", "fp32"),
+        "auto (bf16 on a GPU; on a CPU by measurement) | bf16 | fp32 | fp16 (opt-in: "
+        "autocast with loss scaling)",
+        choices=("auto", "bf16", "fp32", "fp16"),
     )
     channels_last: bool | None = option(None, "NHWC memory format (default: on)")
     compile: str = option(
         "auto",
         "torch.compile: auto (on for CUDA) | on (the model) | step (the whole step) | off",
         choices=(*AUTO_ON_OFF, "step"),
+    )
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode: default | max-autotune (opt-in: autotuned kernels, long compile)",
+        choices=("default", "max-autotune"),
     )
     fused_sgd: str = option(
         "auto", "one fused SGD kernel: auto (on for CUDA) | on | off", choices=AUTO_ON_OFF
@@ -372,6 +378,8 @@ class Config:
             raise ConfigError("--compile step does not combine with mixup, CutMix or SAM")
         if optim.teacher and (optim.mixup_alpha or optim.cutmix_alpha or optim.sam_rho):
             raise ConfigError("--teacher does not combine with mixup, CutMix or SAM")
+        if runtime.precision == "fp16" and (runtime.compile == "step" or optim.sam_rho):
+            raise ConfigError("--precision fp16 does not combine with --compile step or SAM")
         if optim.teacher and runtime.compile == "step":
             raise ConfigError("--teacher does not combine with --compile step")
         if optim.nesterov and optim.momentum == 0:

@@ -118,7 +118,7 @@ def _eval(verbs) -> None:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--split", default=None)
     evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--precision", default=None, choices=["fp32", "bf16"])
+    evaluate.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
     evaluate.add_argument("--flip", action="store_true", help="also report flip-averaged error")
     evaluate.add_argument("--json", action="store_true")
 
@@ -222,6 +222,11 @@ def _bench(verbs) -> None:
     bench.add_argument("--data-dir", help="real images: the run's loader alone, then with the step")
     bench.add_argument("--loader", choices=["auto", "resident", "stream"], help="as wrn train's")
     bench.add_argument("--workers", type=int, help="streaming: decoding processes")
+    bench.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="CPU: first time every training setting here; wrn train then chooses by it",
+    )
     bench.add_argument("--json", action="store_true")
 
 

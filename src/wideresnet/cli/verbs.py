@@ -214,7 +214,7 @@ def cmd_import_official(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from wideresnet.bench import bench
+    from wideresnet.bench import BENCH_RUN, bench
 
     result = bench(
         args.model,
@@ -228,6 +228,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data_options={
             k: v for k, v in (("loader", args.loader), ("workers", args.workers)) if v is not None
         },
+        calibrate_cpu=args.calibrate,
     )
     if args.json:
         print(json.dumps(result))
@@ -237,13 +238,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{result['device_name']}, torch {result['torch']}, {result['threads']} threads"
     )
     columns = f"{'train img/s':>11} {'ratio':>6} {'infer img/s':>11} {'ratio':>6} {'MFU':>6}"
-    print(f"{'setting':<40} {columns}")
+    print(f"{'setting':<52} {columns}")
     for row in result["rows"]:
         mfu = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
         print(
-            f"{row['setting']:<40} {row['images_per_second']:>11,.0f} {row['ratio']:>5.2f}x "
+            f"{row['setting']:<52} {row['images_per_second']:>11,.0f} {row['ratio']:>5.2f}x "
             f"{row['inference_images_per_second']:>11,.0f} {row['inference_ratio']:>5.2f}x {mfu:>6}"
         )
+    if result["calibration"]:
+        print("calibrated (cached for wrn train):")
+        for row in result["calibration"]:
+            seconds = row["compile_seconds"]
+            compiling = f", compiling {seconds:.0f} s" if row["compile"] != "off" else ""
+            print(f"  {row['name']:<40} {row['speedup']:>5.2f}x{compiling}")
+    print(f"wrn train's default, for {BENCH_RUN[0]}: {result['default_reason']}")
     if "loader" in result:
         loader = result["loader"]
         print(

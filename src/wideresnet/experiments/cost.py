@@ -18,6 +18,7 @@ import torch
 from wideresnet.config import Config, OptimConfig
 from wideresnet.data.cache import read_record, write_record
 from wideresnet.models import FORWARDS_PER_TRAINING_IMAGE, create_model, model_summary
+from wideresnet.train.calibrate import cpu_choice
 from wideresnet.train.optim import build_optimizer
 from wideresnet.train.runtime import Runtime
 from wideresnet.train.step import EpochSums, make_step
@@ -61,7 +62,8 @@ def gpu_images_per_second(macs: float) -> float:
 
 def cpu_rate() -> tuple[float, str]:
     """(training multiply-accumulates per second of this CPU, how it was measured)."""
-    runtime = Runtime.resolve(Config(), torch.device("cpu"))
+    eager = cpu_choice(Config(), None)  # the eager setting wrn train takes here
+    runtime = Runtime.resolve(Config(), torch.device("cpu"), 1, eager)
     key = f"{platform.processor() or platform.machine()}|{torch.__version__}|"
     key += f"{torch.get_num_threads()} threads|{runtime.precision}"
     record = read_record(RECORD)

@@ -75,6 +75,7 @@ class Training:
     rng_ranks: list[dict[str, Any]]  # every process's, in rank order
     data_order: dict[str, Any] = field(default_factory=dict)
     ema: dict[str, torch.Tensor] | None = None  # the averaged weights (--ema-decay)
+    scaler: dict[str, Any] | None = None  # fp16's loss scale and its growth tracker
 
     def to_dict(self) -> dict[str, Any]:
         state = self.state
@@ -97,6 +98,7 @@ class Training:
             "data_seconds": state.seconds.data,
             "config_changes": [change.to_dict() for change in state.config_changes],
             **({"ema": self.ema} if self.ema is not None else {}),
+            **({"scaler": self.scaler} if self.scaler is not None else {}),
         }
 
     @classmethod
@@ -130,6 +132,7 @@ class Training:
             found.get("rng_ranks") or [found["rng"]],
             found.get("data_order") or {},
             found.get("ema"),
+            found.get("scaler"),
         )
 
 
@@ -151,6 +154,7 @@ class _TrainingFields:
     data_order: dict | None = None
     config_changes: list | None = None
     ema: dict | None = None
+    scaler: dict | None = None
 
 
 @dataclass

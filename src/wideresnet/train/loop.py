@@ -107,6 +107,7 @@ class Trainer:
             rng_ranks=generators,
             data_order={"seed": self.config.runtime.seed, "epoch": self.state.epoch + 1},
             ema=self.ema.model.state_dict() if self.ema else None,
+            scaler=self.step.scaler.state_dict() if self.step.scaler else None,
         )
         return Checkpoint(
             config=self.config.to_dict(),
@@ -137,6 +138,8 @@ class Trainer:
             self.optimizer.load_state_dict(training.optimizer)
         except (ValueError, KeyError) as error:  # torch's own refusals of a foreign state
             raise RunError(f"{self.run_dir}: the optimizer state does not fit ({error})") from None
+        if self.step.scaler is not None and training.scaler:
+            self.step.scaler.load_state_dict(training.scaler)
         data_seconds = self.state.seconds.data
         self.state = training.state
         self.state.seconds.data += data_seconds

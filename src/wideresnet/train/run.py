@@ -21,6 +21,7 @@ from wideresnet.extras import require
 from wideresnet.models import count_params
 from wideresnet.protocol import RESUME_CHANGES, ConfigChange
 from wideresnet.seeds import Stream, seed_process
+from wideresnet.train.calibrate import Work, cpu_choice, kept_cpu_setting
 from wideresnet.train.checkpoint import Checkpoint, load_any, nonfinite_tensor, weight_mismatch
 from wideresnet.train.distill import load_teacher
 from wideresnet.train.distributed import (
@@ -32,7 +33,7 @@ from wideresnet.train.distributed import (
 from wideresnet.train.loop import Trainer
 from wideresnet.train.records import Result
 from wideresnet.train.rundir import RunDir
-from wideresnet.train.runtime import Runtime, process_settings, resolve_device
+from wideresnet.train.runtime import Runtime, compiles_policy, process_settings, resolve_device
 from wideresnet.train.trained import build_model, config_of
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,12 @@ def make_trainer(
     run_dir: RunDir,
     log_every: int = 0,
     world: World = World(),
-    recorded_loader: str | None = None,
+    recorded: dict | None = None,
     run_id: str | None = None,
 ) -> Trainer:
     """A Trainer with its device, runtime, data and model built from the config
-    (`recorded_loader`: the loader of the run being resumed; `run_id`: the run's identity)."""
+    (`recorded`: config.json's `resolved` of the run being resumed, whose loader and CPU
+    setting it keeps; `run_id`: the run's identity)."""
     device = resolve_device(config.runtime.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -83,20 +85,26 @@ def make_trainer(
             f"--batch-size {config.optim.batch_size} (the global batch) does not split evenly "
             f"over {world.size} processes"
         )
-    runtime = Runtime.resolve(config, device, world.size)
+    recorded = recorded or {}
     data = run_data(
         config,
         device,
         rank=world.rank,
         world=world.size,
-        compile_policy=runtime.compile,
-        recorded_loader=recorded_loader,
+        compile_policy=compiles_policy(config, device),
+        recorded_loader=recorded.get("loader"),
     )
     seed = config.runtime.seed
     seed_process(seed, 0, Stream.INIT)  # the model's init does not depend on data loading
     model = build_model(config, len(data.classes))
     if config.model.init_from:
         load_initial_weights(model, config.model.init_from)
+    cpu = None
+    if device.type == "cpu":  # several processes measure nothing: they would share the cores
+        images = len(data.train) * config.optim.batch_size * config.optim.epochs
+        work = Work.of(model, images)
+        cpu = kept_cpu_setting(recorded) or cpu_choice(config, work, world.size == 1)
+    runtime = Runtime.resolve(config, device, world.size, cpu)
     if world.distributed:
         if config.runtime.sync_bn:
             use_global_batch_norm(model)
@@ -248,8 +256,7 @@ def resume(
         if world.main:
             run_dir.lock()
         with process_settings(config):
-            loader = (checkpoint.resolved or {}).get("loader")
-            trainer = make_trainer(config, run_dir, log_every, world, loader, run_id)
+            trainer = make_trainer(config, run_dir, log_every, world, checkpoint.resolved, run_id)
             trainer.restore(checkpoint)
             _check_same_data(checkpoint, trainer.data, config)
             _record_changes(trainer, checkpoint, changes, config, run_dir)

@@ -19,7 +19,7 @@ from torch import nn
 from wideresnet.config import Config
 from wideresnet.errors import RunError
 from wideresnet.seeds import Stream, seed_process
-from wideresnet.train.cpu import cpu_bf16
+from wideresnet.train.cpu import BASELINE, Candidate
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,14 +34,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# Measured with `wrn bench wrn-16-4 --compile-step` on a 2-core AMD EPYC (AVX512-BF16), torch
-# 2.13, twice: channels_last 1.17-1.20x NCHW in fp32; the whole step compiled 0.97-1.05x the
-# eager default. `wrn bench` measures both on any machine.
-CPU_CHANNELS_LAST_REASON = "CPU: channels_last (measured 1.17-1.20x NCHW, WRN-16-4 fp32 steps)"
-CPU_COMPILE_REASON = (
-    "CPU: off (the whole step compiled measured 0.97-1.05x the eager default for WRN-16-4, "
-    "not worth its compilation; --compile step to use it)"
-)
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compiles_policy(config: Config, device: torch.device) -> bool:
+    """The augmentation policy's slots as torch.compile graphs: when compiling on CUDA, or
+    asked for on a CPU (where compiling them measured no gain, bench/augment.py)."""
+    runtime, cuda = config.runtime, device.type == "cuda"
+    asked = runtime.compile in ("on", "step") or (cuda and runtime.compile == "auto")
+    return bool(config.data.policy) and asked
 
 
 def _on(setting: str, default: bool) -> bool:
@@ -62,6 +63,7 @@ class Runtime:
     fused_sgd: bool = False
     cuda_graphs: bool = False
     whole_step: bool = False  # torch.compile of the whole step (forward to update)
+    compile_mode: str = "default"  # or max-autotune
     reasons: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -72,25 +74,46 @@ class Runtime:
         return cls(str(device), precision, channels_last)
 
     @classmethod
-    def resolve(cls, config: Config, device: torch.device, processes: int = 1) -> Runtime:
-        """What the config asks for on this device, 'auto' settled by what pays here."""
+    def resolve(
+        cls,
+        config: Config,
+        device: torch.device,
+        processes: int = 1,
+        cpu: tuple[Candidate, str] | None = None,
+    ) -> Runtime:
+        """What the config asks for on this device, 'auto' settled by what pays here: on a
+        CPU by `cpu`, the setting train/calibrate.py chose with its reason (None: plain
+        eager fp32 NCHW)."""
         runtime, cuda = config.runtime, device.type == "cuda"
-        reasons = {"precision": f"asked for: --precision {runtime.precision}"}
-        precision = runtime.precision
-        if precision == "auto":
-            if cuda:
-                precision, reasons["precision"] = "bf16", "CUDA: bf16 autocast"
-            else:
-                bf16, why = cpu_bf16()
-                precision, reasons["precision"] = ("bf16" if bf16 else "fp32"), why
-        whole_step = runtime.compile == "step"
-        compile = whole_step or _on(runtime.compile, cuda)
-        if not cuda and runtime.compile == "auto":
-            reasons["compile"] = CPU_COMPILE_REASON
-        if compile and config.data.policy:
+        reasons = {}
+        if cuda:
+            precision = "bf16" if runtime.precision == "auto" else runtime.precision
+            channels_last = runtime.channels_last is None or runtime.channels_last
+            compile = runtime.compile in ("auto", "on", "step")
+            whole_step = runtime.compile == "step"
+            if runtime.precision == "auto":
+                reasons["precision"] = "CUDA: bf16 autocast"
+        else:
+            chosen, why = cpu or (BASELINE, "no CPU setting chosen: plain eager fp32 NCHW")
+            precision = chosen.precision if runtime.precision == "auto" else runtime.precision
+            channels_last = (
+                chosen.channels_last if runtime.channels_last is None else runtime.channels_last
+            )
+            asked = chosen.compile if runtime.compile == "auto" else runtime.compile
+            compile, whole_step = asked in ("on", "step"), asked == "step"
+            for key, auto in (
+                ("precision", runtime.precision == "auto"),
+                ("channels_last", runtime.channels_last is None),
+                ("compile", runtime.compile == "auto"),
+            ):
+                if auto:
+                    reasons[key] = f"CPU: {why}"
+        if runtime.precision != "auto":
+            reasons["precision"] = f"asked for: --precision {runtime.precision}"
+        if precision == "fp16" and not cuda:
+            reasons["precision"] += " (on a CPU fp16 is emulated: far slower than bf16 or fp32)"
+        if compiles_policy(config, device):
             reasons["policy"] = f"{config.data.policy}: each slot one torch.compile graph"
-        if not cuda and runtime.channels_last is None:
-            reasons["channels_last"] = CPU_CHANNELS_LAST_REASON
         fused = _on(runtime.fused_sgd, cuda) or whole_step
         if whole_step:
             reasons["fused_sgd"] = "--compile step: fused SGD skips a non-finite step on the device"
@@ -100,11 +123,12 @@ class Runtime:
         return cls(
             device=str(device),
             precision=precision,
-            channels_last=True if runtime.channels_last is None else runtime.channels_last,
+            channels_last=channels_last,
             compile=compile,
             fused_sgd=fused,
             cuda_graphs=graphs,
             whole_step=whole_step,
+            compile_mode=runtime.compile_mode,
             reasons=reasons,
         )
 
@@ -118,9 +142,16 @@ class Runtime:
         return torch.device(self.device)
 
     def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.torch_device.type, dtype=torch.bfloat16)
+        if self.precision in HALF:
+            return torch.autocast(self.torch_device.type, dtype=HALF[self.precision])
         return nullcontext()
+
+    @property
+    def torch_compile_mode(self) -> str | None:
+        """torch.compile's mode: CUDA graphs replay the compiled graphs where they are on."""
+        if self.compile_mode == "max-autotune":
+            return "max-autotune" if self.cuda_graphs else "max-autotune-no-cudagraphs"
+        return "reduce-overhead" if self.cuda_graphs else None
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model on the device in the chosen memory format."""
@@ -132,8 +163,7 @@ class Runtime:
         is compiled by step.WholeStep instead)."""
         if not self.compile or self.whole_step:
             return model
-        # "reduce-overhead": the compiled graphs replay as CUDA graphs
-        return torch.compile(model, mode="reduce-overhead" if self.cuda_graphs else None)
+        return torch.compile(model, mode=self.torch_compile_mode)
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

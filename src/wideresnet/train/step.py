@@ -183,6 +183,10 @@ class _Step:
         self.model, self.optimizer, self.runtime = model, optimizer, runtime
         self.world, self.options, self.seed = world, options, seed
         self.teacher = teacher
+        # fp16 (opt-in): the loss scaled so that small gradients do not underflow; a step
+        # whose gradients overflow is skipped and the scale lowered (torch.amp.GradScaler)
+        fp16 = runtime.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(runtime.torch_device.type) if fp16 else None
 
 
 class EagerStep(_Step):
@@ -217,13 +221,20 @@ class EagerStep(_Step):
         if not self.skip_on_device and bool(bad.item()):
             raise NonFiniteLoss(before_update=True)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if options.sam_rho:
-            sam_second_pass(self.model, self.optimizer, x, y, runtime, mix, options)
-        if self.skip_on_device:
-            self.optimizer.found_inf = bad.float()  # read by fused SGD (torch >= 2.10)
-            sums.nonfinite |= bad
-        self.optimizer.step()
+        if self.scaler is not None:  # Config.check: no SAM with fp16
+            self.scaler.scale(loss).backward()
+            if self.skip_on_device:  # the scaler skips its update (inf gradients)
+                sums.nonfinite |= bad
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if options.sam_rho:
+                sam_second_pass(self.model, self.optimizer, x, y, runtime, mix, options)
+            if self.skip_on_device:
+                self.optimizer.found_inf = bad.float()  # read by fused SGD (torch >= 2.10)
+                sums.nonfinite |= bad
+            self.optimizer.step()
         sums.loss += loss.detach().double() * len(y)
         sums.wrong += (logits.detach().argmax(1) != y).sum()
 
@@ -282,8 +293,7 @@ class WholeStep(_Step):
         self.found_inf = torch.zeros((), device=params[0].device)
         torch._dynamo.mark_static_address(self.found_inf)
         optimizer.found_inf = self.found_inf
-        mode = "reduce-overhead" if self.runtime.cuda_graphs else None
-        self.compiled = torch.compile(self._step, mode=mode)
+        self.compiled = torch.compile(self._step, mode=self.runtime.torch_compile_mode)
 
     def _step(self, x, y):
         with self.runtime.autocast():
