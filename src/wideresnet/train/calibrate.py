@@ -9,8 +9,8 @@ machine, and `wrn train` does it by itself, once, before a run long enough for t
 to matter; the figures go to $WRN_CACHE_DIR/cpu-settings.json under the machine's key (the
 CPU's model name, its instruction class, the threads and the torch version): another CPU, an
 ISA cap (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), a thread count or a torch version has no
-figures until it is measured. Without figures, the class's own (CLASS_FIGURES, measured here
-with each class emulated) stand in.
+figures until it is measured. Without figures, the class's own (CLASS_FIGURES, measured on
+this project's CPU, the class emulated where it is not the CPU's own) stand in.
 
 A run's choice is the candidate with the least estimated time: its compile seconds (scaled
 by the network's depth) plus the run's eager fp32 training time (from its multiply-accumulates
@@ -172,7 +172,8 @@ def measure(model_name: str, setting: str, runtime: Runtime, batch: int, steps: 
 # -- the figures of this machine ----------------------------------------------------------------
 
 
-def runtime_of(candidate: Candidate, reasons: dict[str, str] | None = None) -> Runtime:
+def runtime_of(candidate: Candidate) -> Runtime:
+    """The runtime of a candidate on the CPU."""
     step = candidate.compile == "step"
     return Runtime(
         "cpu",
@@ -181,7 +182,6 @@ def runtime_of(candidate: Candidate, reasons: dict[str, str] | None = None) -> R
         compile=candidate.compile != "off",
         fused_sgd=step,
         whole_step=step,
-        reasons=reasons or {},
     )
 
 
