@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from wideresnet.recipes import make_config
@@ -110,8 +111,6 @@ def summary(prof, wall: float) -> dict:
         for e in events
         if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
     )
-    from torch._dynamo.utils import counters
-
     graphs = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k.lower()}
     graphs["unique dynamo graphs"] = counters["stats"].get("unique_graphs", 0)
     return {

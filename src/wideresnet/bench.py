@@ -63,8 +63,9 @@ def cpu_default(model_name: str) -> tuple[Candidate, str]:
 
 def settings(
     device: str, model_name: str, compile_step: bool = False, force_bf16: bool = False
-) -> list[tuple[str, Runtime]]:
-    """The plain baseline, what `wrn train` picks here, and the steps between."""
+) -> tuple[list[tuple[str, Runtime]], Runtime]:
+    """(the rows: the plain baseline, what `wrn train` picks here and the steps between;
+    what it picks)."""
     cuda = torch.device(device).type == "cuda"
     rows = [("eager fp32 NCHW (baseline)", Runtime.eager(device))]
     rows.append(("channels_last fp32", Runtime.eager(device, channels_last=True)))
@@ -79,7 +80,7 @@ def settings(
         whole = Config.from_dict({"device": device, "compile": "step"})
         runtime = Runtime.resolve(whole, torch.device(device), 1, cpu)
         rows.append(("whole step compiled (--compile step)", runtime))
-    return rows
+    return rows, chosen
 
 
 def peak(device: str, precision: str) -> tuple[float | None, str]:
@@ -168,7 +169,8 @@ def bench(
     steps = steps or (50 if torch.device(device).type == "cuda" else 5)
     macs = model_summary(create_model(model_name, 10))["macs"]
     rows, baseline = [], None
-    for label, runtime in settings(device, model_name, compile_step, force_bf16):
+    timed_settings, chosen = settings(device, model_name, compile_step, force_bf16)
+    for label, runtime in timed_settings:
         measured = measure(model_name, label, runtime, batch, steps)
         log.info(
             "%s: %.0f train img/s (warm-up %.0f s)",
@@ -203,7 +205,9 @@ def bench(
         "torch": torch.__version__,
         "rows": rows,
         "calibration": calibration,
-        "default_reason": cpu_default(model_name)[1] if cpu else "CUDA defaults",
+        "default_reason": chosen.reasons["compile"].removeprefix("CPU: ")
+        if cpu
+        else "CUDA defaults",
         "peaks": {p: peak(device, p)[1] for p in ("fp32", "bf16")},
         "measured": (
             f"images/s over {steps} whole steps after warm-up, one batch of {batch} held on "
@@ -213,7 +217,6 @@ def bench(
         ),
     }
     if data_dir:
-        chosen = settings(device, model_name)[-1][1]
         loader, how = real_data(model_name, dataset, data_dir, batch, device, data_options)
         needed = steps + WARMUP_STEPS[chosen.cuda_graphs]
         if len(loader) < needed:

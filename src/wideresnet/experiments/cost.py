@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import math
 import platform
-import time
 
 import torch
 
-from wideresnet.config import Config, OptimConfig
+from wideresnet.config import Config
 from wideresnet.data.cache import read_record, write_record
 from wideresnet.models import FORWARDS_PER_TRAINING_IMAGE, create_model, model_summary
-from wideresnet.train.calibrate import cpu_choice
-from wideresnet.train.optim import build_optimizer
+from wideresnet.train.calibrate import Held, cpu_choice
 from wideresnet.train.runtime import Runtime
-from wideresnet.train.step import EpochSums, make_step
 
 IMAGES = {  # (train, test) images of each dataset column, as the paper's recipes use them
     "cifar10": (50_000, 10_000),
@@ -79,18 +76,10 @@ def cpu_rate() -> tuple[float, str]:
 
 
 def _measure_cpu(runtime: Runtime, batch: int = 64, steps: int = 3) -> float:
-    torch.manual_seed(0)
-    model = create_model(CPU_REFERENCE, 10)
-    macs = model_summary(model)["macs"]
-    model = runtime.prepare(model)
-    step = make_step(model, build_optimizer(model, OptimConfig()), runtime)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    sums = EpochSums.start(torch.device("cpu"))
-    step(x, y, sums, 0)  # warm-up
-    start = time.perf_counter()
-    for index in range(1, steps + 1):
-        step(x, y, sums, index)
-    images_per_second = batch * steps / (time.perf_counter() - start)
+    held = Held(CPU_REFERENCE, runtime, batch)
+    held.train(1)  # warm-up
+    images_per_second = batch * steps / held.train(steps)
+    macs = model_summary(create_model(CPU_REFERENCE, 10))["macs"]
     return FORWARDS_PER_TRAINING_IMAGE * macs * images_per_second
 
 

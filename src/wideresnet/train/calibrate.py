@@ -20,6 +20,7 @@ crossover lies is in the reason config.json records.
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
@@ -31,7 +32,7 @@ import torch
 from wideresnet.config import Config, OptimConfig
 from wideresnet.data.cache import cache_dir, read_record, write_record
 from wideresnet.models import create_model, model_summary
-from wideresnet.train.cpu import BASELINE, CANDIDATES, Candidate, cpu_bf16, cpu_class, cpu_model
+from wideresnet.train.cpu import BASELINE, CANDIDATES, Candidate, cpu_class, cpu_model
 from wideresnet.train.optim import build_optimizer
 from wideresnet.train.runtime import Runtime
 from wideresnet.train.step import EpochSums, Step, make_step
@@ -210,7 +211,7 @@ class Figures:
 
 def candidates_here() -> list[Candidate]:
     """The candidates worth timing on this CPU: bf16 only with bf16 instructions."""
-    bf16 = cpu_bf16()[0] and cpu_class() == "avx512-bf16"
+    bf16 = cpu_class() == "avx512-bf16"  # the class that has bf16 instructions, uncapped
     return [c for c in CANDIDATES if c.precision == "fp32" or bf16]
 
 
@@ -310,16 +311,23 @@ class Work:
 
     @classmethod
     def of(cls, model: torch.nn.Module, images: int) -> Work:
-        reference = create_model(REFERENCE, 10)
-        layers = [
-            sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in net.modules())
-            for net in (model, reference)
-        ]
-        macs = model_summary(model)["macs"] / model_summary(reference)["macs"]
-        return cls(images, macs, layers[0] / max(1, layers[1]))
+        macs, layers = _size(model)
+        reference_macs, reference_layers = _reference_size()
+        return cls(images, macs / reference_macs, layers / max(1, reference_layers))
 
     def eager_seconds(self, figures: Figures) -> float:
         return self.images * self.macs_ratio / figures.eager_images_per_second
+
+
+def _size(model: torch.nn.Module) -> tuple[int, int]:
+    """(multiply-accumulates per image, weighted layers) of a network."""
+    layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    return model_summary(model)["macs"], layers
+
+
+@functools.cache
+def _reference_size() -> tuple[int, int]:
+    return _size(create_model(REFERENCE, 10))
 
 
 def choose(figures: Figures, work: Work | None, allowed: list[Candidate]) -> tuple[Candidate, str]:
@@ -405,12 +413,12 @@ def cpu_choice(
 
 def describe(figures: Figures) -> list[dict[str, Any]]:
     """The figures as rows: each candidate's setting, speed-up and compile seconds."""
-    return [
-        {**asdict(c), "speedup": speedup, "compile_seconds": seconds}
-        for c in CANDIDATES
-        for speedup, seconds in [figures.rows.get(c.name, (0.0, 0.0))]
-        if c.name in figures.rows
-    ]
+    rows = []
+    for c in CANDIDATES:
+        if c.name in figures.rows:
+            speedup, seconds = figures.rows[c.name]
+            rows.append({**asdict(c), "speedup": speedup, "compile_seconds": seconds})
+    return rows
 
 
 def kept_cpu_setting(recorded: dict | None) -> tuple[Candidate, str] | None:
