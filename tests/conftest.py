@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from helpers import SHARED_DATA, SmallFilesystem
+from helpers import SHARED_DATA, SmallFilesystem, learnable_npz
 
 
 @pytest.fixture(autouse=True)
@@ -12,6 +14,12 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("WRN_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    """A small learnable .npz set, one per test module (a module may define its own)."""
+    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 @pytest.fixture(scope="session")

@@ -423,6 +423,12 @@ def tiny_config(npz: Path, **overrides):
     return make_config("cifar", {**fields, "precision": "fp32", **overrides})
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of process `pid`, from /proc (OSError once the process is gone)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after the command name, which may hold ")"
+
+
 def wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> None:
     """Until `path` exists, while `process` still runs."""
     import time

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli, cli_with, learnable_npz, metrics, one_line_error, wait_for
+from helpers import cli, cli_with, learnable_npz, metrics, one_line_error, parent_pid, wait_for
 
 pytest.importorskip("submitit", reason="the cluster extra (pip install 'wideresnet[cluster]')")
 
@@ -43,10 +43,6 @@ def cells(exp: Path) -> list[dict]:
     return [{k: c[k] for k in keep} for c in json.loads(report.stdout)["cells"]]
 
 
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 @pytest.fixture(scope="module")
 def local(npz, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local") / "exp"
@@ -65,7 +61,7 @@ def test_a_table_through_submitit_local_with_a_preempted_job_equals_the_local_la
     preempted = out / "table6" / "16-4" / "npz-as-cifar10" / "seed0"
     wait_for(preempted / "checkpoint.pt", runner)  # its first mid-epoch checkpoint
     training = int((preempted / ".lock").read_text())
-    job = parent_of(training)  # submitit's process running the job: Slurm's target too
+    job = parent_pid(training)  # submitit's process running the job: Slurm's target too
     os.kill(job, signal.SIGUSR2)  # what Slurm sends before a time limit or preemption
     stdout, stderr = runner.communicate(timeout=600)
     assert runner.returncode == 0, stderr

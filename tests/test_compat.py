@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import authors_params, cli, learnable_npz, metrics
+from helpers import authors_params, cli, metrics
 
 import wideresnet
 
@@ -47,11 +47,6 @@ def v02(source: Path, *args) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     return result
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 @pytest.fixture(scope="module")

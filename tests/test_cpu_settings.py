@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, cli_with, learnable_npz, metrics, one_line_error, tiny_config
+from helpers import cli, cli_with, metrics, one_line_error, tiny_config
 
 from wideresnet.data.cache import cache_dir
 from wideresnet.train import calibrate as cal
@@ -26,11 +26,6 @@ from wideresnet.train.runtime import Runtime
 BY_NAME = {c.name: c for c in CANDIDATES}
 EAGER_CL, COMPILED = BY_NAME["eager fp32 channels_last"], BY_NAME["compiled fp32 NCHW"]
 BF16 = {"avx512f", "avx512_bf16", "avx2"}
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, learnable_npz, metrics, tiny_config, wait_for
+from helpers import cli, metrics, parent_pid, tiny_config, wait_for
 
 from wideresnet.train.checkpoint import load_checkpoint
 from wideresnet.train.run import make_trainer
@@ -22,11 +22,6 @@ from wideresnet.train.step import EpochSums
 
 OPTIONS = "--model wrn-10-1 --dataset npz --batch-size 32 --lr 0.05 --precision fp32 --seed 3"
 OPTIONS += " --device cpu --milestones 2,3"
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 def metrics_of(run: Path) -> list[dict]:
@@ -65,11 +60,10 @@ def ranks(parent: int) -> dict[int, int]:
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            if parent_pid(int(entry)) != parent:
+                continue
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
             continue
         for item in environ:
             if item.startswith(b"RANK="):

@@ -40,11 +40,6 @@ from wideresnet.train.run import make_trainer
 from wideresnet.train.rundir import RunDir
 
 
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
-
-
 def args(npz: Path, out: Path, *extra, epochs: int = 3) -> list:
     options = f"--model wrn-10-1 --dataset npz --epochs {epochs} --batch-size 32 --lr 0.05"
     options += " --milestones 2,3 --precision fp32 --seed 3"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cli, cli_with, learnable_npz, tiny_config
+from helpers import cli, cli_with, tiny_config
 from PIL import Image, ImageEnhance, ImageOps
 
 from wideresnet.config import OptimConfig
@@ -198,11 +198,6 @@ def test_cosine_with_warmup_is_the_formula():
 # --------------------------------------------------------------------------------------------
 # SAM and weight averaging, on a real trainer
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 def trainer_with(npz, tmp_path, **options):

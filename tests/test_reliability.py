@@ -32,11 +32,6 @@ from wideresnet import create_model
 from wideresnet.train.checkpoint import content_checksum
 
 
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
-
-
 def args(npz: Path, out: Path, *extra, epochs: int = 3, model: str = "wrn-10-1") -> list:
     options = f"--model {model} --dataset npz --epochs {epochs} --batch-size 32 --lr 0.05"
     options += " --milestones 2,3 --precision fp32 --seed 3"

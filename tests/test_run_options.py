@@ -25,11 +25,6 @@ from wideresnet.train.rundir import RunDir
 BASE = "--model wrn-10-1 --dataset npz --batch-size 32 --lr 0.05 --precision fp32 --seed 3"
 
 
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
-
-
 def train_args(npz: Path, out: Path, *extra) -> list:
     return [
         "train",

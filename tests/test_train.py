@@ -35,11 +35,6 @@ from wideresnet.train.rundir import RunDir
 STEPS_PER_EPOCH = 6
 
 
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory) -> Path:
-    return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
-
-
 def base_args(npz: Path, out: Path, *extra: str) -> list[str]:
     options = "--model wrn-10-1 --dataset npz --epochs 3 --batch-size 32 --lr 0.05 --milestones 2,3"
     options += " --dropout 0.3 --precision fp32 --seed 3"
