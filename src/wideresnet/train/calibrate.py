@@ -327,7 +327,9 @@ def _size(model: torch.nn.Module) -> tuple[int, int]:
 
 @functools.cache
 def _reference_size() -> tuple[int, int]:
-    return _size(create_model(REFERENCE, 10))
+    # building it draws initial weights: the run's own random streams must not see that
+    with torch.random.fork_rng(devices=[]):
+        return _size(create_model(REFERENCE, 10))
 
 
 def choose(figures: Figures, work: Work | None, allowed: list[Candidate]) -> tuple[Candidate, str]:
