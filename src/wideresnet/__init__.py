@@ -1,5 +1,6 @@
 """Wide Residual Networks (Zagoruyko & Komodakis, BMVC 2016), faithful to the authors' code."""
 
+from wideresnet import train  # the subpackage; calling it trains (train/__init__.py)
 from wideresnet.config import Config
 from wideresnet.data import BatchLoader, TrainAugment, load_dataset
 from wideresnet.errors import ConfigError, DataError, ModelNameError, RunError
@@ -18,7 +19,7 @@ from wideresnet.models import (
 from wideresnet.presets import PRESETS
 from wideresnet.recipes import make_config
 from wideresnet.train import Runtime, evaluate, evaluate_run, load_trained
-from wideresnet.train.run import resume, train
+from wideresnet.train.run import resume
 from wideresnet.version import __version__
 
 __all__ = [

@@ -177,6 +177,12 @@ class DataConfig(Section):
     val_size: int = option(
         0, "hold out the last N training images and test on them", check=at_least(0)
     )
+    val_and_test: bool = option(
+        False,
+        "with --val-size: the held-out images are a validation set (val_error each tested "
+        "epoch) and the test split is still tested (test_error): `wrn report` then gives the "
+        "test error at the epoch of best validation error",
+    )
     train_limit: int | None = option(
         None, "use only the first N training images (quick runs)", check=POSITIVE
     )
@@ -382,6 +388,8 @@ class Config:
             raise ConfigError("--precision fp16 does not combine with --compile step or SAM")
         if optim.teacher and runtime.compile == "step":
             raise ConfigError("--teacher does not combine with --compile step")
+        if self.data.val_and_test and not self.data.val_size:
+            raise ConfigError("--val-and-test needs --val-size N (the images to validate on)")
         if optim.nesterov and optim.momentum == 0:
             raise ConfigError(
                 "--momentum 0: Nesterov momentum needs a momentum > 0 (or pass --no-nesterov)"

@@ -8,6 +8,7 @@ expects (so that `wrn eval`, `predict` and `export` use the right one).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from torch import nn
@@ -110,6 +111,11 @@ def import_checkpoint(
     source, out = Path(source), Path(out)
     saved = load_weights_file(source, out, overwrite)
     imported, model = _imported(layout, saved, key, source, activation)
+    if isinstance(saved, dict):  # RepDistiller's *_last.pth: its argparse options as 'opt'
+        skipped = [k for k, v in saved.items() if isinstance(v, argparse.Namespace)]
+        imported.notes += [
+            f"its pickled options ({k!r}) read as plain values, not used" for k in skipped
+        ]
     ours = normalisation(imported.preprocess)
     given = [scaled_to_255(v) if v else None for v in (mean, std)]
     mean, std = check_normalization(

@@ -170,5 +170,5 @@ def read_json(path: Path) -> Any:
     """The JSON value in path, or None when the file is missing, empty or malformed."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # deep nesting: not a record
         return None

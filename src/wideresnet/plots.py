@@ -1,6 +1,7 @@
 """The report's plots (PNG and SVG, with matplotlib): learning curves in the style of the
 paper's Figures 2 and 3 (test error solid, train error dashed, against epoch, one colour per
-row), ours against the paper per cell, and our curve beside the authors' own log."""
+row), ours against the paper per cell, our curve beside the authors' own log, and Figure 4's
+bar chart (milliseconds per step, ours beside the paper's)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wideresnet.errors import ConfigError, WriteError
+from wideresnet.experiments import figure4
 from wideresnet.experiments.registry import FIGURES, authors_log
 from wideresnet.extras import require
 from wideresnet.files import atomic_write
@@ -65,14 +67,20 @@ def _group(records: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecor
     return groups
 
 
-def write_plots(records: list[RunRecord], cells: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """Every plot the runs allow; returns the files written."""
+def write_plots(
+    records: list[RunRecord],
+    cells: list[dict[str, Any]],
+    folder: Path,
+    timings: list[figure4.Record] = (),
+) -> list[Path]:
+    """Every plot the runs and timings allow; returns the files written."""
     plt = _pyplot()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--plots {folder}: exists and is not a folder")
     created = not folder.exists()
     try:
-        return _write_all(plt, records, cells, folder)
+        written = _write_all(plt, records, cells, folder)
+        return written + [p for t in timings for p in _figure4(plt, t, folder)]
     except WriteError:
         if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()  # nothing was written: no empty folder left behind
@@ -158,4 +166,48 @@ def _against_authors(plt, groups: dict, folder: Path) -> list[Path]:
         axis.legend(fontsize=8)
         written += _save(figure, folder, f"authors-{table}-{row}-{column}")
         plt.close(figure)
+    return written
+
+
+def _bars(axis, labels: list[str], values: list, colour: str, offset: float, fmt: str = ",.0f"):
+    """Bars at positions shifted by `offset`, each labelled with its value (none where None)."""
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        drawn = axis.bar(index + offset, value, width=0.38, color=colour)
+        axis.bar_label(drawn, labels=[format(value, fmt)], fontsize=7)
+    axis.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+
+
+def _figure4(plt, record: figure4.Record, folder: Path) -> list[Path]:
+    """Figure 4 as the paper draws it: milliseconds per step of each network (the paper's
+    Titan X beside ours), with the paper's CIFAR-10 error on each network's label; and the
+    times as ratios to ResNet-1001, the comparison that does not depend on the device."""
+    rows = figure4.figure_rows(record)
+    labels = [f"{r['label']}\n({r['paper_error']:.2f}%)" for r in rows]
+    median = [(r["default"] or {}).get("median_ms") for r in rows]
+    fp32 = [(r["fp32"] or {}).get("median_ms") for r in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    _bars(axes[0], labels, [r["paper_ms"] for r in rows], "grey", 0)
+    axes[0].set_title(f"the paper: {figure4.PAPER_DEVICE}", fontsize=9)
+    _bars(axes[1], labels, median, "C0", -0.2)
+    _bars(axes[1], labels, fp32, "C1", 0.2)
+    axes[1].set_title(f"ours: {record.device_name}, torch {record.torch}", fontsize=9)
+    axes[1].legend(
+        handles=[
+            plt.Rectangle((0, 0), 1, 1, color="C0", label="default setting"),
+            plt.Rectangle((0, 0), 1, 1, color="C1", label="eager fp32"),
+        ],
+        fontsize=7,
+    )
+    axes[0].set_ylabel(f"ms per step, batch {figure4.PAPER_BATCH}")
+    axes[1].set_ylabel(f"ms per step, batch {record.batch_size}")
+    _bars(axes[2], labels, [r["paper_ratio"] for r in rows], "grey", -0.2, ".2f")
+    _bars(axes[2], labels, [r["default_ratio"] for r in rows], "C0", 0.2, ".2f")
+    axes[2].set_ylabel("time / pre-act ResNet-1001's")
+    axes[2].set_title("ratios: the paper (grey) and ours (default setting)", fontsize=9)
+    figure.suptitle(f"{figure4.TITLE}; under each name the paper's CIFAR-10 error", fontsize=10)
+    device = "cpu" if record.device == "cpu" else figure4.slug(record.device_name)
+    written = _save(figure, folder, f"figure4-{device}")
+    plt.close(figure)
     return written

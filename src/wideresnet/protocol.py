@@ -31,7 +31,7 @@ MEASUREMENT_CHANGES = ("lr", "epochs", "milestones")
 # options whose own flags (run_flags) say how they depart from the protocol
 NOT_PROTOCOL = frozenset(
     {"data_dir", "dataset", "seed", "experiment", "verify", "init_from", "labels"}
-    | {"train_limit", "val_size", "eval_limit"}
+    | {"train_limit", "val_size", "val_and_test", "eval_limit"}
 )
 
 
@@ -79,7 +79,9 @@ def run_flags(config: Config) -> list[str]:
     flags = []
     if data.train_limit:
         flags.append(f"train_limit={data.train_limit}: trained on the first N training images")
-    if data.val_size:
+    if data.val_size and data.val_and_test:
+        flags.append(f"val_size={data.val_size}: trained without them (held out to validate)")
+    elif data.val_size:
         flags.append(f"val_size={data.val_size}: tested on held-out training images")
     if data.eval_limit:
         flags.append(f"eval_limit={data.eval_limit}: test error on the first N test images")

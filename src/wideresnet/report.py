@@ -6,6 +6,13 @@ cell: the paper's number, ours as the median over runs with min-max and the coun
 difference, parameters, epochs trained, wall time, and flags for anything that departs from
 the paper's protocol (a shortened schedule, unfinished runs, data that is not the official
 files, quick-evaluation options, changes made on resume).
+
+Beside the paper's statistic (the median over seeds, the one compared with the paper's number)
+each cell has the mean and standard deviation over seeds (distillation papers), and on request
+each seed's error, the mean of the last K tested epochs (FixMatch, USB) and, for runs that
+validated on held-out images (--val-and-test), the test error at the epoch of best validation
+error (robust-training papers). Figure 4's timings (experiments/figure4.py) are reported from
+the same folder.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import io
 import json
 import logging
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wideresnet.config import FIELDS, Config
 from wideresnet.data.official import OFFICIAL
 from wideresnet.errors import ConfigError, DataError, RunError
+from wideresnet.experiments import figure4
 from wideresnet.experiments.grid import load_grids_in
 from wideresnet.experiments.registry import Table, authors_log, get_table
 from wideresnet.files import rewrite_in_place
@@ -114,9 +122,10 @@ def read_record(run_dir: RunDir) -> RunRecord | None:
     return RunRecord(run_dir.path, tag, config, resolved, run_dir.result(), metrics)
 
 
-def collect(root: str | Path) -> list[RunRecord]:
+def collect(root: str | Path, *, timings: bool = False) -> list[RunRecord]:
     """Every run directory under root whose config names a table cell; a run whose files do
-    not read is left out with a warning naming it, and the rest are reported."""
+    not read is left out with a warning naming it, and the rest are reported. `timings`: a
+    folder with Figure 4 records and no runs is not an error."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such experiment folder")
@@ -131,10 +140,10 @@ def collect(root: str | Path) -> list[RunRecord]:
             continue
         if record is not None:
             records.append(record)
-    if not records:
+    if not records and not timings:
         raise DataError(
             f"{root}: no table runs found (run directories whose config.json has an "
-            "experiment tag, as `wrn table run` makes them)"
+            "experiment tag, as `wrn table run` makes them) and no Figure 4 timings"
         )
     return records
 
@@ -201,7 +210,70 @@ def median_curve(records: list[RunRecord], key: str) -> dict[int, float]:
     return {epoch: statistics.median(values) for epoch, values in sorted(by_epoch.items())}
 
 
-def cell(records: list[RunRecord]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Statistics:
+    """The statistics a report shows beside the paper's (the median, always shown)."""
+
+    per_seed: bool = False  # each seed's final error
+    last_k: int | None = None  # the mean of each run's last K tested epochs
+
+
+LAST_K_FLAG = "not the paper's statistic"
+VALIDATION_FLAG = "selected on validation (held-out training images), never on test"
+
+
+def last_k_error(record: RunRecord, k: int) -> float | None:
+    """The mean test error of the run's last k tested epochs (FixMatch's and USB's habit)."""
+    tested = [m.test_error for m in record.metrics if m.test_error is not None]
+    return statistics.fmean(tested[-k:]) if tested else None
+
+
+def validation_selected(record: RunRecord) -> tuple[int, float] | None:
+    """(epoch, test error) at the run's lowest validation error (the first such epoch), or
+    None when the run did not validate (--val-and-test)."""
+    both = [m for m in record.metrics if m.val_error is not None and m.test_error is not None]
+    if not both:
+        return None
+    best = min(both, key=lambda m: (m.val_error, m.epoch))
+    return best.epoch, best.test_error
+
+
+def _spread(errors: list[float]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (n - 1) of the runs' errors."""
+    return {
+        "mean": statistics.fmean(errors) if errors else None,
+        "std": statistics.stdev(errors) if len(errors) > 1 else None,
+    }
+
+
+def other_statistics(used: list[RunRecord], chosen: Statistics) -> dict[str, Any]:
+    """A cell's statistics beside the median: mean and std over seeds, each seed's error, and
+    (when asked or recorded) the last-K mean and the validation-selected test error."""
+    errors = [r.test_error for r in used if r.test_error is not None]
+    values: dict[str, Any] = _spread(errors)
+    values["per_seed"] = sorted(
+        (
+            {"seed": r.config.runtime.seed, "test_error": r.test_error, "finished": r.finished}
+            for r in used
+        ),
+        key=lambda s: s["seed"],
+    )
+    if chosen.last_k:
+        per_run = [last_k_error(r, chosen.last_k) for r in used]
+        found = [e for e in per_run if e is not None]
+        values["last_k"] = {"k": chosen.last_k, **_spread(found), "flag": LAST_K_FLAG}
+    selected = [s for s in map(validation_selected, used) if s is not None]
+    if selected:
+        values["val_selected"] = {
+            **_spread([error for _, error in selected]),
+            "epochs": [epoch for epoch, _ in selected],
+            "runs": len(selected),
+            "flag": VALIDATION_FLAG,
+        }
+    return values
+
+
+def cell(records: list[RunRecord], chosen: Statistics = Statistics()) -> dict[str, Any]:
     """One cell of a table from its runs (all of the same table, row, column and protocol)."""
     first = records[0]
     tag, table = first.tag, _table(first)
@@ -243,6 +315,7 @@ def cell(records: list[RunRecord]) -> dict[str, Any]:
         "official_data": official,
         "flags": flags,
         "authors_log": _authors_comparison(used, tag),
+        **other_statistics(used, chosen),
     }
 
 
@@ -254,7 +327,7 @@ def protocol(record: RunRecord) -> tuple:
     return (-optim.epochs, optim.milestones, record.config.data.dataset, flags)
 
 
-def cells(records: list[RunRecord]) -> list[dict[str, Any]]:
+def cells(records: list[RunRecord], chosen: Statistics = Statistics()) -> list[dict[str, Any]]:
     groups: dict[tuple, list[RunRecord]] = {}
     for record in records:
         tag = record.tag
@@ -265,7 +338,7 @@ def cells(records: list[RunRecord]) -> list[dict[str, Any]]:
         rows = [r.id for r in table.rows]
         return (key[0], rows.index(key[1]), table.columns.index(key[2]), key[3])
 
-    return [cell(groups[key]) for key in sorted(groups, key=order)]
+    return [cell(groups[key], chosen) for key in sorted(groups, key=order)]
 
 
 def _number(value: float | None, digits: int = 2) -> str:
@@ -276,53 +349,182 @@ def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.2f}"
 
 
-def format_markdown(all_cells: list[dict[str, Any]]) -> str:
+def _mean_std(values: dict[str, Any] | None) -> str:
+    if not values or values["mean"] is None:
+        return "-"
+    std = values["std"]
+    return f"{values['mean']:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+
+def _seeds_text(c: dict[str, Any]) -> str:
+    return " ".join(f"s{s['seed']}:{_number(s['test_error'])}" for s in c["per_seed"]) or "-"
+
+
+def _optional_columns(table_cells: list[dict[str, Any]], chosen: Statistics) -> list[tuple]:
+    """(header, cell -> text) of the statistics this table's cells show beyond the median."""
+    columns: list[tuple] = [("mean ± std", _mean_std)]
+    if chosen.per_seed:
+        columns.append(("per seed", _seeds_text))
+    if chosen.last_k:
+        k = chosen.last_k
+        columns.append((f"last-{k} mean ± std ({LAST_K_FLAG})", lambda c: _mean_std(c["last_k"])))
+    if any("val_selected" in c for c in table_cells):
+        columns.append(("test @ best val ± std (selected on validation)", lambda c: _val_text(c)))
+    return columns
+
+
+def _val_text(c: dict[str, Any]) -> str:
+    selected = c.get("val_selected")
+    if not selected:
+        return "-"
+    epochs = ",".join(map(str, selected["epochs"]))
+    return f"{_mean_std(selected)} (epoch {epochs})"
+
+
+def format_markdown(
+    all_cells: list[dict[str, Any]],
+    chosen: Statistics = Statistics(),
+    timings: list[figure4.Record] = (),
+) -> str:
     lines = []
     for table_name in dict.fromkeys(c["table"] for c in all_cells):
         table = get_table(table_name)
+        table_cells = [c for c in all_cells if c["table"] == table_name]
+        extra = _optional_columns(table_cells, chosen)
         lines += [
             f"**{table.name}**: {table.title}. Paper: {table.statistic}; ours: median over our "
-            "runs [min-max], test error (%) of the last epoch.",
+            "runs [min-max], test error (%) of the last epoch; mean ± sample std over seeds.",
             "",
-            "| row | dataset | paper | ours | min-max | runs | diff | params | epochs | wall "
-            "| device | flags |",
-            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
+            "| row | dataset | paper | ours | min-max | runs | diff | "
+            + "".join(f"{header} | " for header, _ in extra)
+            + "params | epochs | wall | device | flags |",
+            "|---|---|---:|---:|---|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---|---|",
         ]
-        for c in (c for c in all_cells if c["table"] == table_name):
+        for c in table_cells:
             params = "-" if c["params"] is None else f"{c['params'] / 1e6:.2f}M"
             wall = f"{c['wall_seconds'] / 3600:.2f} h"
             epochs = f"{c['epochs']:g}/{c['schedule_epochs']}"
             lines.append(
                 f"| {c['label']} | {c['dataset']} | {_number(c['paper'])} | "
                 f"{_number(c['median'])} | {_number(c['min'])}-{_number(c['max'])} | "
-                f"{c['finished']}/{c['runs']} | {_signed(c['difference'])} | {params} | "
-                f"{epochs} | {wall} | {', '.join(c['devices'])} | {'; '.join(c['flags']) or '-'} |"
+                f"{c['finished']}/{c['runs']} | {_signed(c['difference'])} | "
+                + "".join(f"{text(c)} | " for _, text in extra)
+                + f"{params} | {epochs} | {wall} | {', '.join(c['devices'])} | "
+                f"{'; '.join(c['flags']) or '-'} |"
             )
         lines.append("")
+    for record in timings:
+        lines += figure4_markdown(record)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def format_csv(all_cells: list[dict[str, Any]]) -> str:
-    keys = [k for k in all_cells[0] if k not in ("authors_log",)]
+def _ms(timing: dict[str, Any] | None) -> tuple[str, str]:
+    if timing is None:
+        return "-", "-"
+    spread = f"{timing['q1_ms']:.1f}-{timing['q3_ms']:.1f} (n={timing['reps']})"
+    return f"{timing['median_ms']:.1f}", spread
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def figure4_markdown(record: figure4.Record) -> list[str]:
+    rows = figure4.figure_rows(record)
+    first = next((r["default"] for r in rows if r["default"]), None)
+    setting = first["setting"] if first else "-"
+    batch = record.batch_size
+    batch_note = "" if batch == figure4.PAPER_BATCH else f" (batch {batch}, not the paper's 32)"
+    lines = [
+        f"**figure4** on {record.device_name} ({record.device}, torch {record.torch}, "
+        f"{record.threads} threads){batch_note}: {figure4.TITLE}. Paper: "
+        f"{figure4.PAPER_DEVICE}. Ours: {record.measured}; default = `wrn train`'s setting "
+        f"here ({setting}); ratios to pre-act ResNet-1001 in the same setting.",
+        "",
+        "| network | paper ms | ours ms (default) | quartiles | ours ms (fp32) | quartiles | "
+        "paper / 1001 | ours / 1001 (default) | ours / 1001 (fp32) | paper C10 error |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        default, fp32 = _ms(r["default"]), _ms(r["fp32"])
+        lines.append(
+            f"| {r['label']} | {r['paper_ms']:g} | {default[0]} | {default[1]} | {fp32[0]} | "
+            f"{fp32[1]} | {_ratio(r['paper_ratio'])} | {_ratio(r['default_ratio'])} | "
+            f"{_ratio(r['fp32_ratio'])} | {r['paper_error']:.2f} ({r['error_source']}) |"
+        )
+    return [*lines, ""]
+
+
+def figure4_json(record: figure4.Record) -> dict[str, Any]:
+    info = {k: v for k, v in asdict(record).items() if k != "rows"}
+    return {**info, "paper_device": figure4.PAPER_DEVICE, "rows": figure4.figure_rows(record)}
+
+
+def _csv_cell(c: dict[str, Any]) -> dict[str, Any]:
+    flat = {**c, "flags": "; ".join(c["flags"]), "data": " ".join(c["data"])}
+    flat["per_seed"] = _seeds_text(c)
+    for key in ("last_k", "val_selected"):
+        values = c.get(key) or {}
+        flat[f"{key}_mean"], flat[f"{key}_std"] = values.get("mean"), values.get("std")
+    return flat
+
+
+def format_csv(all_cells: list[dict[str, Any]], timings: list[figure4.Record] = ()) -> str:
+    """The cells as one CSV table; Figure 4's rows as a second, after a blank line."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, keys, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for c in all_cells:
-        writer.writerow({**c, "flags": "; ".join(c["flags"]), "data": " ".join(c["data"])})
+    if all_cells:
+        skip = ("authors_log", "last_k", "val_selected")
+        keys = [k for k in all_cells[0] if k not in skip]
+        keys += ["last_k_mean", "last_k_std", "val_selected_mean", "val_selected_std"]
+        writer = csv.DictWriter(buffer, keys, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for c in all_cells:
+            writer.writerow(_csv_cell(c))
+    for record in timings:
+        buffer.write("\n" if buffer.tell() else "")
+        keys = ["device_name", "id", "label", "paper_ms", "paper_ratio", "paper_error"]
+        keys += ["default_setting", "default_ms", "default_ratio", "fp32_ms", "fp32_ratio"]
+        writer = csv.DictWriter(buffer, keys, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for r in figure4.figure_rows(record):
+            times = {f"{s}_ms": (r[s] or {}).get("median_ms") for s in figure4.SETTINGS}
+            setting = (r["default"] or {}).get("setting")
+            writer.writerow(
+                {**r, **times, "device_name": record.device_name, "default_setting": setting}
+            )
     return buffer.getvalue()
 
 
-def report(root: str | Path, fmt: str = "md") -> tuple[str, list[RunRecord], list[dict]]:
-    """(the report text in md|csv|json, the runs, the cells)."""
-    records = collect(root)
-    all_cells = cells(records)
+@dataclass
+class Report:
+    text: str  # md, csv or json
+    records: list[RunRecord]
+    cells: list[dict[str, Any]]
+    timings: list[figure4.Record]
+
+
+def report(root: str | Path, fmt: str = "md", chosen: Statistics = Statistics()) -> Report:
+    """The report of an experiment folder in md|csv|json: its table cells and Figure 4."""
+    if chosen.last_k is not None and chosen.last_k < 1:
+        raise ConfigError(f"--last-k {chosen.last_k}: at least 1 epoch")
+    timings, problems = figure4.collect_figure4(Path(root)) if Path(root).is_dir() else ([], [])
+    try:
+        records = collect(root, timings=bool(timings))
+    except DataError:
+        if problems:  # nothing else to report: the damaged record is the one problem
+            raise RunError(problems[0]) from None
+        raise
+    for problem in problems:
+        log.warning(f"left out of the report: {problem}")
+    all_cells = cells(records, chosen)
     if fmt == "json":
-        text = json.dumps({"cells": all_cells}, indent=2) + "\n"
+        figures = [figure4_json(record) for record in timings]
+        text = json.dumps({"cells": all_cells, "figure4": figures}, indent=2) + "\n"
     elif fmt == "csv":
-        text = format_csv(all_cells)
+        text = format_csv(all_cells, timings)
     else:
-        text = format_markdown(all_cells)
-    return text, records, all_cells
+        text = format_markdown(all_cells, chosen, timings)
+    return Report(text, records, all_cells, timings)
 
 
 def write_into(path: str | Path, section: str) -> None:

@@ -177,6 +177,12 @@ def _table(verbs) -> None:
     run.add_argument("--print-commands", action="store_true", help="print, do not run")
     run.add_argument("--paper-dataset", help="the paper's column a folder/npz stands for")
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    timing = run.add_argument_group("figure4 (timing, no training)")
+    timing.add_argument("--device", help="where to time the networks: auto, cpu, cuda (auto)")
+    timing.add_argument(
+        "--seconds", type=float, help="timed per network and setting, after warm-up (10)"
+    )
+    timing.add_argument("--batch-size", type=int, help="images per step (the paper's: 32)")
     cluster = run.add_argument_group("cluster (--launcher submitit: the cluster extra)")
     cluster.add_argument(
         "--launcher",
@@ -206,6 +212,13 @@ def _report(verbs) -> None:
     report.add_argument("--out", help="write to FILE instead of printing")
     report.add_argument("--plots", metavar="DIR", help="write PNG and SVG plots into DIR")
     report.add_argument("--into", metavar="FILE", help="replace the results section of FILE")
+    report.add_argument("--per-seed", action="store_true", help="each seed's error per cell")
+    report.add_argument(
+        "--last-k",
+        type=int,
+        metavar="K",
+        help="also the mean of each run's last K tested epochs (FixMatch/USB; not the paper's)",
+    )
 
 
 def _bench(verbs) -> None:

@@ -36,9 +36,30 @@ def _error(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def figure4_show(as_json: bool) -> int:
+    from wideresnet.experiments import figure4
+
+    figure = figure4.describe()
+    if as_json:
+        print(json.dumps(figure))
+        return 0
+    print(f"{figure['table']}: {figure['title']}")
+    print(f"paper: {figure['paper_device']}; ours: {figure['measured']}")
+    print(f"{'row':<12} {'network':<20} {'params':>12} {'paper ms':>9} {'/ 1001':>7} {'C10 %':>6}")
+    for row in figure["rows"]:
+        print(
+            f"{row['id']:<12} {row['label']:<20} {row['params']:>12,} {row['paper_ms']:>9g} "
+            f"{row['paper_ratio']:>6.2f}x {row['paper_error']:>6.2f}  ({row['error_source']})"
+        )
+    print("`wrn table run figure4 --device D --out EXP` times them here (a few minutes on a CPU)")
+    return 0
+
+
 def table_show(args: argparse.Namespace) -> int:
     from wideresnet.experiments.describe import describe_table
 
+    if args.table == "figure4":
+        return figure4_show(args.json)
     table = describe_table(args.table)
     if args.json:
         print(json.dumps(table))
@@ -86,8 +107,43 @@ def _seeds(text: str | None, grid) -> list[int]:
         ) from None
 
 
+TIMING_ONLY = ("device", "seconds", "batch_size")
+TRAINING_ONLY = ("dataset", "data_dir", "seeds", "epochs", "schedule_scale", "devices")
+TRAINING_ONLY += ("paper_dataset", "print_commands", "retry_failed", "train_options")
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n, None)]
+
+
+def figure4_run(args: argparse.Namespace) -> int:
+    from wideresnet.experiments import figure4
+
+    wrong = _given(args, TRAINING_ONLY) + (["--launcher"] if args.launcher != "local" else [])
+    if wrong:
+        raise UsageError(f"wrn table run figure4: {', '.join(wrong)}: for training tables only")
+    path = figure4.run_figure4(
+        args.out,
+        args.device or "auto",
+        rows=_csv(args.rows),
+        seconds=figure4.DEFAULT_SECONDS if args.seconds is None else args.seconds,
+        batch=args.batch_size or figure4.PAPER_BATCH,
+    )
+    print(f"figure4: timings in {path}; `wrn report {args.out}` shows them beside the paper's")
+    return 0
+
+
 def table_run(args: argparse.Namespace) -> int:
     from wideresnet.experiments import TableRunner, parse_devices, plan, print_commands
+
+    if args.table == "figure4":
+        return figure4_run(args)
+    given = _given(args, TIMING_ONLY)
+    if given:
+        raise UsageError(
+            f"wrn table run: {', '.join(given)}: for figure4 only (a training table's runs take "
+            "`wrn train` options after --, e.g. -- --device cpu)"
+        )
     from wideresnet.experiments.grid import keep_in, load_grid
     from wideresnet.experiments.status import record_plan
     from wideresnet.extras import require
@@ -187,32 +243,40 @@ def table_save(args: argparse.Namespace) -> int:
     from wideresnet.experiments.ledger import save_ledger
 
     saved = save_ledger(args.exp_dir, args.to)
-    print(f"{saved['runs']} runs saved to {args.to} (config, metrics, result; no checkpoints)")
+    timings = f" and {len(saved['figure4'])} Figure 4 records" if saved["figure4"] else ""
+    print(
+        f"{saved['runs']} runs{timings} saved to {args.to} (config, metrics, result; no "
+        "checkpoints)"
+    )
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import sys
+
     from wideresnet.files import atomic_write
-    from wideresnet.report import report, write_into
+    from wideresnet.report import Statistics, report, write_into
 
     if args.plots:
         from wideresnet.extras import require
 
         require("plots", "--plots")
-    text, records, cells = report(args.exp_dir, args.format)
+    done = report(args.exp_dir, args.format, Statistics(args.per_seed, args.last_k))
+    # what the verb says of its files goes to stderr when stdout carries the report itself
+    said = sys.stderr if not (args.into or args.out) else sys.stdout
     if args.into:
-        write_into(args.into, text)
-        print(f"{args.into}: results section rewritten ({len(cells)} cells)")
+        write_into(args.into, done.text)
+        print(f"{args.into}: results section rewritten ({len(done.cells)} cells)")
     elif args.out:
-        atomic_write(args.out, text.encode())
-        print(f"{args.out}: {len(cells)} cells from {len(records)} runs")
+        atomic_write(args.out, done.text.encode())
+        print(f"{args.out}: {len(done.cells)} cells from {len(done.records)} runs")
     else:
-        print(text, end="")
+        print(done.text, end="")
     if args.plots:
         from wideresnet.plots import write_plots
 
-        written = write_plots(records, cells, Path(args.plots))
-        print(f"{args.plots}: {len(written)} plot files")
+        written = write_plots(done.records, done.cells, Path(args.plots), done.timings)
+        print(f"{args.plots}: {len(written)} plot files", file=said)
     return 0
 
 

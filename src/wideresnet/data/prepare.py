@@ -34,6 +34,7 @@ class RunData:
     classes: list[str]
     train_size: int
     test_size: int
+    val: Loader | None = None  # the held-out images, with --val-and-test
     fingerprint: str = ""  # of the images and labels a run trains and tests on
     seconds: float = 0.0  # wall clock spent loading and preparing them
     loader: str = "resident"  # resident | stream
@@ -164,13 +165,21 @@ def _streamed(config, device, rank, world, compile_policy, choice: LoaderChoice)
             f"{train.n} training images are fewer than one batch of {config.optim.batch_size}"
         )
     return RunData(
-        train, test, streamed.classes, train.n, test.n, streamed.fingerprint, flags=streamed.flags
+        train,
+        test,
+        streamed.classes,
+        train.n,
+        test.n,
+        streamed.val,
+        streamed.fingerprint,
+        flags=streamed.flags,
     )
 
 
 def _resident(config, device, rank, world, compile_policy) -> RunData:
     (x_train, y_train), held_out, classes = training_split(config)
-    if held_out is not None:
+    validate = held_out is not None and config.data.val_and_test
+    if held_out is not None and not validate:
         x_test, y_test = held_out
     else:
         x_test, y_test, test_classes = load_split(config, config.data.test_split)
@@ -183,12 +192,14 @@ def _resident(config, device, rank, world, compile_policy) -> RunData:
         raise DataError(
             f"{len(x_train)} training images are fewer than one batch of {config.optim.batch_size}"
         )
-    identity = data_fingerprint(x_train, y_train, x_test, y_test)
+    identity = data_fingerprint(x_train, y_train, x_test, y_test, *(held_out if validate else ()))
     if config.data.preprocess == "zca":
         whiten = _whitener(config, x_train)
         x_train, x_test = whiten(x_train), whiten(x_test)
+        held_out = (whiten(held_out[0]), held_out[1]) if validate else held_out
     common = dict(device=device, rank=rank, world=world)
     return RunData(
+        val=_loader(config, *held_out, train=False, **common) if validate else None,
         train=_loader(
             config, x_train, y_train, train=True, compile_policy=compile_policy, **common
         ),

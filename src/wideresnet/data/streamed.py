@@ -83,6 +83,7 @@ class Streamed:
     classes: list[str]
     fingerprint: str
     flags: list[str]
+    val: StreamLoader | None = None  # the held-out images, with --val-and-test
 
 
 def _common(config: Config, device: torch.device, rank, world, workers, memory) -> dict:
@@ -130,11 +131,14 @@ def stream_data(
     train, classes, left_out = open_source(config, data.train_split)
     if data.train_limit:
         train = train.take(0, data.train_limit)
+    held_out = None
     if data.val_size:
         if data.val_size >= len(train):
             raise DataError(f"val_size {data.val_size} leaves no training images")
         cut = len(train) - data.val_size
-        train, test = train.take(0, cut), train.take(cut, len(train))
+        train, held_out = train.take(0, cut), train.take(cut, len(train))
+    if held_out is not None and not data.val_and_test:
+        test, held_out = held_out, None
     else:
         test, test_classes, more = open_source(config, data.test_split)
         left_out += more
@@ -155,8 +159,17 @@ def stream_data(
     )
     test_loader = StreamLoader(test, config.runtime.eval_batch_size, **common)
     parts = ["stream", *identity(train), *identity(test)]
+    val_loader = None
+    if held_out is not None:
+        val_loader = StreamLoader(held_out, config.runtime.eval_batch_size, **common)
+        parts += identity(held_out)
     return Streamed(
-        train_loader, test_loader, classes, fingerprint(parts), _excluded_flag(left_out)
+        train_loader,
+        test_loader,
+        classes,
+        fingerprint(parts),
+        _excluded_flag(left_out),
+        val_loader,
     )
 
 

@@ -3,11 +3,16 @@ training device.
 
 In the decoding workers, each image is cropped as its run asks: the paper's crop of the
 4-pixel reflection-padded image (the resident loader's, pixel for pixel), fb.resnet.torch's
-random-sized crop (its transforms.lua: 8-100% of the area, aspect 3/4-4/3, w = sqrt(area) x
-aspect, ten tries, else scale and centre-crop; bicubic), or torchvision's RandomResizedCrop
-(w = sqrt(area x aspect), log-uniform aspect; bilinear). A JPEG is decoded at the smallest
-scale its crop still needs (Pillow's draft: 1/2, 1/4 or 1/8 of each side in the DCT), then
-the crop box is resampled once to the output size. Flips, colour jitter and PCA lighting run
+random-sized crop (its transforms.lua as of d4b9406, 2016-02-25, what the WRN authors had:
+8-100% of the area, aspect 3/4-4/3, w = sqrt(area x aspect), h = sqrt(area / aspect), ten
+tries, else scale and centre-crop; bicubic), or torchvision's RandomResizedCrop
+(w = sqrt(area x aspect), log-uniform aspect; bilinear). A training crop's JPEG is decoded at
+the smallest scale the crop still needs (Pillow's draft: 1/2, 1/4 or 1/8 of each side in the
+DCT), then the crop box is resampled once to the output size. A test image is decoded whole and
+its box is the peer's geometry exactly: each axis resized to an integer length (the shorter
+side to eval_resize, the longer truncated), then the centre crop at the peer's offsets, so
+that the pixels equal torchvision's Resize + CenterCrop (fb.resnet.torch's Scale + CenterCrop
+with its ceil offsets and bicubic for --preset imagenet). Flips, colour jitter and PCA lighting run
 afterwards on the device, on the whole batch; every draw of an image comes from its own
 generator (seeds.py), a function of (seed, epoch, position) alone.
 """
@@ -40,16 +45,18 @@ def _round(value: float) -> int:
 
 
 def random_sized_box(width: int, height: int, draw: np.random.Generator):
-    """fb.resnet.torch's RandomSizedCrop: (x, y, w, h), or None for its fallback."""
+    """fb.resnet.torch's RandomSizedCrop (datasets/transforms.lua at d4b9406, which fixed the
+    first commit's w = sqrt(area) x aspect): (x, y, w, h), or None for its fallback. Its
+    draws in its order: area, aspect, the swap, then torch.random(0, n) for y and x."""
     for _ in range(ATTEMPTS):
         target = draw.uniform(MIN_AREA, MAX_AREA) * width * height
         aspect = draw.uniform(MIN_ASPECT, MAX_ASPECT)
-        w, h = _round(math.sqrt(target) * aspect), _round(math.sqrt(target) / aspect)
+        w, h = _round(math.sqrt(target * aspect)), _round(math.sqrt(target / aspect))
         if draw.uniform() < 0.5:
             w, h = h, w
         if h <= height and w <= width:
-            y = int(math.floor(draw.uniform(0, height - h + 0.99)))
-            x = int(math.floor(draw.uniform(0, width - w + 0.99)))
+            y = int(draw.integers(0, height - h + 1))
+            x = int(draw.integers(0, width - w + 1))
             return x, y, w, h
     return None
 
@@ -90,18 +97,39 @@ class Crop:
         return self.mode == "random-sized"
 
 
-def _scaled_centre(width: int, height: int, crop: Crop):
-    """The box of the test crop in the image's own pixels: the shorter side scaled to
-    eval_resize, then the centre eval_size square (fb: ceil offsets; torchvision: rounded)."""
+def scaled_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """The image resized so that its shorter side is `shorter`, the longer one truncated to an
+    integer (torchvision's Resize(int); fb.resnet.torch's Scale, whose image.scale truncates)."""
     if width <= height:
-        scaled = (crop.eval_resize, int(height / width * crop.eval_resize))
-    else:
-        scaled = (int(width / height * crop.eval_resize), crop.eval_resize)
-    offset = [(s - crop.eval_size) / 2 for s in scaled]
-    x, y = (math.ceil(o) if crop.fb else round(o) for o in offset)
-    factor = width / scaled[0]
-    side = crop.eval_size * factor
-    return x * factor, y * factor, side, side
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def centre_offsets(width: int, height: int, side: int, fb: bool) -> tuple[int, int]:
+    """(left, top) of the centre `side` square: fb.resnet.torch's CenterCrop takes the ceil of
+    half the margin, torchvision's CenterCrop int(round(...)) (halves to even)."""
+    halves = ((width - side) / 2, (height - side) / 2)
+    return tuple(math.ceil(h) if fb else int(round(h)) for h in halves)
+
+
+def _scaled_centre(width: int, height: int, crop: Crop):
+    """The box of the test crop in the image's own pixels, each axis by its own factor: the
+    shorter side resized to eval_resize, then the centre eval_size square."""
+    scaled = scaled_size(width, height, crop.eval_resize)
+    x, y = centre_offsets(*scaled, crop.eval_size, crop.fb)
+    fx, fy = width / scaled[0], height / scaled[1]
+    return x * fx, y * fy, crop.eval_size * fx, crop.eval_size * fy
+
+
+def draft_reduction(image, width: int, height: int, out: int, box) -> int:
+    """Decode a JPEG at 1/1, 1/2, 1/4 or 1/8 of each side, the smallest that still gives the
+    crop box `out` pixels; returns the divisor Pillow chose (1 for other formats)."""
+    x, y, w, h = box
+    image.draft("RGB", (math.ceil(width * out / w), math.ceil(height * out / h)))
+    for divisor in (1, 2, 4, 8):  # Pillow's decoded size is the ceil of each side / divisor
+        if image.size == (-(-width // divisor), -(-height // divisor)):
+            return divisor
+    raise AssertionError(f"draft decoded {image.size} from {width}x{height}")
 
 
 def decode_crop(data: bytes, name: str, crop: Crop, draw: np.random.Generator | None):
@@ -120,8 +148,7 @@ def decode_crop(data: bytes, name: str, crop: Crop, draw: np.random.Generator | 
                 if box is None:  # fb's fallback: scale the shorter side, then centre-crop
                     box = _scaled_centre(width, height, Crop(crop.mode, out, out, out))
             x, y, w, h = box
-            image.draft("RGB", (math.ceil(width * out / w), math.ceil(height * out / h)))
-            reduced = image.size[0] / width  # 1, 1/2, 1/4 or 1/8: what draft decoded
+            reduced = 1.0 if draw is None else 1 / draft_reduction(image, width, height, out, box)
             rgb = to_rgb(image, name)
             right = min((x + w) * reduced, rgb.width)  # a rounded reduction never overshoots
             region = (x * reduced, y * reduced, right, min((y + h) * reduced, rgb.height))

@@ -123,5 +123,8 @@ class PreActResNet(ThreeGroups):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv0(x)
-        x = self.group2(self.group1(self.group0(x)))
+        return self.finish_features(self.group2(self.group1(self.group0(x))))
+
+    def finish_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final BN-ReLU of a pre-activation network, after the last group."""
         return F.relu(self.bn(x))

@@ -69,6 +69,8 @@ FIXMATCH_NORMALIZATION = {  # kekmodel's dataset/cifar.py, on [0, 1]
     10: ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     100: ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
+# RepDistiller (HobbitLong/RepDistiller dataset/cifar100.py): CIFAR-100's own, on [0, 1]
+REPDISTILLER_NORMALIZATION = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 LAYERS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
 
 
@@ -152,7 +154,8 @@ def _shape(weights: dict) -> tuple[str, int, dict]:
 
 
 def from_xternalz_layout(state: Mapping[str, torch.Tensor], layout: str) -> Imported:
-    """xternalz, RobustBench, FixMatch and USB WRNs (block1.layer.0.bn1...) as our wrn-d-k."""
+    """xternalz, RobustBench, FixMatch, USB and RepDistiller WRNs (block1.layer.0.bn1...) as
+    our wrn-d-k."""
     if layout in ("robustbench", "robustbench-dm") and any(k.endswith(DM_KEY) for k in state):
         return from_dm_layout(state)
     if layout == "robustbench-dm":
@@ -174,6 +177,9 @@ def from_xternalz_layout(state: Mapping[str, torch.Tensor], layout: str) -> Impo
         normalization = [
             scaled_to_255(v) for v in USB_NORMALIZATION.get(classes, USB_NORMALIZATION[10])
         ]
+    elif layout == "repdistiller":
+        normalization = [scaled_to_255(v) for v in REPDISTILLER_NORMALIZATION]
+        notes.append("RepDistiller's CIFAR-100 mean/std")
     elif layout == "robustbench":
         notes.append("the checkpoint's mean/std" if normalization else "inputs in [0, 1]")
         normalization = normalization or UNIT
@@ -217,7 +223,8 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
     return Imported(name, {}, weights, None, None, preprocess="imagenet")  # ImageNet's mean/std
 
 
-LAYOUTS = ("authors", "xternalz", "robustbench", "robustbench-dm", "fixmatch", "usb", "torchvision")
+LAYOUTS = ("authors", "xternalz", "robustbench", "robustbench-dm", "fixmatch", "usb")
+LAYOUTS += ("repdistiller", "torchvision")
 
 
 def state_dict_of(saved: object, key: str | None = None) -> dict[str, torch.Tensor]:

@@ -224,5 +224,8 @@ class WideResNet(ThreeGroups):
         """The last map, BN-ReLU'd as the head reads it (the head then takes the 8x8 average
         pool of a 32x32 input and the linear layer)."""
         x = self.conv0(x)
-        x = self.group2(self.group1(self.group0(x)))
+        return self.finish_features(self.group2(self.group1(self.group0(x))))
+
+    def finish_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final BN-ReLU of a pre-activation network, after the last group."""
         return self.act(self.bn(x))

@@ -11,6 +11,7 @@ a verified one. The keys are those of wideresnet 0.2, whose checkpoints load unc
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import logging
@@ -238,7 +239,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except FileNotFoundError:
         raise RunError(f"{path}: no such checkpoint") from None
     except Exception as error:  # torch raises many types for a torn or foreign file
-        raise RunError(f"{path}: not a loadable checkpoint ({first_line(error)})") from None
+        raise RunError(f"{path}: not a loadable checkpoint ({refusal(error)})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise RunError(f"{path}: not a wideresnet checkpoint (no model and config)")
     if "checksum" in state:
@@ -257,14 +258,24 @@ def load_weights_file(source: Path, out: Path | None = None, overwrite: bool = F
     if out is not None:
         refuse_existing(out, overwrite)
     check_regular(Path(source), "file")
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
+    try:  # RepDistiller pickles its argparse options beside the weights: plain values only
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RunError(f"{source}: no such file") from None
     except Exception as error:  # torch raises many types for a torn or foreign file
         raise RunError(
-            f"{source}: not loadable with weights_only=True ({first_line(error)})"
+            f"{source}: not loadable with weights_only=True ({refusal(error)})"
         ) from None
+
+
+def refusal(error: Exception) -> str:
+    """Why torch.load refused a file: the unpickler's own line ('Unsupported global: GLOBAL
+    x.y ...') rather than its generic first line, where it gives one."""
+    for line in str(error).splitlines():
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line.strip().removeprefix("WeightsUnpickler error: ")
+    return first_line(error)
 
 
 def load_any(path: Path) -> Checkpoint:

@@ -5,15 +5,17 @@ RepDistiller code (Tian et al., CRD) trains its students:
            softmax(student / T))   (the KL summed over classes, averaged over the batch)
 
 The teacher (a run directory, one of our checkpoints, an import or a safetensors export) sees
-the student's own augmented batch, in eval mode and without gradients. Its class count and
-input normalisation must be the student's (refused otherwise: its outputs would mean other
-classes, or it would see other inputs); its identity (the SHA-256 of its weights) goes into
-result.json.
+the student's own augmented batch, in eval mode and without gradients. Its class count must be
+the student's (refused otherwise: its outputs would mean other classes). A teacher trained with
+another mean/std (RepDistiller's teachers use CIFAR-100's own) gets the student's batch
+converted to its own normalisation, exactly (an affine map per channel); ZCA against mean/std
+is refused. Its identity (the SHA-256 of its weights) goes into result.json.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ from wideresnet.config import Config
 from wideresnet.data.preprocess import normalisation
 from wideresnet.errors import ConfigError
 from wideresnet.export import load_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,33 +55,60 @@ def load_teacher(config: Config, classes: list[str], device: torch.device) -> Te
             f"--teacher {source}: it predicts {len(model.classes)} classes, this run's data has "
             f"{len(classes)}; distill from a teacher of the same classes"
         )
-    _check_normalization(source, model.input_transform, config)
-    model = model.to(device).eval().requires_grad_(False)
+    conversion = _input_conversion(source, model.input_transform, config)
     identity = {
         "source": str(source),
         "model": getattr(model, "name", type(model).__name__),
         "classes": len(model.classes),
         "sha256": weights_sha256(model),
     }
-    return Teacher(model, identity)
+    if conversion is not None:
+        identity["input_conversion"] = conversion.describe()
+        log.info(f"--teacher {source}: {conversion.describe()}")
+        model = nn.Sequential(conversion, model)
+    return Teacher(model.to(device).eval().requires_grad_(False), identity)
 
 
-def _check_normalization(source, transform, config: Config) -> None:
-    """The teacher normalises its input as this run does (it sees the student's batch)."""
+class Renormalise(nn.Module):
+    """The student's input (x - m_s) / s_s as the teacher's (x - m_t) / s_t, per channel of an
+    (N, 3, H, W) batch: x_t = x_s * s_s / s_t + (m_s - m_t) / s_t."""
+
+    def __init__(self, ours: tuple[list, list], theirs: tuple[list, list]) -> None:
+        super().__init__()
+        m_s, s_s, m_t, s_t = (torch.tensor(v, dtype=torch.float64) for v in (*ours, *theirs))
+        self.ours, self.theirs = ours, theirs
+        self.register_buffer("scale", (s_s / s_t).float().reshape(1, -1, 1, 1))
+        self.register_buffer("shift", ((m_s - m_t) / s_t).float().reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+    def describe(self) -> str:
+        return (
+            f"trained with mean {_shown(self.theirs[0])} std {_shown(self.theirs[1])}; this "
+            f"run's batches (mean {_shown(self.ours[0])} std {_shown(self.ours[1])}, 0-255 "
+            "scale) are converted to its inputs"
+        )
+
+
+def _input_conversion(source, transform, config: Config) -> Renormalise | None:
+    """None when the teacher normalises its input as this run does; the conversion of this
+    run's batches to its inputs when both use a mean/std; ConfigError for ZCA against mean/std
+    (no exact conversion: whitening mixes pixels)."""
     if transform.zca or config.data.preprocess == "zca":
         if not (transform.zca and config.data.preprocess == "zca"):
+            theirs = "ZCA" if transform.zca else "mean/std"
             raise ConfigError(
-                f"--teacher {source}: it and this run must both use ZCA or both mean/std"
+                f"--teacher {source}: it was trained on {theirs} inputs and this run uses "
+                f"--preprocess {config.data.preprocess}; give the run --preprocess "
+                f"{'zca' if transform.zca else 'meanstd'} (no exact conversion exists)"
             )
-        return  # both whiten; the student's fit is of its own training data
+        return None  # both whiten; the student's fit is of its own training data
     mean, std = normalisation(config.data.preprocess)
     theirs = transform.mean.tolist(), transform.std.tolist()
-    if not (_close(theirs[0], mean) and _close(theirs[1], std)):
-        raise ConfigError(
-            f"--teacher {source}: it normalises with mean {_shown(theirs[0])} std "
-            f"{_shown(theirs[1])}, this run with mean {_shown(mean)} std {_shown(std)} "
-            "(--preprocess); it would see other inputs than it was trained on"
-        )
+    if _close(theirs[0], mean) and _close(theirs[1], std):
+        return None
+    return Renormalise((list(mean), list(std)), theirs)
 
 
 def _close(a, b) -> bool:
@@ -85,4 +116,4 @@ def _close(a, b) -> bool:
 
 
 def _shown(values) -> str:
-    return "(" + ", ".join(f"{v:.1f}" for v in values) + ")"
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"

@@ -309,6 +309,7 @@ class Trainer:
             test_error=tested.get("error"),
             test_top5_error=tested.get("top5_error"),
             ema_test_error=tested.get("ema_error"),
+            val_error=tested.get("val_error"),
             epoch_seconds=train_time + eval_time,
             train_seconds=train_time,
             eval_seconds=eval_time,
@@ -336,6 +337,9 @@ class Trainer:
         common = dict(runtime=self.runtime, num_classes=self.num_classes, world=self.world)
         try:
             tested = evaluate(self.compiled_model, self.data.test, **common)
+            if self.data.val is not None:
+                validated = evaluate(self.compiled_model, self.data.val, **common)
+                tested["val_error"] = validated["error"]
             if self.ema is not None:
                 tested["ema_error"] = evaluate(self.ema.model, self.data.test, **common)["error"]
             return tested

@@ -93,6 +93,7 @@ class MetricsRow:
     train_images_per_second: float = 0.0
     test_top5_error: float | None = None
     ema_test_error: float | None = None
+    val_error: float | None = None  # the held-out images' error, with --val-and-test
 
     ORDER = (  # of the keys in metrics.jsonl (wideresnet 0.2's)
         "epoch",
@@ -103,6 +104,7 @@ class MetricsRow:
         "test_error",
         "test_top5_error",
         "ema_test_error",
+        "val_error",
         "epoch_seconds",
         "train_seconds",
         "eval_seconds",
@@ -111,8 +113,9 @@ class MetricsRow:
 
     def to_dict(self) -> dict[str, Any]:
         values = {key: getattr(self, key) for key in self.ORDER}
-        if self.ema_test_error is None:
-            del values["ema_test_error"]
+        for optional in ("ema_test_error", "val_error"):
+            if values[optional] is None:
+                del values[optional]
         return values
 
     @classmethod

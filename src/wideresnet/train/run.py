@@ -124,7 +124,8 @@ def resolve_paths(config: Config) -> Config:
             raise ConfigError(f"--data-dir is required for --dataset {data.dataset}")
         root = default_data_dir(data.dataset)
         log.info(f"no --data-dir: the official {data.dataset} files in {root}")
-        splits = [data.train_split] + ([] if data.val_size else [data.test_split])
+        tests = not data.val_size or data.val_and_test
+        splits = [data.train_split] + ([data.test_split] if tests else [])
         with signals_interrupt(DOWNLOAD_STOPPED):  # a stopped download leaves nothing
             ensure_official(data.dataset, root, splits, data.verify)
         config = config.replace(data_dir=str(root))
