@@ -5,6 +5,7 @@ group norm through training, resume, export and load."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from pathlib import Path
@@ -76,6 +77,16 @@ def test_feature_maps_equal_the_full_models_activations(name):
     assert info.channels() == [e["num_chs"] for e in info]
     chosen = create_model(name, features_only=True, out_indices=(1, -1))
     assert [e["module"] for e in chosen.feature_info] == [info[1]["module"], info[-1]["module"]]
+    last_two = create_model(name, features_only=True, out_indices=2)  # timm: the last 2
+    assert last_two.feature_info.module_name() == info.module_name()[-2:]
+    with torch.no_grad():  # timm's forward_intermediates: the same maps, one pass
+        final, intermediates = full.forward_intermediates(x)
+        torch.testing.assert_close(final, full.forward_features(x))
+        only = full.forward_intermediates(x, indices=2, intermediates_only=True, stop_early=True)
+    for got, want in zip(intermediates, expected):
+        torch.testing.assert_close(got, want)
+    for got, want in zip(only, expected[-2:]):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -90,22 +101,33 @@ def test_every_family_has_timms_classifier_interface(name):
         torch.testing.assert_close(model.forward_head(features), logits)
         pooled = model.forward_head(features, pre_logits=True)
     assert pooled.shape == (2, model.num_features) and model.get_classifier() is model.fc
+    assert model.num_classes == 10
     model.reset_classifier(7)
-    assert model(x).shape == (2, 7)
+    assert model(x).shape == (2, 7) and model.num_classes == 7
     model.reset_classifier(0)
+    assert model.num_classes == 0
     with torch.no_grad():
         torch.testing.assert_close(model(x), pooled)
+    model.reset_classifier(0, "")  # timm: no head and no pooling, the map comes out
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), features)
+    model.reset_classifier(3, "avg")
+    assert model(x).shape == (2, 3)
+    with pytest.raises(wideresnet.ModelNameError, match="only with num_classes 0"):
+        model.reset_classifier(3, "")
 
 
 def test_out_indices_out_of_range_are_refused_by_name():
     with pytest.raises(wideresnet.ModelNameError, match=r"out_indices \(4,\): each from 0"):
         create_model("wrn-16-2", features_only=True, out_indices=(4,))
+    with pytest.raises(wideresnet.ModelNameError, match="out_indices 5: the last n stages"):
+        create_model("wrn-16-2", features_only=True, out_indices=5)
     with pytest.raises(wideresnet.ModelNameError, match="features_only"):
         create_model("wrn-16-2", out_indices=(1,))
 
 
 def test_torchvisions_wide_resnet50_2_weights_load_into_the_feature_form():
-    from test_handover import TorchvisionWideResNet50, randomise
+    from references import TorchvisionWideResNet50, randomise
 
     reference = randomise(TorchvisionWideResNet50(), 4).eval()
     backbone = create_model("wrn-50-2", features_only=True, out_indices=(2, 3))
@@ -190,16 +212,63 @@ def test_a_distilled_student_trains_and_records_its_teacher(npz, tmp_path):
     five = learnable_npz(tmp_path / "five.npz", n_train=32, n_test=8, size=32, classes=5)
     line = one_line_error(cli(*train_args(five, tmp_path / "s5", "--teacher", teacher)))
     assert "predicts 4 classes, this run's data has 5" in line
-    line = one_line_error(
-        cli(*train_args(npz, tmp_path / "s6", "--teacher", teacher, "--preprocess", "div255"))
-    )
-    assert "normalises with mean" in line
+    zca = cli(*train_args(npz, tmp_path / "s6", "--teacher", teacher, "--preprocess", "zca"))
+    line = one_line_error(zca)
+    assert "trained on mean/std inputs and this run uses --preprocess zca" in line
+    assert "--preprocess meanstd" in line
     line = one_line_error(cli(*train_args(npz, tmp_path / "s7", "--teacher", tmp_path / "no")))
     assert "--teacher" in line and "no such run directory" in line
     line = one_line_error(
         cli(*train_args(npz, tmp_path / "s8", "--teacher", teacher, "--mixup-alpha", "0.2"))
     )
     assert "--teacher does not combine with mixup" in line
+
+
+RD_MEAN, RD_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # RepDistiller CIFAR-100
+
+
+class Pickled:
+    """A class no safe loader knows: a file holding one is refused, naming it."""
+
+
+def test_a_repdistiller_checkpoint_imports_and_teaches_with_its_own_normalisation(npz, tmp_path):
+    from references import ReferenceWRN, randomise
+
+    from wideresnet.data.preprocess import normalisation
+    from wideresnet.recipes import make_config
+    from wideresnet.train.distill import load_teacher
+
+    net = randomise(ReferenceWRN(16, 2, 4), 7).eval()  # RepDistiller's wrn.py: xternalz's keys
+    options = argparse.Namespace(model="wrn_16_2", learning_rate=0.05, lr_decay_epochs=[150])
+    sgd = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    path = tmp_path / "wrn_16_2_last.pth"  # as its train_teacher.py saves the last epoch
+    torch.save({"opt": options, "model": net.state_dict(), "optimizer": sgd.state_dict()}, path)
+    teacher = tmp_path / "teacher.pt"
+    result = cli("import", "--from", "repdistiller", path, "--out", teacher)
+    assert result.returncode == 0, result.stderr
+    assert "pickled options ('opt')" in result.stdout and "CIFAR-100 mean/std" in result.stdout
+    images = torch.randint(0, 256, (3, 32, 32, 3), generator=torch.Generator().manual_seed(2))
+    theirs = (images.float() / 255 - torch.tensor(RD_MEAN)) / torch.tensor(RD_STD)
+    with torch.no_grad():
+        expected = net(theirs.permute(0, 3, 1, 2))
+        imported = wideresnet.load_model(teacher)
+        torch.testing.assert_close(imported(imported.input_transform(images)), expected)
+        # as a teacher of a cifar100-kd student, whose batches are normalised with our mean/std
+        config = make_config("cifar100-kd", {"teacher": str(teacher), "device": "cpu"})
+        loaded = load_teacher(config, ["c0", "c1", "c2", "c3"], torch.device("cpu"))
+        mean, std = (torch.tensor(v) for v in normalisation("meanstd"))
+        ours = ((images.float() - mean) / std).permute(0, 3, 1, 2)
+        torch.testing.assert_close(loaded.model(ours), expected, rtol=1e-4, atol=1e-4)
+    student = tmp_path / "student"
+    run = cli(*train_args(npz, student, "--preset", "cifar100-kd", "--teacher", teacher))
+    assert run.returncode == 0, run.stderr
+    recorded = json.loads((student / "result.json").read_text())["teacher"]
+    assert "trained with mean (129.311, 124.10" in recorded["input_conversion"]
+    torch.save({"model": net.state_dict(), "extra": Pickled()}, tmp_path / "odd.pth")
+    line = one_line_error(
+        cli("import", "--from", "repdistiller", tmp_path / "odd.pth", "--out", tmp_path / "o.pt")
+    )
+    assert "Unsupported global" in line and "Pickled" in line
 
 
 @pytest.mark.slow

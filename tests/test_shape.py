@@ -202,3 +202,19 @@ def test_run_status_is_new_running_stopped_failed_or_finished(tmp_path):
     (out / "result.json").write_text(json.dumps(result))
     assert run.status() is RunState.FINISHED and run.result().test_error == 5.0
     assert os.environ.get("WRN_CACHE_DIR")  # the test's own cache (conftest)
+
+
+def test_public_names_never_shadow_the_subpackages():
+    """`import wideresnet.train.step` and `wideresnet.train.loop` work in a fresh interpreter,
+    and `wideresnet.train(config, out)` (0.3's public function) is still callable."""
+    code = (
+        "import wideresnet, wideresnet.train.step, types\n"
+        "assert isinstance(wideresnet.train, types.ModuleType) and callable(wideresnet.train)\n"
+        "assert wideresnet.train.step.make_step and wideresnet.train.loop.Trainer\n"
+        "import pkgutil\n"
+        "for sub in pkgutil.iter_modules(wideresnet.__path__):\n"
+        "    value = getattr(wideresnet, sub.name, None)\n"
+        "    assert value is None or isinstance(value, types.ModuleType), sub.name\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
