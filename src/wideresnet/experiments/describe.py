@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from wideresnet.experiments import figure4
 from wideresnet.experiments.cost import GPU_ASSUMES, cpu_rate, run_cost
 from wideresnet.experiments.grid import table_named
@@ -49,7 +51,8 @@ def describe_row(table: Table, row: Row) -> dict[str, Any]:
     }
     if row.model is None:
         return {**entry, "params": None, "macs": None, "params_match": None, "cost": {}}
-    model = create_model(row.model, CLASSES[table.columns[0]], **row.options)
+    with torch.device("meta"):  # shapes alone: parameters and MACs without building weights
+        model = create_model(row.model, CLASSES[table.columns[0]], **row.options)
     summary = model_summary(model)
     epochs = row.settings.get("epochs")  # a grid's own schedule, a row's preset's, the paper's
     if epochs is None and row.preset:

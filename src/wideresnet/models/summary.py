@@ -51,9 +51,10 @@ def model_summary(model: nn.Module, input_size: int | None = None, in_channels: 
         hooks.append(target.register_forward_hook(record))
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # "meta": counted from shapes alone, no weights
     try:
         with torch.no_grad():
-            model(torch.zeros(1, in_channels, input_size, input_size))
+            model(torch.zeros(1, in_channels, input_size, input_size, device=device))
     finally:
         model.train(was_training)
         for hook in hooks:
