@@ -61,7 +61,7 @@ def files_of(run: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_n43_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(finished, tmp_path):
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(finished, tmp_path):
     run = copy_run(finished, tmp_path / "run")
     victim = tmp_path / "victim.txt"
     victim.write_text("precious victim text")
@@ -71,7 +71,7 @@ def test_n43_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(finish
     assert victim.read_text() == "precious victim text"
 
 
-def test_n43_records_that_are_symlinks_are_replaced_never_written_through(npz, finished, tmp_path):
+def test_records_that_are_symlinks_are_replaced_never_written_through(npz, finished, tmp_path):
     run = copy_run(finished, tmp_path / "run")
     victims = {}
     for name in ("metrics.jsonl", "result.json"):
@@ -85,14 +85,14 @@ def test_n43_records_that_are_symlinks_are_replaced_never_written_through(npz, f
     assert not (run / "metrics.jsonl").is_symlink() and not (run / "result.json").is_symlink()
 
 
-def test_n42_a_lock_that_is_a_directory_is_one_line(finished, tmp_path):
+def test_a_lock_that_is_a_directory_is_one_line(finished, tmp_path):
     run = copy_run(finished, tmp_path / "run")
     (run / ".lock").mkdir()
     line = one_line_error(cli("train", "--resume", run))
     assert f"{run / '.lock'} is a directory" in line
 
 
-def test_n41_a_read_only_run_folder_is_one_line(finished, small_fs):
+def test_a_read_only_run_folder_is_one_line(finished, small_fs):
     fs = small_fs(4 << 20)
     run = fs.path / "run"
     shutil.copytree(finished, run)
@@ -103,7 +103,7 @@ def test_n41_a_read_only_run_folder_is_one_line(finished, small_fs):
     fs.resize(4 << 20)
 
 
-def test_2_2_a_disk_already_full_at_start_is_one_line_naming_the_lock(npz, small_fs):
+def test_a_disk_already_full_at_start_is_one_line_naming_the_lock(npz, small_fs):
     fs = small_fs(4 << 20)
     fs.fill()
     out = fs.path / "run"
@@ -118,7 +118,7 @@ def test_2_2_a_disk_already_full_at_start_is_one_line_naming_the_lock(npz, small
 # --------------------------------------------------------------------------------------------
 
 
-def test_n46_another_runs_checkpoint_with_the_same_seed_is_refused_by_resume_and_eval(
+def test_another_runs_checkpoint_with_the_same_seed_is_refused_by_resume_and_eval(
     npz, finished, tmp_path
 ):
     other = tmp_path / "other"
@@ -135,7 +135,7 @@ def test_n46_another_runs_checkpoint_with_the_same_seed_is_refused_by_resume_and
     assert files_of(run) == before and len(metrics(run)) == 3
 
 
-def test_1_11_a_whole_checkpoint_of_another_model_is_refused_by_eval(npz, finished, tmp_path):
+def test_a_whole_checkpoint_of_another_model_is_refused_by_eval(npz, finished, tmp_path):
     other = tmp_path / "other"
     assert cli(*args(npz, other, epochs=1, model="wrn-16-1")).returncode == 0
     run = copy_run(finished, tmp_path / "run")
@@ -157,7 +157,7 @@ def write_with_checksum(path: Path, state: dict) -> None:
         ("train_seconds", "x", "field train_seconds is a str"),
     ],
 )
-def test_1_12_crafted_fields_with_a_valid_checksum_are_one_line_for_eval(
+def test_crafted_fields_with_a_valid_checksum_are_one_line_for_eval(
     finished, tmp_path, field, value, message
 ):
     state = torch.load(finished / "checkpoint.pt", weights_only=True)
@@ -174,7 +174,7 @@ def test_1_12_crafted_fields_with_a_valid_checksum_are_one_line_for_eval(
 # --------------------------------------------------------------------------------------------
 
 
-def test_n44_a_killed_overwrite_leaves_the_old_run_named_and_resume_restores_it(
+def test_a_killed_overwrite_leaves_the_old_run_named_and_resume_restores_it(
     npz, finished, tmp_path
 ):
     run = copy_run(finished, tmp_path / "run")
@@ -198,7 +198,7 @@ def test_n44_a_killed_overwrite_leaves_the_old_run_named_and_resume_restores_it(
     assert "test error" in cli("eval", run).stdout
 
 
-def test_n44_a_later_overwrite_that_saves_removes_what_a_killed_one_left(npz, finished, tmp_path):
+def test_a_later_overwrite_that_saves_removes_what_a_killed_one_left(npz, finished, tmp_path):
     run = copy_run(finished, tmp_path / "run")
     killed = wrn_with("sigkill", 2, *args(npz, run, "--overwrite", epochs=1))
     assert killed.returncode == -9
@@ -208,7 +208,7 @@ def test_n44_a_later_overwrite_that_saves_removes_what_a_killed_one_left(npz, fi
     assert json.loads((run / "config.json").read_text())["lr"] == 0.02
 
 
-def test_n47_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(
     npz, finished, tmp_path
 ):
     run = copy_run(finished, tmp_path / "run")
@@ -285,7 +285,7 @@ def pictures(tmp_path_factory) -> Path:
     ],
     ids=["classes", "no-mean", "std-0", "size-abc", "size-0", "size-30000", "options", "format"],
 )
-def test_n19_n20_bad_export_metadata_is_one_line_naming_the_file(
+def test_bad_export_metadata_is_one_line_naming_the_file(
     exported, pictures, tmp_path, meta, message
 ):
     path = edited_export(exported, tmp_path / "bad.safetensors", meta=meta)
@@ -305,13 +305,13 @@ def test_n19_n20_bad_export_metadata_is_one_line_naming_the_file(
     ],
     ids=["shape", "extra", "missing", "nan"],
 )
-def test_n18_weights_that_do_not_fit_are_one_line(exported, pictures, tmp_path, tensors, message):
+def test_weights_that_do_not_fit_are_one_line(exported, pictures, tmp_path, tensors, message):
     path = edited_export(exported, tmp_path / "bad.safetensors", tensors=tensors)
     line = one_line_error(cli("predict", path, pictures / "a.jpg"))
     assert str(path) in line and message in line, line
 
 
-def test_n18_an_export_whose_classes_do_not_fit_its_head_is_one_line(exported, tmp_path):
+def test_an_export_whose_classes_do_not_fit_its_head_is_one_line(exported, tmp_path):
     path = edited_export(exported, tmp_path / "two.safetensors", meta={"classes": '["x", "y"]'})
     line = one_line_error(cli("export", path, "--format", "onnx", "--out", tmp_path / "m.onnx"))
     assert str(path) in line and "fc.weight" in line
@@ -334,7 +334,7 @@ def bomb_png(width: int, height: int) -> bytes:
     )
 
 
-def test_n21_n24_one_bad_image_never_stops_the_others(exported, pictures, tmp_path):
+def test_one_bad_image_never_stops_the_others(exported, pictures, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "bomb.png").write_bytes(bomb_png(20000, 20000))
@@ -354,7 +354,7 @@ def test_n21_n24_one_bad_image_never_stops_the_others(exported, pictures, tmp_pa
     assert "pixels" in errors[0]
 
 
-def test_n24_a_device_or_fifo_given_as_the_model_is_refused_by_name(pictures, tmp_path):
+def test_a_device_or_fifo_given_as_the_model_is_refused_by_name(pictures, tmp_path):
     (tmp_path / "m.safetensors").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "fifo.pt")
     for model in (tmp_path / "m.safetensors", tmp_path / "fifo.pt"):
@@ -362,7 +362,7 @@ def test_n24_a_device_or_fifo_given_as_the_model_is_refused_by_name(pictures, tm
         assert str(model) in line and "not a regular file" in line
 
 
-def test_n24_a_device_inside_a_training_folder_is_refused_by_name(tmp_path):
+def test_a_device_inside_a_training_folder_is_refused_by_name(tmp_path):
     root = tmp_path / "images"
     write_image_folder(root, np.random.default_rng(0), per_class=2)
     target = next((root / "train").iterdir()) / "zero.png"
@@ -371,14 +371,14 @@ def test_n24_a_device_inside_a_training_folder_is_refused_by_name(tmp_path):
     assert "zero.png" in line and "not a regular file" in line
 
 
-def test_n23_no_images_is_one_line(exported, tmp_path):
+def test_no_images_is_one_line(exported, tmp_path):
     (tmp_path / "empty").mkdir()
     for given in (tmp_path / "empty", str(tmp_path / "nomatch*.jpg")):
         line = one_line_error(cli("predict", exported, given))
         assert "no images" in line and str(given) in line
 
 
-def test_n26_top_k_below_one_is_one_line_and_above_the_classes_is_clamped(exported, pictures):
+def test_top_k_below_one_is_one_line_and_above_the_classes_is_clamped(exported, pictures):
     for k in ("-3", "0"):
         line = one_line_error(cli("predict", exported, pictures / "a.jpg", "--top-k", k))
         assert f"--top-k {k}" in line
@@ -386,7 +386,7 @@ def test_n26_top_k_below_one_is_one_line_and_above_the_classes_is_clamped(export
     assert result.returncode == 0 and len(json.loads(result.stdout)[0]["top"]) == 4
 
 
-def test_n52_a_non_ascii_path_on_an_ascii_terminal_prints(exported, pictures, tmp_path):
+def test_a_non_ascii_path_on_an_ascii_terminal_prints(exported, pictures, tmp_path):
     folder = tmp_path / "dir with space ünïcødé 猫"
     folder.mkdir()
     shutil.copy(pictures / "a.jpg", folder / "a.jpg")
@@ -405,7 +405,7 @@ def xternalz_file(path: Path, **changes) -> Path:
     return path
 
 
-def test_n27_imported_checkpoints_export_to_onnx_and_eval_asks_for_data(tmp_path):
+def test_imported_checkpoints_export_to_onnx_and_eval_asks_for_data(tmp_path):
     from helpers import authors_params
 
     official = tmp_path / "model.pt7"
@@ -427,7 +427,7 @@ def test_n27_imported_checkpoints_export_to_onnx_and_eval_asks_for_data(tmp_path
 
 
 @pytest.mark.parametrize("layout", ["xternalz", "robustbench", "fixmatch"])
-def test_n33_a_value_that_is_not_a_tensor_is_one_line(tmp_path, layout):
+def test_a_value_that_is_not_a_tensor_is_one_line(tmp_path, layout):
     from test_handover import LAYOUTS, randomise
 
     state = randomise(LAYOUTS[layout](), 1).state_dict()
@@ -440,7 +440,7 @@ def test_n33_a_value_that_is_not_a_tensor_is_one_line(tmp_path, layout):
     assert not (tmp_path / "o.pt").exists()
 
 
-def test_n34_weights_that_are_nan_are_refused_at_import(tmp_path):
+def test_weights_that_are_nan_are_refused_at_import(tmp_path):
     from test_handover import LAYOUTS
 
     state = LAYOUTS["xternalz"]().state_dict()
@@ -460,7 +460,7 @@ def test_n34_weights_that_are_nan_are_refused_at_import(tmp_path):
         ("--mean", "inf,0,0", "mean"),
     ],
 )
-def test_n35_a_normalisation_that_would_give_nan_is_refused(tmp_path, option, value, message):
+def test_a_normalisation_that_would_give_nan_is_refused(tmp_path, option, value, message):
     source = xternalz_file(tmp_path / "x.pt")
     out = tmp_path / "o.pt"
     line = one_line_error(cli("import", "--from", "xternalz", source, "--out", out, option, value))
@@ -469,7 +469,7 @@ def test_n35_a_normalisation_that_would_give_nan_is_refused(tmp_path, option, va
     assert not out.exists()
 
 
-def test_n31_hub_refuses_weights_of_another_model(finished):
+def test_hub_refuses_weights_of_another_model(finished):
     root = Path(__file__).resolve().parents[1]
     with pytest.raises(ValueError, match="holds a wrn-10-1, not a wrn-28-10"):
         torch.hub.load(str(root), "wrn_28_10", source="local", weights=str(finished))
@@ -518,7 +518,7 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", [*BROKEN, "N10-metrics-lines"])
-def test_n9_to_n12_a_broken_run_folder_is_left_out_by_name_and_the_rest_reported(
+def test_a_broken_run_folder_is_left_out_by_name_and_the_rest_reported(
     experiment, tmp_path, case
 ):
     copy = tmp_path / "exp"
@@ -549,7 +549,7 @@ def readme_with_section(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o444])
-def test_n13_report_into_keeps_the_mode_of_the_file(experiment, tmp_path, mode):
+def test_report_into_keeps_the_mode_of_the_file(experiment, tmp_path, mode):
     readme = readme_with_section(tmp_path / "README.md")
     readme.chmod(mode)
     assert cli("report", experiment, "--into", readme).returncode == 0
@@ -557,7 +557,7 @@ def test_n13_report_into_keeps_the_mode_of_the_file(experiment, tmp_path, mode):
     assert "old" not in readme.read_text() and readme.read_text().endswith("end\n")
 
 
-def test_n13_report_into_writes_through_a_symlink_and_keeps_hard_links(experiment, tmp_path):
+def test_report_into_writes_through_a_symlink_and_keeps_hard_links(experiment, tmp_path):
     target = readme_with_section(tmp_path / "target.md")
     link = tmp_path / "link.md"
     link.symlink_to(target)
@@ -570,13 +570,13 @@ def test_n13_report_into_writes_through_a_symlink_and_keeps_hard_links(experimen
     assert other.read_text() == hard.read_text() and "old" not in other.read_text()
 
 
-def test_n14_report_into_a_missing_file_or_a_folder_is_one_line(experiment, tmp_path):
+def test_report_into_a_missing_file_or_a_folder_is_one_line(experiment, tmp_path):
     for target in (tmp_path / "missing.md", tmp_path):
         line = one_line_error(cli("report", experiment, "--into", target))
         assert str(target) in line
 
 
-def test_n16_report_plots_into_a_file_a_read_only_or_full_disk_is_one_line(
+def test_report_plots_into_a_file_a_read_only_or_full_disk_is_one_line(
     experiment, tmp_path, small_fs
 ):
     taken = tmp_path / "taken.md"
@@ -599,7 +599,7 @@ def test_n16_report_plots_into_a_file_a_read_only_or_full_disk_is_one_line(
 # --------------------------------------------------------------------------------------------
 
 
-def test_n3_two_table_runs_at_once_share_the_work_and_neither_fails(tmp_path):
+def test_two_table_runs_at_once_share_the_work_and_neither_fails(tmp_path):
     data = learnable_npz(tmp_path / "d.npz", n_train=64, n_test=16, size=32)
     out = tmp_path / "exp"
     command = [sys.executable, "-m", "wideresnet", "table", "run", "table6", "--dataset", "npz"]
@@ -630,7 +630,7 @@ def test_n3_two_table_runs_at_once_share_the_work_and_neither_fails(tmp_path):
 @pytest.mark.parametrize(
     "labels, message", [(["a"] * 20, "labels"), ([2**70] + [0] * 19, "labels")], ids=["str", "big"]
 )
-def test_4_12_cifar_labels_that_are_not_class_numbers_are_one_line(tmp_path, labels, message):
+def test_cifar_labels_that_are_not_class_numbers_are_one_line(tmp_path, labels, message):
     import pickle
 
     write_cifar10(tmp_path, np.random.default_rng(0))
@@ -651,7 +651,7 @@ def cache_entries(cache: Path, split: str) -> list[Path]:
 
 
 @pytest.mark.parametrize("case", ["no-labels", "other-contents"])
-def test_7_1_n54_an_odd_cache_entry_is_rebuilt(tmp_path, isolated_cache, case):
+def test_an_odd_cache_entry_is_rebuilt(tmp_path, isolated_cache, case):
     root = tmp_path / "images"
     write_image_folder(root, np.random.default_rng(0), per_class=4)
     verify = ["data", "verify", "--dataset", "folder", "--data-dir", root]
@@ -667,7 +667,7 @@ def test_7_1_n54_an_odd_cache_entry_is_rebuilt(tmp_path, isolated_cache, case):
     assert "train: 12 images" in again.stdout and "rebuilding" in again.stderr
 
 
-def test_n51_wrn_data_dir_that_is_a_file_is_one_line(tmp_path):
+def test_wrn_data_dir_that_is_a_file_is_one_line(tmp_path):
     not_a_folder = tmp_path / "passwd"
     not_a_folder.write_text("root:x:0:0\n")
     line = one_line_error(
@@ -703,14 +703,14 @@ def test_n51_wrn_data_dir_that_is_a_file_is_one_line(tmp_path):
     ],
     ids=["momentum-0", "lr-decay-0", "block-empty", "warmup"],
 )
-def test_6_3_option_clashes_are_one_line_before_the_data_is_read(tmp_path, extra, message):
+def test_option_clashes_are_one_line_before_the_data_is_read(tmp_path, extra, message):
     missing = tmp_path / "not-there.npz"  # never reached: the options are refused first
     line = one_line_error(cli(*args(missing, tmp_path / "run", *extra, epochs=3)))
     assert message in line, line
     assert not (tmp_path / "run").exists()
 
 
-def test_6_3_momentum_0_without_nesterov_trains(npz, tmp_path):
+def test_momentum_0_without_nesterov_trains(npz, tmp_path):
     result = cli(*args(npz, tmp_path / "run", "--momentum", "0", "--no-nesterov", epochs=1))
     assert result.returncode == 0, result.stderr
 
@@ -720,7 +720,7 @@ def test_6_3_momentum_0_without_nesterov_trains(npz, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_n28_onnx_export_to_a_full_disk_is_one_line_and_leaves_nothing(finished, small_fs):
+def test_onnx_export_to_a_full_disk_is_one_line_and_leaves_nothing(finished, small_fs):
     fs = small_fs(128 << 10)
     fs.fill()
     out = fs.path / "m.onnx"
@@ -744,7 +744,7 @@ sys.exit(wrn_command.main())
 """
 
 
-def test_n53_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", SIGINT_CHILD, "--version"], capture_output=True, text=True
     )

@@ -22,10 +22,11 @@ import io
 import json
 import logging
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wideresnet import stats
 from wideresnet.config import FIELDS, Config
 from wideresnet.data.official import OFFICIAL
 from wideresnet.errors import ConfigError, DataError, RunError
@@ -34,6 +35,7 @@ from wideresnet.experiments.grid import load_grids_in
 from wideresnet.experiments.registry import Table, authors_log, get_table
 from wideresnet.files import rewrite_in_place
 from wideresnet.protocol import NOT_PROTOCOL, ConfigChange, result_flags
+from wideresnet.stats import Statistics
 from wideresnet.tags import Tag
 from wideresnet.train.records import MetricsRow, Result
 from wideresnet.train.rundir import CONFIG, METRICS, RunDir
@@ -210,69 +212,6 @@ def median_curve(records: list[RunRecord], key: str) -> dict[int, float]:
     return {epoch: statistics.median(values) for epoch, values in sorted(by_epoch.items())}
 
 
-@dataclass(frozen=True)
-class Statistics:
-    """The statistics a report shows beside the paper's (the median, always shown)."""
-
-    per_seed: bool = False  # each seed's final error
-    last_k: int | None = None  # the mean of each run's last K tested epochs
-
-
-LAST_K_FLAG = "not the paper's statistic"
-VALIDATION_FLAG = "selected on validation (held-out training images), never on test"
-
-
-def last_k_error(record: RunRecord, k: int) -> float | None:
-    """The mean test error of the run's last k tested epochs (FixMatch's and USB's habit)."""
-    tested = [m.test_error for m in record.metrics if m.test_error is not None]
-    return statistics.fmean(tested[-k:]) if tested else None
-
-
-def validation_selected(record: RunRecord) -> tuple[int, float] | None:
-    """(epoch, test error) at the run's lowest validation error (the first such epoch), or
-    None when the run did not validate (--val-and-test)."""
-    both = [m for m in record.metrics if m.val_error is not None and m.test_error is not None]
-    if not both:
-        return None
-    best = min(both, key=lambda m: (m.val_error, m.epoch))
-    return best.epoch, best.test_error
-
-
-def _spread(errors: list[float]) -> dict[str, float | None]:
-    """Mean and sample standard deviation (n - 1) of the runs' errors."""
-    return {
-        "mean": statistics.fmean(errors) if errors else None,
-        "std": statistics.stdev(errors) if len(errors) > 1 else None,
-    }
-
-
-def other_statistics(used: list[RunRecord], chosen: Statistics) -> dict[str, Any]:
-    """A cell's statistics beside the median: mean and std over seeds, each seed's error, and
-    (when asked or recorded) the last-K mean and the validation-selected test error."""
-    errors = [r.test_error for r in used if r.test_error is not None]
-    values: dict[str, Any] = _spread(errors)
-    values["per_seed"] = sorted(
-        (
-            {"seed": r.config.runtime.seed, "test_error": r.test_error, "finished": r.finished}
-            for r in used
-        ),
-        key=lambda s: s["seed"],
-    )
-    if chosen.last_k:
-        per_run = [last_k_error(r, chosen.last_k) for r in used]
-        found = [e for e in per_run if e is not None]
-        values["last_k"] = {"k": chosen.last_k, **_spread(found), "flag": LAST_K_FLAG}
-    selected = [s for s in map(validation_selected, used) if s is not None]
-    if selected:
-        values["val_selected"] = {
-            **_spread([error for _, error in selected]),
-            "epochs": [epoch for epoch, _ in selected],
-            "runs": len(selected),
-            "flag": VALIDATION_FLAG,
-        }
-    return values
-
-
 def cell(records: list[RunRecord], chosen: Statistics = Statistics()) -> dict[str, Any]:
     """One cell of a table from its runs (all of the same table, row, column and protocol)."""
     first = records[0]
@@ -315,7 +254,7 @@ def cell(records: list[RunRecord], chosen: Statistics = Statistics()) -> dict[st
         "official_data": official,
         "flags": flags,
         "authors_log": _authors_comparison(used, tag),
-        **other_statistics(used, chosen),
+        **stats.other_statistics(used, chosen),
     }
 
 
@@ -349,38 +288,6 @@ def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.2f}"
 
 
-def _mean_std(values: dict[str, Any] | None) -> str:
-    if not values or values["mean"] is None:
-        return "-"
-    std = values["std"]
-    return f"{values['mean']:.2f}" + ("" if std is None else f" ± {std:.2f}")
-
-
-def _seeds_text(c: dict[str, Any]) -> str:
-    return " ".join(f"s{s['seed']}:{_number(s['test_error'])}" for s in c["per_seed"]) or "-"
-
-
-def _optional_columns(table_cells: list[dict[str, Any]], chosen: Statistics) -> list[tuple]:
-    """(header, cell -> text) of the statistics this table's cells show beyond the median."""
-    columns: list[tuple] = [("mean ± std", _mean_std)]
-    if chosen.per_seed:
-        columns.append(("per seed", _seeds_text))
-    if chosen.last_k:
-        k = chosen.last_k
-        columns.append((f"last-{k} mean ± std ({LAST_K_FLAG})", lambda c: _mean_std(c["last_k"])))
-    if any("val_selected" in c for c in table_cells):
-        columns.append(("test @ best val ± std (selected on validation)", lambda c: _val_text(c)))
-    return columns
-
-
-def _val_text(c: dict[str, Any]) -> str:
-    selected = c.get("val_selected")
-    if not selected:
-        return "-"
-    epochs = ",".join(map(str, selected["epochs"]))
-    return f"{_mean_std(selected)} (epoch {epochs})"
-
-
 def format_markdown(
     all_cells: list[dict[str, Any]],
     chosen: Statistics = Statistics(),
@@ -390,7 +297,7 @@ def format_markdown(
     for table_name in dict.fromkeys(c["table"] for c in all_cells):
         table = get_table(table_name)
         table_cells = [c for c in all_cells if c["table"] == table_name]
-        extra = _optional_columns(table_cells, chosen)
+        extra = stats.columns(table_cells, chosen)
         lines += [
             f"**{table.name}**: {table.title}. Paper: {table.statistic}; ours: median over our "
             "runs [min-max], test error (%) of the last epoch; mean ± sample std over seeds.",
@@ -414,55 +321,13 @@ def format_markdown(
             )
         lines.append("")
     for record in timings:
-        lines += figure4_markdown(record)
+        lines += figure4.markdown(record)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _ms(timing: dict[str, Any] | None) -> tuple[str, str]:
-    if timing is None:
-        return "-", "-"
-    spread = f"{timing['q1_ms']:.1f}-{timing['q3_ms']:.1f} (n={timing['reps']})"
-    return f"{timing['median_ms']:.1f}", spread
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def figure4_markdown(record: figure4.Record) -> list[str]:
-    rows = figure4.figure_rows(record)
-    first = next((r["default"] for r in rows if r["default"]), None)
-    setting = first["setting"] if first else "-"
-    batch = record.batch_size
-    batch_note = "" if batch == figure4.PAPER_BATCH else f" (batch {batch}, not the paper's 32)"
-    lines = [
-        f"**figure4** on {record.device_name} ({record.device}, torch {record.torch}, "
-        f"{record.threads} threads){batch_note}: {figure4.TITLE}. Paper: "
-        f"{figure4.PAPER_DEVICE}. Ours: {record.measured}; default = `wrn train`'s setting "
-        f"here ({setting}); ratios to pre-act ResNet-1001 in the same setting.",
-        "",
-        "| network | paper ms | ours ms (default) | quartiles | ours ms (fp32) | quartiles | "
-        "paper / 1001 | ours / 1001 (default) | ours / 1001 (fp32) | paper C10 error |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        default, fp32 = _ms(r["default"]), _ms(r["fp32"])
-        lines.append(
-            f"| {r['label']} | {r['paper_ms']:g} | {default[0]} | {default[1]} | {fp32[0]} | "
-            f"{fp32[1]} | {_ratio(r['paper_ratio'])} | {_ratio(r['default_ratio'])} | "
-            f"{_ratio(r['fp32_ratio'])} | {r['paper_error']:.2f} ({r['error_source']}) |"
-        )
-    return [*lines, ""]
-
-
-def figure4_json(record: figure4.Record) -> dict[str, Any]:
-    info = {k: v for k, v in asdict(record).items() if k != "rows"}
-    return {**info, "paper_device": figure4.PAPER_DEVICE, "rows": figure4.figure_rows(record)}
 
 
 def _csv_cell(c: dict[str, Any]) -> dict[str, Any]:
     flat = {**c, "flags": "; ".join(c["flags"]), "data": " ".join(c["data"])}
-    flat["per_seed"] = _seeds_text(c)
+    flat["per_seed"] = stats.seeds_text(c)
     for key in ("last_k", "val_selected"):
         values = c.get(key) or {}
         flat[f"{key}_mean"], flat[f"{key}_std"] = values.get("mean"), values.get("std")
@@ -518,7 +383,7 @@ def report(root: str | Path, fmt: str = "md", chosen: Statistics = Statistics())
         log.warning(f"left out of the report: {problem}")
     all_cells = cells(records, chosen)
     if fmt == "json":
-        figures = [figure4_json(record) for record in timings]
+        figures = [figure4.as_json(record) for record in timings]
         text = json.dumps({"cells": all_cells, "figure4": figures}, indent=2) + "\n"
     elif fmt == "csv":
         text = format_csv(all_cells, timings)

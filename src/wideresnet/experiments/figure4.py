@@ -288,3 +288,48 @@ def figure_rows(record: Record) -> list[dict[str, Any]]:
         if row["default"] or row["fp32"]:
             rows.append(row)
     return rows
+
+
+# -- in the report (`wrn report`) --------------------------------------------------------------
+
+
+def _ms(timing: dict[str, Any] | None) -> tuple[str, str]:
+    if timing is None:
+        return "-", "-"
+    spread = f"{timing['q1_ms']:.1f}-{timing['q3_ms']:.1f} (n={timing['reps']})"
+    return f"{timing['median_ms']:.1f}", spread
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def markdown(record: Record) -> list[str]:
+    rows = figure_rows(record)
+    first = next((r["default"] for r in rows if r["default"]), None)
+    setting = first["setting"] if first else "-"
+    batch = record.batch_size
+    batch_note = "" if batch == PAPER_BATCH else f" (batch {batch}, not the paper's 32)"
+    lines = [
+        f"**figure4** on {record.device_name} ({record.device}, torch {record.torch}, "
+        f"{record.threads} threads){batch_note}: {TITLE}. Paper: "
+        f"{PAPER_DEVICE}. Ours: {record.measured}; default = `wrn train`'s setting "
+        f"here ({setting}); ratios to pre-act ResNet-1001 in the same setting.",
+        "",
+        "| network | paper ms | ours ms (default) | quartiles | ours ms (fp32) | quartiles | "
+        "paper / 1001 | ours / 1001 (default) | ours / 1001 (fp32) | paper C10 error |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        default, fp32 = _ms(r["default"]), _ms(r["fp32"])
+        lines.append(
+            f"| {r['label']} | {r['paper_ms']:g} | {default[0]} | {default[1]} | {fp32[0]} | "
+            f"{fp32[1]} | {_ratio(r['paper_ratio'])} | {_ratio(r['default_ratio'])} | "
+            f"{_ratio(r['fp32_ratio'])} | {r['paper_error']:.2f} ({r['error_source']}) |"
+        )
+    return [*lines, ""]
+
+
+def as_json(record: Record) -> dict[str, Any]:
+    info = {k: v for k, v in asdict(record).items() if k != "rows"}
+    return {**info, "paper_device": PAPER_DEVICE, "rows": figure_rows(record)}
