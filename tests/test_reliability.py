@@ -208,9 +208,7 @@ def test_a_later_overwrite_that_saves_removes_what_a_killed_one_left(npz, finish
     assert json.loads((run / "config.json").read_text())["lr"] == 0.02
 
 
-def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(
-    npz, finished, tmp_path
-):
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(npz, finished, tmp_path):
     run = copy_run(finished, tmp_path / "run")
     (run / "result.json").unlink()
     dead = subprocess.run(
@@ -518,9 +516,7 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", [*BROKEN, "N10-metrics-lines"])
-def test_a_broken_run_folder_is_left_out_by_name_and_the_rest_reported(
-    experiment, tmp_path, case
-):
+def test_a_broken_run_folder_is_left_out_by_name_and_the_rest_reported(experiment, tmp_path, case):
     copy = tmp_path / "exp"
     shutil.copytree(experiment, copy)
     broken = copy / "table6" / "16-4" / "seed1"
