@@ -275,3 +275,59 @@ def test_status_of_a_folder_with_no_runs_is_one_line(tmp_path):
     assert "no runs here" in line
     line = one_line_error(cli("table", "status", tmp_path / "missing"))
     assert "no such experiment folder" in line
+
+
+def test_a_stopped_submitit_local_runner_signals_its_runs(npz, tmp_path):
+    """SIGTERM to the runner: the running run (a process it started) saves a checkpoint."""
+    out = tmp_path / "exp"
+    command = [sys.executable, "-m", "wideresnet"]
+    command += table_command(npz, out, "--launcher", "submitit-local", "--max-parallel", "1")
+    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "table6" / "16-4" / "npz-as-cifar10" / "seed0"
+    wait_for(first / "checkpoint.pt", runner)
+    runner.send_signal(signal.SIGTERM)
+    _, stderr = runner.communicate(timeout=300)
+    assert runner.returncode == 143, stderr
+    log = (out / "logs" / "table6-16-4-npz-as-cifar10-seed0.log").read_text()
+    assert "stopped by SIGTERM; checkpoint saved" in log
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's may stay one in a container)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+class EndedJob:
+    """A job that has ended (submitit's Job.done() is True), as the runner sees one."""
+
+    def done(self) -> bool:
+        return True
+
+
+def test_a_pid_planted_in_a_runs_lock_is_never_signalled(tmp_path):
+    from types import SimpleNamespace
+
+    from wideresnet.experiments.cluster import _stop_local_jobs
+
+    # an unrelated process: started by a shell that exits at once, so not one of ours
+    shell = subprocess.run(["sh", "-c", "sleep 120 >/dev/null 2>&1 & echo $!"], capture_output=True)
+    stranger = int(shell.stdout)
+    child = subprocess.Popen(["sleep", "120"])  # one this process started
+    try:
+        planted, ours = tmp_path / "planted", tmp_path / "ours"
+        for run_dir, pid in ((planted, stranger), (ours, child.pid)):
+            run_dir.mkdir()
+            (run_dir / ".lock").write_text(str(pid))
+        _stop_local_jobs([(SimpleNamespace(run_dir=planted), EndedJob())])
+        time.sleep(0.5)  # a signalled sleep would be gone (or a zombie) by now
+        assert running(stranger)  # never signalled
+        _stop_local_jobs([(SimpleNamespace(run_dir=ours), EndedJob())])
+        assert child.wait(10) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+        os.kill(stranger, signal.SIGKILL)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from wideresnet.errors import Interrupted, RunError, WriteError, WrnError
+from wideresnet.errors import DataError, Interrupted, RunError, WriteError, WrnError
 
 
 def free_space(path: Path) -> str:
@@ -154,6 +154,26 @@ def check_regular(path: Path, what: str) -> None:
         raise RunError(f"{path}: unreadable ({error.strerror})") from None
     if not stat.S_ISREG(mode):
         raise RunError(f"{path}: not a regular file; refusing to read it as a {what}")
+
+
+def one_component(name: object, what: str, where: str) -> str:
+    """A name read from a file (a wnid, a shard's file name), as one path component inside
+    its folder: not empty, no separator, not '.' or '..'; DataError naming `where` otherwise."""
+    text = str(name)
+    if not text or "/" in text or "\\" in text or "\0" in text or text in (".", ".."):
+        raise DataError(f"{where}: {what} {text!r} is not a name inside its folder; refusing it")
+    return text
+
+
+def relative_inside(key: object, folder: Path) -> bool:
+    """`key` (a run's name in an experiment's records) is a relative path that stays inside
+    `folder`, links included."""
+    if not isinstance(key, str) or not key or Path(key).is_absolute():
+        return False
+    try:
+        return (folder / key).resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:

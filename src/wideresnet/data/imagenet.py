@@ -22,6 +22,7 @@ import numpy as np
 
 from wideresnet.data.folders import FolderSource, folder_files, to_rgb
 from wideresnet.errors import DataError
+from wideresnet.files import check_regular, one_component
 from wideresnet.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,14 @@ def prepare_imagenet(data_dir: str | Path, val_labels: str | Path | None = None)
     flat = sorted(e.name for e in os.scandir(val) if e.is_file() and not e.name.startswith("."))
     source = Path(val_labels) if val_labels else _find_labels(root)
     if source.suffix == ".csv":
+        check_regular(source, "label file")
         labels = _labels_from_csv(source)
     else:
         labels = _labels_from_devkit(source, flat)
+    for wnid in {labels[Path(name).stem] for name in flat if Path(name).stem in labels}:
+        one_component(wnid, "class (wnid)", str(source))
+        if (val / wnid).is_symlink() or (val / wnid).exists() and not (val / wnid).is_dir():
+            raise DataError(f"{val / wnid}: not a class folder (a link or a file); nothing moved")
     missing = [name for name in flat if Path(name).stem not in labels]
     if missing:
         raise DataError(

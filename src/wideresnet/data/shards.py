@@ -19,6 +19,7 @@ import numpy as np
 
 from wideresnet.data.cache import verify_digest
 from wideresnet.errors import DataError
+from wideresnet.files import check_regular, one_component
 
 FORMAT = "wideresnet-shards/1"
 INDEX = "index.json"
@@ -58,7 +59,8 @@ def _verify(path: Path, expected: str) -> None:
 
 def _open(root: Path, entry: dict, shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(images memory map, labels) of one shard, its size and header checked."""
-    path = root / str(entry["file"])
+    path = root / one_component(entry["file"], "shard file", str(root / INDEX))
+    check_regular(path, "shard")
     n = int(entry["images"])
     size = HEADER_BYTES + 8 * n + n * int(np.prod(shape))
     try:

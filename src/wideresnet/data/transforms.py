@@ -54,7 +54,7 @@ def random_sized_box(width: int, height: int, draw: np.random.Generator):
         w, h = _round(math.sqrt(target * aspect)), _round(math.sqrt(target / aspect))
         if draw.uniform() < 0.5:
             w, h = h, w
-        if h <= height and w <= width:
+        if 0 < h <= height and 0 < w <= width:  # a side of 0 (a tiny image): fb would fail
             y = int(draw.integers(0, height - h + 1))
             x = int(draw.integers(0, width - w + 1))
             return x, y, w, h

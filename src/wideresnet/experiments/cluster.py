@@ -357,10 +357,12 @@ def _run_locally(executor, todo, exp_dir: Path, options: ClusterOptions, plan) -
 
 
 def _stop_local_jobs(active: list) -> None:
-    """Each job's run gets SIGTERM: it saves a checkpoint, and its job ends with it."""
+    """Each job's run gets SIGTERM: it saves a checkpoint, and its job ends with it. Only a
+    process this runner started is signalled (a descendant of it): the pid in a run's lock is
+    a record in a file, which may be stale or planted."""
     for run, _ in active:
         pid = _lock_holder(run)
-        if pid:
+        if pid and descends_from(pid, os.getpid()):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -371,6 +373,21 @@ def _stop_local_jobs(active: list) -> None:
     for _, job in active:
         if not job.done():  # a job whose run never started: its controller is stopped
             job.cancel(check=False)
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """`pid` is a child, grandchild, ... of `ancestor` (Linux's /proc; False elsewhere)."""
+    for _ in range(64):  # a process tree is never this deep; a loop guard
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return False
+        pid = int(fields[1])  # the parent
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 def _lock_holder(run: PlannedRun) -> int | None:

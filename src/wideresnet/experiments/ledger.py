@@ -4,6 +4,7 @@ with where they came from."""
 from __future__ import annotations
 
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,21 @@ from wideresnet.experiments.runner import TABLE_RUNS
 from wideresnet.files import atomic_write, write_json
 from wideresnet.report import collect
 from wideresnet.train.environment import git_commit
-from wideresnet.train.rundir import RECORD_FILES
+from wideresnet.train.rundir import CONFIG, RECORD_FILES
+
+LARGEST = 64 << 20  # bytes: a run's records are small; anything larger is not one
+
+
+def _checked(source: Path) -> Path:
+    """A run's own small file: not a link (the ledger is committed: a link could bring in
+    anything it names), a regular file, at most LARGEST bytes; RunError naming it otherwise."""
+    if source.is_symlink():
+        raise RunError(f"{source}: a link; the ledger copies only a run's own files")
+    info = source.stat()
+    if not stat.S_ISREG(info.st_mode) or info.st_size > LARGEST:
+        size = f"{info.st_size:,} bytes" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise RunError(f"{source}: {size}; the ledger takes small regular files only")
+    return source
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -30,19 +45,25 @@ def save_ledger(exp_dir: str | Path, to: str | Path) -> dict[str, Any]:
     if target.exists() and any(target.iterdir()):
         raise RunError(f"--to {target}: not empty; choose a new folder for this batch of runs")
     timings = sorted(source.rglob(f"{figure4.NAME}/*.json"))
-    records = collect(source, timings=bool(timings))
-    for record in records:
-        folder = target / record.path.relative_to(source)
+    for config in source.rglob(CONFIG):  # before any is read: a link is refused, not followed
         for name in RECORD_FILES:
-            if (record.path / name).is_file():
-                _copy(record.path / name, folder / name)
-    if (source / TABLE_RUNS).is_file():
-        _copy(source / TABLE_RUNS, target / TABLE_RUNS)
-    for grid in sorted((source / GRIDS).glob("*.toml")):  # the grid files the runs came from
-        _copy(grid, target / GRIDS / grid.name)
+            if (config.parent / name).exists() or (config.parent / name).is_symlink():
+                _checked(config.parent / name)
+    records = collect(source, timings=bool(timings))
+    files = [  # every file first checked, then copied: a refused one leaves no partial ledger
+        record.path / name
+        for record in records
+        for name in RECORD_FILES
+        if (record.path / name).exists() or (record.path / name).is_symlink()
+    ]
+    files += [source / TABLE_RUNS] if (source / TABLE_RUNS).exists() else []
+    files += sorted((source / GRIDS).glob("*.toml"))  # the grid files the runs came from
     for timing in timings:  # Figure 4's records, each read as one first
         figure4.read_record(timing)
-        _copy(timing, target / timing.relative_to(source))
+    for path in [*files, *timings]:
+        _checked(path)
+    for path in [*files, *timings]:
+        _copy(path, target / path.relative_to(source))
     provenance = {
         "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "from": str(source.absolute()),

@@ -12,6 +12,7 @@ from any machine that sees the folder.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from wideresnet.errors import DataError, RunError
 from wideresnet.experiments.cluster import job_active, read_jobs
 from wideresnet.experiments.plan import PlannedRun
 from wideresnet.experiments.runner import TABLE_RUNS, locked, log_of, run_key, stopped_by_signal
-from wideresnet.files import read_json, write_json
+from wideresnet.files import read_json, relative_inside, write_json
 from wideresnet.train.rundir import CONFIG, RunDir, RunState
+
+log = logging.getLogger(__name__)
 
 PLAN = "plan.json"  # EXP_DIR's record of every run a `wrn table run` planned
 STATES = ("finished", "running", "queued", "stopped", "failed", "new")
@@ -96,6 +99,10 @@ def table_status(exp_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{exp_dir}: no such experiment folder")
     plan = read_json(exp_dir / PLAN)
     plan = plan if isinstance(plan, dict) else {}
+    outside = [key for key in plan if not relative_inside(key, exp_dir)]
+    for key in outside:  # a record naming a folder elsewhere is not a run of this experiment
+        log.warning(f"{exp_dir / PLAN}: {str(key)[:200]!r} is not a folder inside it; left out")
+        del plan[key]
     found = {
         str(p.parent.relative_to(exp_dir))
         for p in exp_dir.rglob(CONFIG)

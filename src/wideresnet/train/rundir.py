@@ -120,7 +120,8 @@ class RunDir:
         found = []
         for entry in self.path.glob(ASIDE + "*") if self.path.is_dir() else []:
             pid = entry.name[len(ASIDE) :]
-            if entry.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            mine = entry.is_dir() and not entry.is_symlink()  # a link names another folder
+            if mine and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
                 found.append(entry)
         return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
@@ -137,9 +138,7 @@ class RunDir:
         if aside is None:
             return None
         self._clear_run_files()
-        for entry in aside.iterdir():
-            os.replace(entry, self / entry.name)
-        aside.rmdir()
+        self._move_back(aside)
         log.warning(
             f"{self.path}: the run an interrupted --overwrite replaced is back (from {aside.name})"
         )
@@ -276,11 +275,21 @@ class RunDir:
         if self._aside is None:
             return
         self._clear_run_files()
-        for entry in self._aside.iterdir():
-            os.replace(entry, self / entry.name)
-        self._aside.rmdir()
+        self._move_back(self._aside)
         self._aside = None
         log.info(f"the previous run in {self.path} was put back")
+
+    def _move_back(self, aside: Path) -> None:
+        """A run's own files (RUN_FILES, never a link) from the aside folder into this one;
+        the aside folder goes when nothing else is in it."""
+        for name in RUN_FILES:
+            entry = aside / name
+            if entry.exists() and not entry.is_symlink():
+                os.replace(entry, self / name)
+        try:
+            aside.rmdir()
+        except OSError:
+            log.warning(f"{aside}: left in place, it holds files that are not the run's")
 
     def _clear_run_files(self) -> None:
         for name in RUN_FILES:
