@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wideresnet.errors import ConfigError
+from wideresnet.errors import ConfigError, RunError
+from wideresnet.files import read_text
 from wideresnet.options import (
     AUTO_ON_OFF,
     EXPERIMENT_TAG,
@@ -433,14 +434,16 @@ RECORD_ONLY_KEYS = ("resolved", "run_id")  # config.json's record of a run; not 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The flat options in a JSON or TOML file (a run's own config.json included)."""
     path = Path(path)
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
-        text = path.read_text()
+        text = read_text(path, "config file")
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    except RunError as error:
+        raise ConfigError(f"cannot read the config: {error}") from None
     except ValueError as error:  # json and tomllib both raise ValueError subclasses
-        kind = "TOML" if path.suffix == ".toml" else "JSON"
         raise ConfigError(f"{path}: not valid {kind} ({error})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid {kind} (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold one object of options")
     return {k: v for k, v in data.items() if k not in RECORD_ONLY_KEYS}

@@ -186,9 +186,47 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     atomic_write(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
-def read_json(path: Path) -> Any:
-    """The JSON value in path, or None when the file is missing, empty or malformed."""
+RECORD_LIMIT = 64 << 20  # bytes: the largest record, config, grid, index or label file read
+
+
+def read_bounded(path: Path, what: str, limit: int = RECORD_LIMIT) -> bytes:
+    """The bytes of `path`, the one way files are read whole: a regular file (a FIFO would
+    hang the read, /dev/zero never end it) of at most `limit` bytes; RunError naming it and
+    the rule otherwise."""
+    path = Path(path)
+    check_regular(path, what)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):  # deep nesting: not a record
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as error:
+        raise RunError(f"{path}: unreadable ({error.strerror})") from None
+    if len(data) > limit:
+        raise RunError(f"{path}: larger than {limit:,} bytes; not a {what}")
+    return data
+
+
+def read_text(path: Path, what: str, limit: int = RECORD_LIMIT) -> str:
+    """`read_bounded` as UTF-8 text; RunError naming the file when it is not."""
+    try:
+        return read_bounded(path, what, limit).decode()
+    except UnicodeDecodeError as error:
+        raise RunError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """json.loads with its errors (deep nesting included) as one RunError naming `where`."""
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise RunError(f"{where}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise RunError(f"{where}: not valid JSON (nested too deeply)") from None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in path, or None when the file is missing, not a regular file, too
+    large, or malformed (a record the project wrote, read back: the caller says what then)."""
+    try:
+        return parse_json(read_text(path, "JSON record"), str(path))
+    except RunError:
         return None

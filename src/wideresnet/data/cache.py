@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from wideresnet.errors import DataError, WriteError
-from wideresnet.files import atomic_write
+from wideresnet.files import atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,7 @@ def verify_digest(path: Path, algorithm: str, expected: str, record_name: str, r
 
 def read_record(name: str) -> dict:
     """A JSON record of the cache (e.g. verified checksums); {} when missing or malformed."""
-    try:
-        record = json.loads((cache_dir() / name).read_text())
-    except (OSError, ValueError):
-        return {}
+    record = read_json(cache_dir() / name)
     return record if isinstance(record, dict) else {}
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from wideresnet.data.folders import FolderSource, folder_files, to_rgb
-from wideresnet.errors import DataError
-from wideresnet.files import check_regular, one_component
+from wideresnet.errors import DataError, RunError
+from wideresnet.files import check_regular, one_component, read_text
 from wideresnet.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,9 @@ def class_names(root: Path, wnids: list[str]) -> list[str]:
     """The wnids' names from LOC_synset_mapping.txt ("n01440764 tench, Tinca tinca"), in
     DIR or beside it; the wnids themselves where there is none."""
     for path in (root / SYNSETS, root.parent / SYNSETS):
-        if path.is_file():
+        if path.exists():
             names = {}
-            for line in path.read_text().splitlines():
+            for line in _side_text(path, "synset list").splitlines():
                 wnid, _, name = line.strip().partition(" ")
                 names[wnid] = name.strip() or wnid
             return [names.get(wnid, wnid) for wnid in wnids]
@@ -61,9 +61,9 @@ def listing(root: Path, split: str) -> tuple[list[str], np.ndarray, list[str]]:
 def excluded(root: Path) -> set[str]:
     """The paths DIR/wrn-exclude.txt lists (relative to DIR), if there is one."""
     path = root / EXCLUDE if root.is_dir() else root.parent / EXCLUDE
-    if not path.is_file():
+    if not path.exists():
         return set()
-    lines = (line.strip() for line in path.read_text().splitlines())
+    lines = (line.strip() for line in _side_text(path, "exclusion list").splitlines())
     return {line for line in lines if line and not line.startswith("#")}
 
 
@@ -72,11 +72,18 @@ def excluded(root: Path) -> set[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _side_text(path: Path, what: str) -> str:
+    """A text file beside the images (a regular file, bounded, UTF-8); DataError naming it."""
+    try:
+        return read_text(path, what)
+    except RunError as error:
+        raise DataError(str(error)) from None
+
+
 def _labels_from_csv(path: Path) -> dict[str, str]:
     """LOC_val_solution.csv: ImageId,PredictionString ("n01751748 x y x y ...")."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(_side_text(path, "label file"), newline="")))
         return {row["ImageId"]: row["PredictionString"].split()[0] for row in rows}
     except (OSError, KeyError, IndexError, csv.Error, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not a LOC_val_solution.csv ({error})") from None

@@ -11,15 +11,14 @@ official files' md5s are).
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from wideresnet.data.cache import verify_digest
-from wideresnet.errors import DataError
-from wideresnet.files import check_regular, one_component
+from wideresnet.errors import DataError, RunError
+from wideresnet.files import check_regular, one_component, parse_json, read_text
 
 FORMAT = "wideresnet-shards/1"
 INDEX = "index.json"
@@ -40,12 +39,12 @@ def shard_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
 def read_index(root: Path) -> dict:
     """index.json of a shards folder, checked; DataError naming it otherwise."""
     path = root / INDEX
+    if not path.exists() and not path.is_symlink():
+        raise DataError(f"{root}: no {INDEX} (shards are made by `wrn data pack`)")
     try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{root}: no {INDEX} (shards are made by `wrn data pack`)") from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: not readable ({error})") from None
+        index = parse_json(read_text(path, "shards index"), str(path))
+    except RunError as error:
+        raise DataError(str(error)) from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DataError(f"{path}: not a wideresnet shards index (format {FORMAT})")
     return index

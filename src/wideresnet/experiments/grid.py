@@ -23,6 +23,7 @@ as the paper's tables do (`wrn table run|show grid.toml`, `wrn report`).
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -31,15 +32,17 @@ from typing import Any
 
 import torch
 
-from wideresnet.errors import ConfigError, ModelNameError
+from wideresnet.errors import ConfigError, ModelNameError, RunError
 from wideresnet.experiments.registry import PRESET_OF, TABLES, Row, Table, get_table, register
-from wideresnet.files import atomic_write
+from wideresnet.files import atomic_write, read_text
 from wideresnet.models import create_model
 from wideresnet.recipes import MODEL_OPTIONS, make_config
 
 KEYS = {"name", "title", "preset", "datasets", "seeds", "base", "rows", "statistic"}
 ROW_KEYS = {"id", "published", "label", "note"}  # the rest of a row: its options
-SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a folder name: 100 characters
+MAX_ROWS = 1000  # rows of one grid file: each row is a run per seed and dataset
+GRID_LIMIT = 1 << 20  # bytes of a grid file
 FOLDER = "tables"  # EXP_DIR/tables/NAME.toml: the grids an experiment ran
 
 
@@ -61,12 +64,14 @@ def load_grid(path: str | Path) -> Grid:
     table registered (so that reports find it); ConfigError naming the file, row and option."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_text(path, "grid file", GRID_LIMIT)
         data = tomllib.loads(text)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the grid file ({error.strerror})") from None
-    except (ValueError, UnicodeDecodeError) as error:
+    except RunError as error:
+        raise ConfigError(f"cannot read the grid file: {error}") from None
+    except ValueError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
     grid = _parse(path, data, text)
     register(grid.table)
     return grid
@@ -109,6 +114,8 @@ def _parse(path: Path, data: dict[str, Any], text: str) -> Grid:
     rows = data.get("rows")
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise fail("no rows (each row: [[rows]] with an id and its options)")
+    if len(rows) > MAX_ROWS:
+        raise fail(f"{len(rows):,} rows; a grid has at most {MAX_ROWS:,} (split it into files)")
     built, seen = [], set()
     for number, row in enumerate(rows, 1):
         built.append(_row(fail, row, number, base, preset, columns, seen))
@@ -130,7 +137,7 @@ def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set) -
     published = row.get("published", {})
     if not isinstance(published, dict):
         raise fail(f"{where}: published must be a table, e.g. {{ cifar10 = 5.02 }}")
-    values = {**base, **options}
+    values = {str(k).replace("-", "_"): v for k, v in {**base, **options}.items()}
     for reserved in ("dataset", "data_dir", "seed", "experiment", "out"):
         if reserved in values:
             raise fail(f"{where}: option {reserved!r} is set by `wrn table run`, not the grid")
@@ -148,6 +155,8 @@ def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set) -
             raise fail(f"{where}: published {column!r} is not one of the datasets")
         if not isinstance(number_given, int | float) or isinstance(number_given, bool):
             raise fail(f"{where}: published {column} = {number_given!r} is not a number")
+        if not math.isfinite(number_given):
+            raise fail(f"{where}: published {column} = {number_given!r} is not a finite number")
     flat = {k.replace("-", "_"): v for k, v in values.items() if k != "model"}
     model_options = {k: _tuple(v) for k, v in flat.items() if k in MODEL_OPTIONS}
     settings = {k: _tuple(v) for k, v in flat.items() if k not in MODEL_OPTIONS}

@@ -20,11 +20,12 @@ from wideresnet.errors import DataError, RunError
 from wideresnet.experiments.cluster import job_active, read_jobs
 from wideresnet.experiments.plan import PlannedRun
 from wideresnet.experiments.runner import TABLE_RUNS, locked, log_of, run_key, stopped_by_signal
-from wideresnet.files import read_json, relative_inside, write_json
+from wideresnet.files import check_regular, read_json, relative_inside, write_json
 from wideresnet.train.rundir import CONFIG, RunDir, RunState
 
 log = logging.getLogger(__name__)
 
+LOG_TAIL = 64 << 10  # bytes: the end of a run's log, where its last error line is
 PLAN = "plan.json"  # EXP_DIR's record of every run a `wrn table run` planned
 STATES = ("finished", "running", "queued", "stopped", "failed", "new")
 
@@ -47,9 +48,13 @@ def record_plan(exp_dir: Path, runs: list[PlannedRun]) -> None:
 
 def _first_error(exp_dir: Path, key: str) -> str | None:
     """The last `wrn: error:` line of a run's log, if its last exit was a failure."""
+    path = log_of(exp_dir, key)
     try:
-        lines = log_of(exp_dir, key).read_text(errors="replace").splitlines()
-    except OSError:
+        check_regular(path, "log")  # a FIFO would hang the read
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - LOG_TAIL))
+            lines = f.read(LOG_TAIL).decode(errors="replace").splitlines()
+    except (OSError, RunError):
         return None
     errors = [line for line in lines if line.startswith("wrn: ")]
     return errors[-1] if errors else None

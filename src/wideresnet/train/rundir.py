@@ -24,7 +24,7 @@ from typing import Any
 
 from wideresnet.errors import RunError, WriteError
 from wideresnet.extras import require
-from wideresnet.files import alive, atomic_write, free_space, read_json, write_json
+from wideresnet.files import alive, atomic_write, free_space, read_json, read_text, write_json
 from wideresnet.train.checkpoint import CHECKPOINT, PREVIOUS, Checkpoint, Checkpoints
 from wideresnet.train.records import MetricsRow, Result
 
@@ -324,15 +324,14 @@ class RunDir:
     def read_metrics(self) -> tuple[list[MetricsRow], list[int]]:
         """(the epoch records of metrics.jsonl, the numbers of its lines that are not one,
         besides a torn last line)."""
-        try:
-            lines = (self / METRICS).read_text().splitlines()
-        except (OSError, UnicodeDecodeError):
+        if not (self / METRICS).exists():
             return [], []
+        lines = read_text(self / METRICS, "metrics file").splitlines()  # RunError naming it
         rows, bad = [], []
         for number, line in enumerate(lines, 1):
             try:
                 rows.append(MetricsRow.from_dict(json.loads(line), str(self / METRICS)))
-            except (ValueError, RunError):
+            except (ValueError, RecursionError, RunError):
                 torn = number == len(lines) and line.startswith("{")
                 if not torn:
                     bad.append(number)

@@ -1,0 +1,143 @@
+"""Every file the package reads whole goes through one reader (files.read_bounded): a FIFO, a
+link to /dev/zero, a 2 GB sparse file or deep nesting in place of a config, a grid, a shards
+index, a label CSV, the CPU-settings cache, a run's metrics or log, or an experiment's plan is
+one line naming the file (or, for the project's own caches and records, ignored), never a
+hang, an exhausted memory or an internal error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from helpers import cli, one_line_error
+
+
+def fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def sparse(path: Path) -> None:
+    with open(path, "wb") as f:
+        f.truncate(2 << 30)  # 2 GB that take no disk
+
+
+def deep(path: Path) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    path.write_text(f"x = {nested}\n" if path.suffix == ".toml" else nested)
+
+
+BAD = {"fifo": fifo, "dev-zero": dev_zero, "sparse-2GB": sparse, "deep": deep}
+
+
+@pytest.fixture(autouse=True)
+def no_hang():
+    """A read that hangs fails the test after 60 s instead of stopping the suite."""
+
+    def hung(signum, frame):
+        raise TimeoutError("a read hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+TINY = "--model wrn-10-1 --dataset npz --epochs 1 --batch-size 32 --precision fp32"
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_a_bad_config_or_grid_file_is_one_line(tmp_path, bad):
+    config, grid = tmp_path / "c.json", tmp_path / "g.toml"
+    BAD[bad](config)
+    BAD[bad](grid)
+    line = one_line_error(cli("train", "--config", config, "--out", tmp_path / "run"))
+    assert str(config) in line
+    line = one_line_error(cli("table", "show", grid))
+    assert str(grid) in line
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_a_bad_shards_index_is_one_line(npz, tmp_path, bad):
+    shards = tmp_path / "shards"
+    assert (
+        cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", shards).returncode == 0
+    )
+    (shards / "index.json").unlink()
+    BAD[bad](shards / "index.json")
+    result = cli(
+        "train",
+        *TINY.replace("npz", "shards").split(),
+        "--data-dir",
+        shards,
+        "--out",
+        tmp_path / "r",
+    )
+    assert "index.json" in one_line_error(result)
+
+
+@pytest.mark.parametrize("bad", ["fifo", "dev-zero", "sparse-2GB"])
+def test_a_bad_label_csv_is_one_line(tmp_path, bad):
+    (tmp_path / "inet" / "val").mkdir(parents=True)
+    BAD[bad](tmp_path / "labels.csv")
+    result = cli(
+        "data",
+        "prepare",
+        "imagenet",
+        "--data-dir",
+        tmp_path / "inet",
+        "--val-labels",
+        tmp_path / "labels.csv",
+    )
+    assert "labels.csv" in one_line_error(result)
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_a_bad_cpu_settings_cache_is_ignored(npz, tmp_path, isolated_cache, bad):
+    BAD[bad](isolated_cache / "cpu-settings.json")
+    result = cli(
+        "train", *TINY.split(), "--train-limit", "64", "--data-dir", npz, "--out", tmp_path / "r"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def experiment(npz, tmp_path_factory) -> Path:
+    """An experiment folder with one finished run of a table cell."""
+    exp = tmp_path_factory.mktemp("exp") / "exp"
+    tag = ("--experiment", "table6/16-4@cifar10")
+    out = exp / "run"
+    assert cli("train", *TINY.split(), *tag, "--data-dir", npz, "--out", out).returncode == 0
+    return exp
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_bad_records_of_an_experiment_are_said_and_the_rest_reported(experiment, tmp_path, bad):
+    exp = tmp_path / "exp"
+    shutil.copytree(experiment, exp, ignore=shutil.ignore_patterns("*.pt"))
+    second = exp / "second"
+    shutil.copytree(exp / "run", second)
+    (second / "metrics.jsonl").unlink()
+    BAD[bad](second / "metrics.jsonl")
+    (exp / "logs").mkdir()
+    BAD[bad](exp / "logs" / "second.log")
+    BAD[bad](exp / "plan.json")
+    status = cli("table", "status", exp, "--json")
+    assert status.returncode == 0, status.stderr
+    states = {r["path"]: r for r in json.loads(status.stdout)["runs"]}
+    assert states["run"]["state"] == "finished"
+    if bad != "deep":  # a deep line is no epoch record: the run reads, without its epochs
+        assert (
+            states["second"]["state"] == "failed" and "metrics.jsonl" in states["second"]["error"]
+        )
+    report = cli("report", exp, "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["cells"][0]["runs"] >= 1
