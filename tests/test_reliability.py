@@ -646,21 +646,32 @@ def cache_entries(cache: Path, split: str) -> list[Path]:
     return sorted(cache.rglob(f"*{split}*.npz"))
 
 
-@pytest.mark.parametrize("case", ["no-labels", "other-contents"])
-def test_an_odd_cache_entry_is_rebuilt(tmp_path, isolated_cache, case):
+@pytest.mark.parametrize("case", ["no-labels", "other-contents", "changed-pixel", "old-entry"])
+def test_an_odd_or_changed_cache_entry_is_decoded_again(tmp_path, isolated_cache, case):
+    from wideresnet import load_dataset
+
     root = tmp_path / "images"
     write_image_folder(root, np.random.default_rng(0), per_class=4)
     verify = ["data", "verify", "--dataset", "folder", "--data-dir", root]
     first = cli(*verify)
     assert first.returncode == 0 and "train: 12 images" in first.stdout, first.stdout
     [entry] = cache_entries(isolated_cache, "train")
-    if case == "no-labels":
-        np.savez(entry, images=np.zeros((12, 32, 32, 3), np.uint8))
-    else:
-        np.savez(entry, images=np.zeros((5, 32, 32, 3), np.uint8), labels=np.zeros(5, np.int64))
+    with np.load(entry) as cached:
+        stored = {name: cached[name] for name in cached.files}
+    images = stored["images"].copy()
+    if case == "no-labels":  # the right key, short of an array
+        del stored["labels"]
+    elif case == "other-contents":
+        stored["images"], stored["labels"] = images[:5], stored["labels"][:5]
+    elif case == "changed-pixel":  # one byte changed on disk, its key and digest kept
+        stored["images"][3, 7, 7, 1] ^= 0x40
+    else:  # an entry of 0.3, written without a digest
+        del stored["__sha256__"]
+    np.savez(entry, **stored)
     again = cli(*verify)
     assert again.returncode == 0, again.stderr
     assert "train: 12 images" in again.stdout and "rebuilding" in again.stderr
+    assert np.array_equal(load_dataset("folder", root, split="train")[0], images)
 
 
 def test_wrn_data_dir_that_is_a_file_is_one_line(tmp_path):

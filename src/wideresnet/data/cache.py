@@ -49,28 +49,35 @@ def fingerprint(parts: Iterable[str | bytes]) -> str:
 
 
 KEY = "__key__"  # every entry holds the full key it was built for
+DIGEST = "__sha256__"  # and the SHA-256 of its arrays (arrays_digest)
 
 
 def cached_arrays(
     kind: str, name: str, key: str, build: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """build()'s arrays, from cache_dir()/kind/name-key.npz when it holds a readable copy
-    built for this key (an entry that is torn, foreign, for another key or short of arrays
-    is rebuilt, never trusted)."""
+    built for this key whose content is what was written (the SHA-256 of its arrays, stored
+    beside them, checked on every load: about 0.1 s for CIFAR-10's 150 MB); an entry that is
+    torn, foreign, for another key, changed or short of arrays is rebuilt, never trusted."""
     folder = cache_dir() / kind
     path = folder / f"{name}-{key[:16]}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as cached:
                 arrays = {k: cached[k] for k in cached.files}
-            if str(arrays.pop(KEY, "")) == key:
+            stored_key, stored_digest = str(arrays.pop(KEY, "")), str(arrays.pop(DIGEST, ""))
+            if stored_key != key:
+                log.warning(f"cache entry {path} was not built for these files; rebuilding it")
+            elif stored_digest != arrays_digest(arrays):
+                log.warning(f"cache entry {path} changed since it was written; rebuilding it")
+            else:
                 return arrays
-            log.warning(f"cache entry {path} was not built for these files; rebuilding it")
         except Exception as error:  # any unreadable entry is rebuilt: it is only a cache
             log.warning(f"cache entry {path} is unreadable ({type(error).__name__}); rebuilding it")
     arrays = build()
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays, **{KEY: np.array(key)})
+    stamps = {KEY: np.array(key), DIGEST: np.array(arrays_digest(arrays))}
+    np.savez(buffer, **arrays, **stamps)
     try:
         atomic_write(path, buffer.getvalue())
         for old in folder.glob(f"{name}-*.npz"):  # a changed source leaves a stale entry
@@ -79,6 +86,16 @@ def cached_arrays(
     except (WriteError, OSError) as error:
         log.warning(f"could not write the cache entry {path}: {error}")
     return arrays
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays: each one's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def file_digest(path: Path, algorithm: str, chunk: int = 1 << 22) -> str:
