@@ -224,6 +224,36 @@ def test_a_distilled_student_trains_and_records_its_teacher(npz, tmp_path):
     assert "--teacher does not combine with mixup" in line
 
 
+def test_the_teacher_is_checked_at_the_start_and_on_every_resume(npz, tmp_path):
+    import shutil
+
+    teacher, other = tmp_path / "teacher", tmp_path / "other"
+    assert cli(*train_args(npz, teacher, model="wrn-10-2")).returncode == 0
+    assert cli(*train_args(npz, other, "--seed", "7", model="wrn-10-2")).returncode == 0
+    student = tmp_path / "student"
+    stopped = cli_with("sigterm", 3, *train_args(npz, student, "--teacher", teacher))
+    assert stopped.returncode == 143, stopped.stderr
+    recorded = json.loads((student / "config.json").read_text())["resolved"]["teacher"]
+    assert len(recorded["sha256"]) == 64
+    shutil.move(teacher, tmp_path / "kept")  # another teacher in its place
+    shutil.copytree(other, teacher)
+    line = one_line_error(cli("train", "--resume", student))
+    assert "not the ones this run started with" in line
+    shutil.rmtree(teacher)
+    shutil.move(tmp_path / "kept", teacher)  # the same teacher again: the run resumes
+    assert cli("train", "--resume", student).returncode == 0
+    (other / "result.json").unlink()  # a teacher still training (or stopped) is refused
+    line = one_line_error(cli(*train_args(npz, tmp_path / "s2", "--teacher", other)))
+    assert "a run that has not finished" in line
+    renamed = learnable_npz(tmp_path / "renamed.npz", n_train=64, n_test=16, size=32)
+    with np.load(renamed) as arrays:
+        values = dict(arrays)
+    values["classes"] = np.array(["c0", "c2", "c1", "c3"])  # the same count, another order
+    np.savez(renamed, **values)
+    line = one_line_error(cli(*train_args(renamed, tmp_path / "s3", "--teacher", teacher)))
+    assert "its class 1 is 'c1', this run's is 'c2'" in line
+
+
 RD_MEAN, RD_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # RepDistiller CIFAR-100
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +25,9 @@ from torch import nn
 
 from wideresnet.config import Config
 from wideresnet.data.preprocess import normalisation
-from wideresnet.errors import ConfigError
+from wideresnet.errors import ConfigError, RunError
 from wideresnet.export import load_model
+from wideresnet.train.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +46,33 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def load_teacher(config: Config, classes: list[str], device: torch.device) -> Teacher | None:
-    """The run's teacher, checked against the student's data; None without --teacher."""
+def load_teacher(
+    config: Config, classes: list[str], device: torch.device, recorded: dict | None = None
+) -> Teacher | None:
+    """The run's teacher, checked against the student's data (its classes, in order, where it
+    names them; a run still training is refused); on resume, against the identity the run
+    recorded at its start (`recorded`: the same weights, or RunError); None without
+    --teacher."""
     source = config.optim.teacher
     if not source:
         return None
+    if Path(source).is_dir() and RunDir(source).status() is not RunState.FINISHED:
+        raise ConfigError(
+            f"--teacher {source}: a run that has not finished (no result.json); distill from "
+            "it once it has, or from an export of the weights you mean"
+        )
     model = load_model(source)
     if len(model.classes) != len(classes):
         raise ConfigError(
             f"--teacher {source}: it predicts {len(model.classes)} classes, this run's data has "
             f"{len(classes)}; distill from a teacher of the same classes"
+        )
+    named = [str(c) for c in model.classes] != [str(i) for i in range(len(classes))]
+    if named and list(map(str, model.classes)) != list(map(str, classes)):
+        first = next(i for i, (a, b) in enumerate(zip(model.classes, classes)) if a != b)
+        raise ConfigError(
+            f"--teacher {source}: its class {first} is {model.classes[first]!r}, this run's is "
+            f"{classes[first]!r}; its outputs would mean other classes"
         )
     conversion = _input_conversion(source, model.input_transform, config)
     identity = {
@@ -62,6 +81,12 @@ def load_teacher(config: Config, classes: list[str], device: torch.device) -> Te
         "classes": len(model.classes),
         "sha256": weights_sha256(model),
     }
+    if recorded and recorded.get("sha256") != identity["sha256"]:
+        raise RunError(
+            f"--teacher {source}: its weights are not the ones this run started with (SHA-256 "
+            f"{str(recorded.get('sha256'))[:12]}..., now {identity['sha256'][:12]}...); "
+            "resuming would distil from another teacher"
+        )
     if conversion is not None:
         identity["input_conversion"] = conversion.describe()
         log.info(f"--teacher {source}: {conversion.describe()}")

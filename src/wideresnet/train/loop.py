@@ -163,6 +163,8 @@ class Trainer:
         record = self.runtime.record(self.world.size)
         record["loader"] = self.data.loader
         record["reasons"]["loader"] = self.data.loader_reason
+        if self.teacher is not None:  # checked on every resume (train/distill.py)
+            record["teacher"] = self.teacher.identity
         if self.config.optim.lr_batch:
             optim = self.config.optim
             record["reasons"]["lr"] = (

@@ -110,7 +110,7 @@ def make_trainer(
             use_global_batch_norm(model)
         seed_process(seed, 1, Stream.DROPOUT, world.rank)  # each process its own dropout
     model = runtime.prepare(model)
-    teacher = load_teacher(config, data.classes, device)
+    teacher = load_teacher(config, data.classes, device, recorded.get("teacher"))
     run_id = run_id or new_run_id()
     return Trainer(config, run_dir, data, model, runtime, log_every, world, run_id, teacher)
 
