@@ -439,7 +439,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = read_text(path, "config file")
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except RunError as error:
-        raise ConfigError(f"cannot read the config: {error}") from None
+        reason = str(error).removeprefix(f"{path}: ")
+        raise ConfigError(f"{path}: cannot read config ({reason})") from None
     except ValueError as error:  # json and tomllib both raise ValueError subclasses
         raise ConfigError(f"{path}: not valid {kind} ({error})") from None
     except RecursionError:

@@ -11,10 +11,20 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from wideresnet.report import RunRecord
+
+class RunRecord(Protocol):
+    """What these statistics read of a run (report.RunRecord has it)."""
+
+    metrics: list  # MetricsRow: epoch, test_error, val_error
+    config: Any  # Config: runtime.seed
+
+    @property
+    def test_error(self) -> float | None: ...
+
+    @property
+    def finished(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def load_grid(path: str | Path) -> Grid:
         text = read_text(path, "grid file", GRID_LIMIT)
         data = tomllib.loads(text)
     except RunError as error:
-        raise ConfigError(f"cannot read the grid file: {error}") from None
+        reason = str(error).removeprefix(f"{path}: ")
+        raise ConfigError(f"{path}: cannot read the grid file ({reason})") from None
     except ValueError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
     except RecursionError:
