@@ -195,13 +195,17 @@ def read_bounded(path: Path, what: str, limit: int = RECORD_LIMIT) -> bytes:
     the rule otherwise."""
     path = Path(path)
     check_regular(path, what)
+    over = f"over the {limit:,}-byte limit for one {what}; refusing to read it"
     try:
+        size = path.stat().st_size
+        if size > limit:
+            raise RunError(f"{path}: {size:,} bytes, {over}")
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            data = f.read(limit + 1)  # no further than the limit, whatever the size said
     except OSError as error:
-        raise RunError(f"{path}: unreadable ({error.strerror})") from None
+        raise RunError(f"{path}: unreadable ({error.strerror or error})") from None
     if len(data) > limit:
-        raise RunError(f"{path}: larger than {limit:,} bytes; not a {what}")
+        raise RunError(f"{path}: {over}")
     return data
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import stat
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from wideresnet.data.cache import cached_arrays, file_stamp, fingerprint
-from wideresnet.errors import DataError
+from wideresnet.errors import DataError, RunError
+from wideresnet.files import read_bounded
 from wideresnet.progress import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -66,21 +66,9 @@ def read_image_file(path: Path) -> bytes:
     a regular file (a FIFO, a device, a folder) or is over the size limit, and read no further
     than the limit either way."""
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise DataError(f"{path}: not a regular file; refusing to read it as an image")
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise DataError(
-                f"{path}: {info.st_size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte limit for "
-                "one image; refusing to read it"
-            )
-        with open(path, "rb") as f:
-            data = f.read(MAX_IMAGE_BYTES + 1)
-    except OSError as error:
-        raise DataError(f"{path}: unreadable ({error.strerror or error})") from None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise DataError(f"{path}: over the {MAX_IMAGE_BYTES:,}-byte limit for one image")
-    return data
+        return read_bounded(path, "image", MAX_IMAGE_BYTES)
+    except RunError as error:
+        raise DataError(str(error)) from None
 
 
 def decode_image(data: bytes, name: str, image_size: int | None) -> np.ndarray:
