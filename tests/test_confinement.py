@@ -159,3 +159,26 @@ def test_a_tiny_image_falls_back_instead_of_a_box_of_side_0():
     crop = Crop("random-sized", 8, 8, 8)
     out = decode_crop(buffer.getvalue(), "tiny.jpg", crop, np.random.default_rng(0))
     assert out.shape == (8, 8, 3)
+
+
+def test_a_claims_or_lock_path_that_is_not_a_file_is_one_line(npz, tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / ".claims").write_text("not a folder")
+    where = ["--dataset", "npz", "--data-dir", npz, "--paper-dataset", "cifar10", "--rows", "16-4"]
+    quick = ["--", "--model", "wrn-10-1", "--batch-size", "32", "--precision", "fp32"]
+    run = ["table", "run", "table6", *where, "--epochs", "1", "--out", exp, *quick]
+    line = one_line_error(cli(*run))
+    assert ".claims" in line and "must be a folder of lock files" in line
+    (exp / ".claims").unlink()
+    (exp / ".plan.lock").unlink(missing_ok=True)
+    (exp / ".plan.lock").symlink_to(tmp_path / "elsewhere")  # a link is never followed
+    line = one_line_error(cli(*run))
+    assert ".plan.lock: cannot lock it" in line and not (tmp_path / "elsewhere").exists()
+
+
+def test_data_verify_with_fewer_than_one_worker_is_one_line(tmp_path):
+    line = one_line_error(
+        cli("data", "verify", "--dataset", "imagenet", "--data-dir", tmp_path, "--workers", "-1")
+    )
+    assert "--workers -1: at least 1 process" in line

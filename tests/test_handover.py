@@ -311,3 +311,15 @@ def test_the_deepmind_layout_with_relu_and_given_scales(tmp_path):
             rtol=1e-4,
             atol=1e-4,
         )
+
+
+def test_a_torchvision_file_with_a_value_that_is_not_a_float_tensor_is_one_line(tmp_path):
+    state = randomise(TorchvisionWideResNet50(), 2).state_dict()
+    for bad in (5, torch.zeros(3, dtype=torch.int32)):
+        path = tmp_path / "tv.pth"
+        torch.save({**state, "layer1.0.conv1.weight": bad}, path)
+        line = one_line_error(
+            cli("import", "--from", "torchvision", path, "--out", tmp_path / "o.pt")
+        )
+        assert "layer1.0.conv1.weight is a" in line and "not a floating-point tensor" in line
+        assert not (tmp_path / "o.pt").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import cli, one_line_error
 
 from wideresnet.config import Config, read_config_file
 from wideresnet.errors import ConfigError
@@ -96,3 +97,11 @@ def test_config_round_trips_through_json():
     r = make_config("svhn", {"block": (1, 3, 1), "train_limit": 100})
     again = Config.from_dict(json.loads(json.dumps(r.to_dict())))
     assert again == r
+
+
+def test_a_float_option_that_is_not_finite_is_one_line(tmp_path):
+    for key, value in (("kd_temperature", "inf"), ("lr", "nan"), ("weight_decay", float("inf"))):
+        with pytest.raises(ConfigError, match=f"{key}: .* is not a finite number"):
+            Config.from_dict({key: value})
+    line = one_line_error(cli("train", "--model", "wrn-10-1", "--lr", "nan", "--out", tmp_path))
+    assert "lr: 'nan' is not a finite number" in line

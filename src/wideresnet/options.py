@@ -5,6 +5,7 @@ truncated to one)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -161,7 +162,10 @@ def coerce_value(info: FieldInfo, value: Any) -> Any:
             return None
         raise ConfigError(f"{key} cannot be empty")
     try:
-        return _strict(info, value)
+        typed = _strict(info, value)
     except (TypeError, ValueError):
         kind = "comma-separated integers" if info.kind is tuple else f"a valid {info.kind.__name__}"
         raise ConfigError(f"{key}: {value!r} is not {kind}") from None
+    if info.kind is float and not math.isfinite(typed):  # no option means inf or NaN
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
+    return typed

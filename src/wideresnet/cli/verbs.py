@@ -163,6 +163,8 @@ def _verify_files(args: argparse.Namespace) -> int:
     from wideresnet.data.imagenet import listing, verify_files
     from wideresnet.data.stream import FileImages
 
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"wrn data verify: --workers {args.workers}: at least 1 process")
     root, failed = Path(args.data_dir).expanduser(), []
     for split in ("train", "val"):
         paths, labels, classes = listing(root, split)

@@ -99,9 +99,15 @@ class Claims:
 
     def take(self, run: PlannedRun) -> int | None:
         """The claim's descriptor, or None when another runner holds the run."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = "-".join(run.run_dir.relative_to(self.folder.parent).parts) + ".lock"
-        fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:  # .claims a file, a link, or a claim that is not a file
+            raise RunError(
+                f"{self.folder / name}: cannot take the run's claim ({error.strerror}); "
+                f"{self.folder} must be a folder of lock files"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -113,7 +119,11 @@ class Claims:
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive OS lock on `path` while inside (a shared record's read-modify-write)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:  # a link (refused, never followed), a folder, no room
+        reason = f"cannot lock it ({error.strerror}); remove it if it is not a file"
+        raise RunError(f"{path}: {reason}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -208,6 +208,11 @@ def from_dm_layout(state: Mapping[str, torch.Tensor]) -> Imported:
 def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
     """torchvision's ResNet / wide_resnet*_2 state_dict as our ImageNet model."""
     inside, _ = _strip_prefix(state, "layer1.0.conv1.weight")
+    for key, value in inside.items():  # what _mapped checks for the other layouts
+        if not key.endswith("num_batches_tracked") and not (
+            torch.is_tensor(value) and torch.is_floating_point(value)
+        ):
+            raise ValueError(f"{key} is a {type(value).__name__}, not a floating-point tensor")
     counts = tuple(
         1 + max(int(k.split(".")[1]) for k in inside if k.startswith(f"layer{s}."))
         for s in range(1, 5)
