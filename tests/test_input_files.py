@@ -12,6 +12,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import cli, one_line_error
 
@@ -141,3 +142,55 @@ def test_bad_records_of_an_experiment_are_said_and_the_rest_reported(experiment,
     report = cli("report", exp, "--format", "json")
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["cells"][0]["runs"] >= 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda i: i["splits"]["train"][0].update(images="abc"), "needs a count and a SHA-256"),
+        (lambda i: i.pop("splits"), "splits must map each split"),
+        (lambda i: i.update(classes=5), "classes must be a list of names"),
+        (lambda i: i.update(shape=[32, 32]), "shape must be [height, width, channels]"),
+    ],
+    ids=["images-text", "no-splits", "classes-number", "shape-short"],
+)
+def test_a_shards_index_of_the_wrong_shape_is_one_line(npz, tmp_path, change, message):
+    shards = tmp_path / "shards"
+    assert (
+        cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", shards).returncode == 0
+    )
+    index = json.loads((shards / "index.json").read_text())
+    change(index)
+    (shards / "index.json").write_text(json.dumps(index))
+    result = cli(
+        "train",
+        *TINY.replace("npz", "shards").split(),
+        "--data-dir",
+        shards,
+        "--out",
+        tmp_path / "r",
+    )
+    line = one_line_error(result)
+    assert "index.json" in line and message in line
+
+
+def test_shard_labels_outside_the_classes_are_one_line_for_either_loader(npz, tmp_path):
+    import hashlib
+
+    shards = tmp_path / "shards"
+    assert (
+        cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", shards).returncode == 0
+    )
+    index = json.loads((shards / "index.json").read_text())
+    entry = index["splits"]["train"][0]
+    data = bytearray((shards / entry["file"]).read_bytes())
+    pixels = entry["images"] * int(np.prod(index["shape"]))
+    header = len(data) - 8 * entry["images"] - pixels
+    data[header : header + 8] = (99).to_bytes(8, "little")  # the first label: class 99 of 4
+    (shards / entry["file"]).write_bytes(bytes(data))
+    entry["sha256"] = hashlib.sha256(bytes(data)).hexdigest()  # consistent, but wrong
+    (shards / "index.json").write_text(json.dumps(index))
+    for loader in ("stream", "resident"):
+        options = [*TINY.replace("npz", "shards").split(), "--loader", loader]
+        result = cli("train", *options, "--data-dir", shards, "--out", tmp_path / loader)
+        assert "train labels from 0 to 99, but index.json names 4 classes" in one_line_error(result)

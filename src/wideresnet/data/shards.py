@@ -47,7 +47,37 @@ def read_index(root: Path) -> dict:
         raise DataError(str(error)) from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DataError(f"{path}: not a wideresnet shards index (format {FORMAT})")
+    problem = _schema_problem(index)
+    if problem:
+        raise DataError(f"{path}: {problem}; not an index `wrn data pack` wrote")
     return index
+
+
+MAX_SHARDS = 100_000  # entries of one split: an index declaring more is refused unread
+
+
+def _schema_problem(index: dict) -> str | None:
+    """What in an index does not have the shape `wrn data pack` writes, or None."""
+    classes, shape, splits = index.get("classes"), index.get("shape"), index.get("splits")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes must be a list of names"
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_count(v, 1) for v in shape)):
+        return "shape must be [height, width, channels]"
+    if not isinstance(splits, dict) or not splits:
+        return "splits must map each split to its shards"
+    for split, entries in splits.items():
+        if not isinstance(entries, list) or len(entries) > MAX_SHARDS:
+            return f"split {split!r} must be a list of at most {MAX_SHARDS:,} shards"
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+                return f"split {split!r}: each shard needs its file name"
+            if not _count(entry.get("images"), 0) or not isinstance(entry.get("sha256"), str):
+                return f"split {split!r}: {entry.get('file')!r} needs a count and a SHA-256"
+    return None
+
+
+def _count(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < 2**40
 
 
 def _verify(path: Path, expected: str) -> None:
@@ -93,6 +123,11 @@ class ShardImages:
         self.labels = (
             np.concatenate([labels for _, labels in opened]) if opened else np.zeros(0, np.int64)
         )
+        if len(self.labels) and not 0 <= self.labels.min() <= self.labels.max() < len(self.classes):
+            raise DataError(
+                f"{root}: {split} labels from {self.labels.min()} to {self.labels.max()}, but "
+                f"{INDEX} names {len(self.classes)} classes"
+            )
         self.starts = np.cumsum([0] + [len(images) for images in self.shards])
 
     def __len__(self) -> int:
