@@ -194,3 +194,35 @@ def test_shard_labels_outside_the_classes_are_one_line_for_either_loader(npz, tm
         options = [*TINY.replace("npz", "shards").split(), "--loader", loader]
         result = cli("train", *options, "--data-dir", shards, "--out", tmp_path / loader)
         assert "train labels from 0 to 99, but index.json names 4 classes" in one_line_error(result)
+
+
+def test_pack_refuses_what_it_cannot_write_whole_and_leaves_nothing_half_written(npz, tmp_path):
+    from helpers import write_image_folder
+    from PIL import Image
+
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "train-00000.bin").write_text("the user's own file")
+    line = one_line_error(
+        cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", users)
+    )
+    assert "not an empty folder" in line
+    assert (users / "train-00000.bin").read_text() == "the user's own file"
+    empty = tmp_path / "empty.npz"
+    with np.load(npz) as arrays:
+        values = {**arrays, "x_train": arrays["x_train"][:0], "y_train": arrays["y_train"][:0]}
+    np.savez(empty, **values)
+    line = one_line_error(
+        cli("data", "pack", "--dataset", "npz", "--data-dir", empty, "--out", tmp_path / "e")
+    )
+    assert "the train split has no images" in line
+    mixed = tmp_path / "mixed"
+    write_image_folder(mixed, np.random.default_rng(0), size=32)
+    for path in (mixed / "test").rglob("*.png"):
+        Image.new("RGB", (64, 64)).save(path)
+    out = tmp_path / "mixed-shards"
+    line = one_line_error(
+        cli("data", "pack", "--dataset", "folder", "--data-dir", mixed, "--out", out)
+    )
+    assert "test images are 64x64x3, train's 32x32x3" in line and "--image-size" in line
+    assert not list(out.glob("*.bin")) and not (out / "index.json").exists()

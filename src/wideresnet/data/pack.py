@@ -47,6 +47,37 @@ def _chunks(dataset: str, data_dir: str, split: str, image_size: int | None, ver
     return parts, classes, len(images)
 
 
+def _pack_splits(dataset, data_dir, out: Path, splits, image_size, verify, index, written):
+    """Each split's shards into `out` (each file's path added to `written` once it is there)
+    and its entries into `index`; the number of images."""
+    total = 0
+    for split in splits:
+        parts, classes, count = _chunks(dataset, data_dir, split, image_size, verify)
+        if not count:
+            raise DataError(f"{data_dir}: the {split} split has no images; nothing to pack")
+        entries = []
+        with Progress(f"packing {split}", count, "images") as progress:
+            for number, (images, labels) in enumerate(parts):
+                data = shard_bytes(images, labels)
+                name = f"{split}-{number:05d}.bin"
+                atomic_write(out / name, data)
+                written.append(out / name)
+                digest = hashlib.sha256(data).hexdigest()
+                entries.append({"file": name, "images": len(images), "sha256": digest})
+                shape = list(images.shape[1:])
+                total += len(images)
+                progress.update(sum(e["images"] for e in entries))
+        if index.setdefault("classes", classes) != classes:
+            raise DataError(f"{data_dir}: {split} has other classes than {splits[0]}")
+        if index.setdefault("shape", shape) != shape:
+            raise DataError(
+                f"{data_dir}: {split} images are {'x'.join(map(str, shape))}, {splits[0]}'s "
+                f"{'x'.join(map(str, index['shape']))}; pack with --image-size N"
+            )
+        index["splits"][split] = entries
+    return total
+
+
 def pack(
     dataset: str,
     data_dir: str,
@@ -61,29 +92,15 @@ def pack(
     out = Path(out)
     if (out / INDEX).exists():
         raise DataError(f"--out {out}: holds shards already; choose a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"--out {out}: not an empty folder; choose a new one (nothing replaced)")
     index: dict = {"format": FORMAT, "splits": {}}
-    total = 0
-    for split in splits:
-        parts, classes, count = _chunks(dataset, data_dir, split, image_size, verify)
-        entries = []
-        with Progress(f"packing {split}", count, "images") as progress:
-            for number, (images, labels) in enumerate(parts):
-                data = shard_bytes(images, labels)
-                name = f"{split}-{number:05d}.bin"
-                atomic_write(out / name, data)
-                entries.append(
-                    {
-                        "file": name,
-                        "images": len(images),
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                    }
-                )
-                shape = list(images.shape[1:])
-                total += len(images)
-                progress.update(sum(e["images"] for e in entries))
-        if index.setdefault("classes", classes) != classes:
-            raise DataError(f"{data_dir}: {split} has other classes than {splits[0]}")
-        index.setdefault("shape", shape)
-        index["splits"][split] = entries
+    written: list[Path] = []
+    try:
+        total = _pack_splits(dataset, data_dir, out, splits, image_size, verify, index, written)
+    except BaseException:  # a refused split or an interrupt: no half-written folder is left
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     write_json(out / INDEX, index)
     return f"{total:,} images in {sum(len(v) for v in index['splits'].values())} shards, {out}"
