@@ -479,3 +479,10 @@ def write_imagenet_tree(
                 else:
                     image.save(path, "JPEG", quality=90)
     return root
+
+
+def packed(npz: Path, out: Path) -> Path:
+    """`wrn data pack` of an .npz set into `out` (its shards and index.json)."""
+    result = cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out

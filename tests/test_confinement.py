@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, one_line_error
+from helpers import cli, one_line_error, packed
 from PIL import Image
 
 from wideresnet.data.transforms import Crop, decode_crop, random_sized_box
@@ -61,9 +61,7 @@ def test_a_class_folder_that_is_a_link_is_refused(tmp_path):
 
 
 def test_a_shard_named_outside_its_folder_is_refused(npz, tmp_path):
-    shards = tmp_path / "shards"
-    packed = cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", shards)
-    assert packed.returncode == 0, packed.stderr
+    shards = packed(npz, tmp_path / "shards")
     index = json.loads((shards / "index.json").read_text())
     first = index["splits"]["train"][0]
     (tmp_path / "elsewhere.bin").write_bytes((shards / first["file"]).read_bytes())

@@ -114,7 +114,7 @@ def test_a_damaged_record_is_left_out_with_a_warning(tmp_path):
     assert "cpu.json: field device_name is missing" in line
     record.write_text("[" * 100_000)
     line = one_line_error(cli("report", tmp_path / "exp"))
-    assert "cpu.json: not JSON" in line
+    assert "cpu.json: not valid JSON (nested too deeply)" in line
 
 
 def test_the_ledger_keeps_the_timings_and_reports_them_alike(timed, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, one_line_error
+from helpers import cli, one_line_error, packed
 
 
 def fifo(path: Path) -> None:
@@ -55,6 +55,12 @@ def no_hang():
 TINY = "--model wrn-10-1 --dataset npz --epochs 1 --batch-size 32 --precision fp32"
 
 
+def on_shards(shards: Path, out: Path, *more: str):
+    """The tiny run of TINY, on a shards folder."""
+    options = TINY.replace("npz", "shards").split()
+    return cli("train", *options, "--data-dir", shards, "--out", out, *more)
+
+
 @pytest.mark.parametrize("bad", BAD)
 def test_a_bad_config_or_grid_file_is_one_line(tmp_path, bad):
     config, grid = tmp_path / "c.json", tmp_path / "g.toml"
@@ -68,20 +74,10 @@ def test_a_bad_config_or_grid_file_is_one_line(tmp_path, bad):
 
 @pytest.mark.parametrize("bad", BAD)
 def test_a_bad_shards_index_is_one_line(npz, tmp_path, bad):
-    shards = tmp_path / "shards"
-    assert (
-        cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", shards).returncode == 0
-    )
+    shards = packed(npz, tmp_path / "shards")
     (shards / "index.json").unlink()
     BAD[bad](shards / "index.json")
-    result = cli(
-        "train",
-        *TINY.replace("npz", "shards").split(),
-        "--data-dir",
-        shards,
-        "--out",
-        tmp_path / "r",
-    )
+    result = on_shards(shards, tmp_path / "r")
     assert "index.json" in one_line_error(result)
 
 
@@ -155,21 +151,11 @@ def test_bad_records_of_an_experiment_are_said_and_the_rest_reported(experiment,
     ids=["images-text", "no-splits", "classes-number", "shape-short"],
 )
 def test_a_shards_index_of_the_wrong_shape_is_one_line(npz, tmp_path, change, message):
-    shards = tmp_path / "shards"
-    assert (
-        cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", shards).returncode == 0
-    )
+    shards = packed(npz, tmp_path / "shards")
     index = json.loads((shards / "index.json").read_text())
     change(index)
     (shards / "index.json").write_text(json.dumps(index))
-    result = cli(
-        "train",
-        *TINY.replace("npz", "shards").split(),
-        "--data-dir",
-        shards,
-        "--out",
-        tmp_path / "r",
-    )
+    result = on_shards(shards, tmp_path / "r")
     line = one_line_error(result)
     assert "index.json" in line and message in line
 
@@ -177,10 +163,7 @@ def test_a_shards_index_of_the_wrong_shape_is_one_line(npz, tmp_path, change, me
 def test_shard_labels_outside_the_classes_are_one_line_for_either_loader(npz, tmp_path):
     import hashlib
 
-    shards = tmp_path / "shards"
-    assert (
-        cli("data", "pack", "--dataset", "npz", "--data-dir", npz, "--out", shards).returncode == 0
-    )
+    shards = packed(npz, tmp_path / "shards")
     index = json.loads((shards / "index.json").read_text())
     entry = index["splits"]["train"][0]
     data = bytearray((shards / entry["file"]).read_bytes())
@@ -191,8 +174,7 @@ def test_shard_labels_outside_the_classes_are_one_line_for_either_loader(npz, tm
     entry["sha256"] = hashlib.sha256(bytes(data)).hexdigest()  # consistent, but wrong
     (shards / "index.json").write_text(json.dumps(index))
     for loader in ("stream", "resident"):
-        options = [*TINY.replace("npz", "shards").split(), "--loader", loader]
-        result = cli("train", *options, "--data-dir", shards, "--out", tmp_path / loader)
+        result = on_shards(shards, tmp_path / loader, "--loader", loader)
         assert "train labels from 0 to 99, but index.json names 4 classes" in one_line_error(result)
 
 

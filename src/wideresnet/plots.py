@@ -207,7 +207,6 @@ def _figure4(plt, record: figure4.Record, folder: Path) -> list[Path]:
     axes[2].set_ylabel("time / pre-act ResNet-1001's")
     axes[2].set_title("ratios: the paper (grey) and ours (default setting)", fontsize=9)
     figure.suptitle(f"{figure4.TITLE}; under each name the paper's CIFAR-10 error", fontsize=10)
-    device = "cpu" if record.device == "cpu" else figure4.slug(record.device_name)
-    written = _save(figure, folder, f"figure4-{device}")
+    written = _save(figure, folder, f"figure4-{record.stem}")
     plt.close(figure)
     return written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from wideresnet.cli.parser import UsageError, parse_train_options
@@ -252,8 +253,6 @@ def table_save(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import sys
-
     from wideresnet.files import atomic_write
     from wideresnet.report import Statistics, report, write_into
 

@@ -24,7 +24,7 @@ import torch
 
 from wideresnet.config import Config
 from wideresnet.errors import ConfigError, RunError
-from wideresnet.files import write_json
+from wideresnet.files import parse_json, read_text, write_json
 from wideresnet.train.calibrate import WARMUP_STEPS, Held
 from wideresnet.train.cpu import cpu_model
 from wideresnet.train.environment import device_name
@@ -40,6 +40,7 @@ PAPER_BATCH = 32
 MIN_REPS, MAX_REPS = 3, 200
 DEFAULT_SECONDS = 10.0  # timed per network and setting, after warm-up
 SETTINGS = ("default", "fp32")
+RECORD_BYTES = 1 << 20  # a record of five networks in two settings is a few kB
 MEASURED = (
     "one training step (forward, backward, SGD update) of one batch held on the device, wall "
     "clock with the device synchronised after each step; warm-up steps (compilation included) "
@@ -160,10 +161,6 @@ def time_step(model: str, runtime: Runtime, batch: int, seconds: float) -> Timin
     return Timing.of(setting_name(runtime), times, warmup)
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
-
-
 @dataclass
 class Record:
     """EXP/figure4/<device>.json: where and how the networks were timed, and their timings."""
@@ -176,6 +173,13 @@ class Record:
     measured: str
     rows: dict  # bar id -> {setting: Timing as a dict}
 
+    @property
+    def stem(self) -> str:
+        """The device in the file names of its record and plots: "cpu", or the GPU's name."""
+        if self.device == "cpu":
+            return "cpu"
+        return re.sub(r"[^a-z0-9]+", "-", self.device_name.lower()).strip("-") or "device"
+
     def timing(self, bar_id: str, setting: str) -> Timing | None:
         values = self.rows.get(bar_id, {}).get(setting)
         return None if values is None else Timing(**typed_fields(Timing, values, bar_id))
@@ -183,14 +187,7 @@ class Record:
 
 def read_record(path: Path) -> Record:
     """The record in `path`; RunError naming the file when it does not read as one."""
-    from wideresnet.files import check_regular, read_json
-
-    check_regular(path, "Figure 4 record")
-    if path.stat().st_size > 1 << 20:
-        raise RunError(f"{path}: larger than 1 MiB; not a Figure 4 record")
-    values = read_json(path)
-    if values is None:
-        raise RunError(f"{path}: not JSON; not a Figure 4 record")
+    values = parse_json(read_text(path, "Figure 4 record", RECORD_BYTES), str(path))
     record = Record(**typed_fields(Record, values, str(path)))
     for bar_id, settings in record.rows.items():
         if bar_id not in {b.id for b in BARS} or not isinstance(settings, dict):
@@ -224,10 +221,10 @@ def run_figure4(
     torch_device = resolve_device(device)
     cuda = torch_device.type == "cuda"
     name = device_name(torch_device) if cuda else f"CPU: {cpu_model() or 'model unknown'}"
-    path = Path(out) / NAME / f"{slug(name) if cuda else 'cpu'}.json"
     record = Record(
         str(torch_device), name, torch.__version__, torch.get_num_threads(), batch, MEASURED, {}
     )
+    path = Path(out) / NAME / f"{record.stem}.json"
     if path.exists():
         kept = read_record(path)
         setup = (kept.device_name, kept.torch, kept.threads, kept.batch_size)

@@ -50,19 +50,19 @@ def save_ledger(exp_dir: str | Path, to: str | Path) -> dict[str, Any]:
             if (config.parent / name).exists() or (config.parent / name).is_symlink():
                 _checked(config.parent / name)
     records = collect(source, timings=bool(timings))
-    files = [  # every file first checked, then copied: a refused one leaves no partial ledger
+    runs = [  # their records were checked above, before collect read them
         record.path / name
         for record in records
         for name in RECORD_FILES
         if (record.path / name).exists() or (record.path / name).is_symlink()
     ]
-    files += [source / TABLE_RUNS] if (source / TABLE_RUNS).exists() else []
-    files += sorted((source / GRIDS).glob("*.toml"))  # the grid files the runs came from
-    for timing in timings:  # Figure 4's records, each read as one first
-        figure4.read_record(timing)
-    for path in [*files, *timings]:
+    others = [source / TABLE_RUNS] if (source / TABLE_RUNS).exists() else []
+    others += sorted((source / GRIDS).glob("*.toml"))  # the grid files the runs came from
+    for path in [*others, *timings]:  # every file checked before any is copied
         _checked(path)
-    for path in [*files, *timings]:
+    for timing in timings:  # Figure 4's records, each read as one
+        figure4.read_record(timing)
+    for path in [*runs, *others, *timings]:
         _copy(path, target / path.relative_to(source))
     provenance = {
         "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
