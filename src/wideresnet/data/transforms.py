@@ -124,7 +124,7 @@ def _scaled_centre(width: int, height: int, crop: Crop):
 def draft_reduction(image, width: int, height: int, out: int, box) -> int:
     """Decode a JPEG at 1/1, 1/2, 1/4 or 1/8 of each side, the smallest that still gives the
     crop box `out` pixels; returns the divisor Pillow chose (1 for other formats)."""
-    x, y, w, h = box
+    w, h = box[2:]
     image.draft("RGB", (math.ceil(width * out / w), math.ceil(height * out / h)))
     for divisor in (1, 2, 4, 8):  # Pillow's decoded size is the ceil of each side / divisor
         if image.size == (-(-width // divisor), -(-height // divisor)):
