@@ -192,6 +192,12 @@ def _table(verbs) -> None:
     )
     cluster.add_argument("--slurm-partition", help="the partition to submit to")
     cluster.add_argument("--slurm-time", help="each job's time limit: minutes or [D-]HH:MM:SS")
+    cluster.add_argument(
+        "--slurm-signal-delay",
+        type=int,
+        metavar="SECONDS",
+        help="USR2 (checkpoint and requeue) this long before the time limit (90)",
+    )
     cluster.add_argument("--gpus-per-run", type=int, help="GPUs of each job (default 1)")
     cluster.add_argument("--max-parallel", type=int, help="jobs running at once (array cap)")
     cluster.add_argument(

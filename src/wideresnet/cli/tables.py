@@ -188,18 +188,31 @@ def table_run(args: argparse.Namespace) -> int:
 
 
 def _cluster_options(args: argparse.Namespace):
-    from wideresnet.experiments.cluster import ClusterOptions, parse_minutes, parse_slurm_options
+    from wideresnet.experiments.cluster import (
+        DEFAULT_MINUTES,
+        ClusterOptions,
+        parse_minutes,
+        parse_slurm_options,
+    )
 
     if args.devices:
         raise UsageError("wrn table run: --devices is for --launcher local")
-    for option in ("gpus_per_run", "max_parallel"):
+    for option in ("gpus_per_run", "max_parallel", "slurm_signal_delay"):
         value = getattr(args, option)
-        if value is not None and value < (0 if option == "gpus_per_run" else 1):
+        if value is not None and value < (1 if option == "max_parallel" else 0):
             raise UsageError(f"wrn table run: --{option.replace('_', '-')} {value}: too small")
+    minutes = parse_minutes(args.slurm_time)
+    delay = args.slurm_signal_delay
+    if delay is not None and delay >= 60 * (minutes or DEFAULT_MINUTES):
+        raise UsageError(
+            f"wrn table run: --slurm-signal-delay {delay}: not shorter than the time limit "
+            f"({minutes or DEFAULT_MINUTES} min), so the run would be stopped as it starts"
+        )
     return ClusterOptions(
         args.launcher,
         partition=args.slurm_partition,
-        minutes=parse_minutes(args.slurm_time),
+        minutes=minutes,
+        signal_delay=delay,
         gpus_per_run=args.gpus_per_run,
         max_parallel=args.max_parallel,
         slurm_options=parse_slurm_options(args.slurm_option),

@@ -8,14 +8,17 @@ requeues the job, which resumes the run as `--resume` does. The job ids go into 
 so the same command later submits only what is neither finished nor queued or running.
 
     --launcher submitit        Slurm (sbatch), through submitit's AutoExecutor; returns once
-                               submitted (`wrn table status EXP` follows the jobs)
+                               submitted (`wrn table status EXP` follows the jobs); USR2
+                               comes --slurm-signal-delay seconds (90) before --slurm-time
     --launcher submitit-local  submitit's local executor on this machine: the same jobs and
                                requeue, --max-parallel at a time; waits for them to end
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import logging
 import os
 import shutil
@@ -66,6 +69,7 @@ class ClusterOptions:
     launcher: str  # submitit | submitit-local
     partition: str | None = None
     minutes: int | None = None
+    signal_delay: int | None = None  # seconds before the time limit that USR2 comes
     gpus_per_run: int | None = None
     max_parallel: int | None = None
     slurm_options: dict[str, str] = field(default_factory=dict)
@@ -116,9 +120,23 @@ def _job_id() -> str:
         return "none"
 
 
-def _die_with_parent() -> None:
-    """In the training child: SIGTERM when the job process ends, however it ends (Linux), so
-    a killed job never leaves a run training on with nobody to requeue it."""
+def _job_environment() -> dict[str, str]:
+    """The child's environment: torch's threads as many as the CPUs Slurm gave the job (torch
+    would take every core of the node, and jobs sharing a node would slow each other down many
+    times over), unless OMP_NUM_THREADS is set already."""
+    env = dict(os.environ)
+    cpus = env.get("SLURM_CPUS_PER_TASK") or env.get("SLURM_CPUS_ON_NODE")
+    if cpus and cpus.isdigit() and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = cpus
+    return env
+
+
+def _child_signals() -> None:
+    """In the training child: USR2 ignored (Slurm's preemption and time-limit signal reaches
+    every process of the step; the job process stops the child with SIGTERM), and SIGTERM
+    when the job process ends, however it ends (Linux), so a killed job never leaves a run
+    training on with nobody to requeue it."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -151,9 +169,10 @@ class RunJob:
             out.flush()
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "wideresnet", *args],
+                env=_job_environment(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_signals,
             )
             try:
                 code = self._process.wait()
@@ -229,20 +248,22 @@ def _is_local_controller(pid: int) -> bool:
 
 
 def _slurm_state(job_id: str) -> str:
-    """sacct's state of a job ("UNKNOWN" when Slurm cannot say)."""
-    if shutil.which("sacct") is None:
-        return "UNKNOWN"
-    try:
-        output = subprocess.run(
-            ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "UNKNOWN"
-    states = [line.split()[0] for line in output.splitlines() if line.strip()]
-    return states[0] if states else "UNKNOWN"
+    """A job's state as Slurm says: squeue for a live job (pending, requeued, running), else
+    sacct where accounting answers ("UNKNOWN" when neither knows it)."""
+    for command in (
+        ["squeue", "-h", "-j", job_id, "-o", "%T"],
+        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
+    ):
+        if shutil.which(command[0]) is None:
+            continue
+        try:
+            answer = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        states = [line.split()[0] for line in answer.stdout.splitlines() if line.strip()]
+        if answer.returncode == 0 and states:
+            return states[0]
+    return "UNKNOWN"
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,12 +290,31 @@ def _executor(exp_dir: Path, options: ClusterOptions):
     parameters["gpus_per_node"] = gpus
     if not options.local:
         parameters["slurm_array_parallelism"] = options.max_parallel or 256
+        if options.signal_delay is not None:
+            parameters["slurm_signal_delay_s"] = options.signal_delay
         if options.partition:
             parameters["slurm_partition"] = options.partition
         if options.slurm_options:
             parameters["slurm_additional_parameters"] = dict(options.slurm_options)
     executor.update_parameters(**parameters)
     return executor
+
+
+def _refusal(error: str, options: ClusterOptions) -> ConfigError:
+    """sbatch's refusal as one line: its own words, and the option that asked for what the
+    cluster lacks where that is clear (GPUs on a partition without them)."""
+    lines = [line.strip() for line in error.splitlines() if "error" in line.lower()]
+    said = lines[-1] if lines else (error.strip().splitlines() or ["no reason given"])[-1]
+    said = said[:300]
+    said = said[said.find("sbatch:") :] if "sbatch:" in said else said
+    where = f"partition {options.partition!r}" if options.partition else "the default partition"
+    if "gres" in said.lower() and options.gpus_per_run != 0:
+        gpus = options.gpus_per_run or 1
+        return ConfigError(
+            f"--gpus-per-run {gpus}: {where} has no GPUs to give ({said}); "
+            "give --gpus-per-run 0 to run on CPUs, or --slurm-partition NAME of a GPU partition"
+        )
+    return ConfigError(f"sbatch refused the jobs ({where}): {said}")
 
 
 def _has_cuda() -> bool:
@@ -325,8 +365,11 @@ def submit(
     if options.local:
         plan.outcome = _run_locally(executor, todo, exp_dir, options, plan)
         return plan
-    with executor.batch():
-        jobs = [executor.submit(RunJob(run, exp_dir)) for run in todo]
+    try:  # submitit prints sbatch's refusal to sys.stderr, then raises it: said once, below
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+            jobs = [executor.submit(RunJob(run, exp_dir)) for run in todo]
+    except Exception as error:
+        raise _refusal(str(error), options) from None
     plan.submitted = [(run, str(job.job_id)) for run, job in zip(todo, jobs)]
     _record_jobs(exp_dir, plan.submitted, options.launcher)
     return plan
