@@ -88,7 +88,13 @@ class ModelConfig(Section):
         "or test-time-adapted training)",
         check=(lambda v: re.fullmatch(r"batch|group:[1-9]\d*", v), "must be batch or group:G"),
     )
+    head_bn_eps: float | None = option(
+        None,
+        "wrn-d-k: the final norm's eps, where it differs from --bn-eps (USB 0.3: 0.001)",
+        check=(lambda v: v > 0, "must be > 0"),
+    )
     conv_bias: bool | None = option(None, "wrn-d-k: a bias on every conv (the paper: none; USB)")
+    stem_bias: bool | None = option(None, "wrn-d-k: a bias on the first conv alone (USB 0.3)")
     conv_padding: str | None = option(
         None,
         "wrn-d-k: symmetric (the paper) | same (TensorFlow's padding of strided convs, DeepMind's)",
@@ -100,6 +106,12 @@ class ModelConfig(Section):
         choices=("preact", "raw"),
     )
     head_bias: bool | None = option(None, "wrn-d-k: a bias in the linear head (the paper: yes)")
+    head: str | None = option(
+        None,
+        "wrn-d-k: linear (the paper) | cosine (features and weights L2-normalised: "
+        "RobustBench's Pang2020Boosting)",
+        choices=("linear", "cosine"),
+    )
     init_from: str | None = option(
         None,
         "start from the weights of a checkpoint or run directory (a new head when the class "

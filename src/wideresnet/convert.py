@@ -23,6 +23,7 @@ from wideresnet.models.foreign import (
     from_xternalz_layout,
     scaled_to_255,
     state_dict_of,
+    zoo_entry,
 )
 from wideresnet.models.official import infer_official_model, load_official_params
 from wideresnet.recipes import make_config
@@ -64,16 +65,35 @@ def import_official(source: str | Path, out: str | Path, overwrite: bool = False
     return f"{name}, block {model.block}, {count_params(model):,} parameters"
 
 
+def _entry(layout: str, entry: str | None, source: Path) -> tuple[str | None, str]:
+    """RobustBench's zoo entry: --entry, else the file's name where it is one (RobustBench
+    saves each checkpoint as ENTRY.pt); and a note saying which."""
+    if entry is not None or layout not in ("robustbench", "robustbench-dm"):
+        return entry, ""
+    try:
+        zoo_entry(source.stem)
+    except ValueError:
+        return None, ""
+    return source.stem, f"the entry from the file's name ({source.name})"
+
+
 def _imported(
-    layout: str, saved: object, key: str | None, source: Path, activation: str | None = None
+    layout: str,
+    saved: object,
+    key: str | None,
+    source: Path,
+    activation: str | None = None,
+    entry: str | None = None,
 ) -> tuple[Imported, nn.Module]:
     """(the foreign weights as ours, our model built for them), or RunError naming the file."""
     try:
         state = state_dict_of(saved, key)
+        entry, note = _entry(layout, entry, source)
         if layout == "torchvision":
             imported = from_torchvision(state)
         else:
-            imported = from_xternalz_layout(state, layout)
+            imported = from_xternalz_layout(state, layout, entry)
+        imported.notes += [note] if note else []
         if activation:
             imported.options["activation"] = activation
         classes = imported.weights["fc.weight"].shape[0]
@@ -100,24 +120,33 @@ def import_checkpoint(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     activation: str | None = None,
+    entry: str | None = None,
 ) -> str:
     """Convert another project's checkpoint into ours at `out`; a one-line summary. `mean`
     and `std` (on the 0-1 or the 0-255 scale) replace the normalisation the layout implies;
-    `activation` the one it implies (the DeepMind layout: swish or relu)."""
+    `activation` the one it implies (the DeepMind layout: swish or relu); `entry` names
+    RobustBench's zoo entry, which fixes the architecture, activation and normalisation."""
+    if entry is not None and layout not in ("robustbench", "robustbench-dm"):
+        raise RunError(f"--entry is RobustBench's; not for --from {layout}")
     if layout not in LAYOUTS:
         raise RunError(f"--from {layout}: choose from {', '.join(LAYOUTS)}")
     if layout == "authors":
         return import_official(source, out, overwrite)
     source, out = Path(source), Path(out)
     saved = load_weights_file(source, out, overwrite)
-    imported, model = _imported(layout, saved, key, source, activation)
+    imported, model = _imported(layout, saved, key, source, activation, entry)
     if isinstance(saved, dict):  # RepDistiller's *_last.pth: its argparse options as 'opt'
         skipped = [k for k, v in saved.items() if isinstance(v, argparse.Namespace)]
         imported.notes += [
             f"its pickled options ({k!r}) read as plain values, not used" for k in skipped
         ]
-    ours = normalisation(imported.preprocess)
     given = [scaled_to_255(v) if v else None for v in (mean, std)]
+    if imported.preprocess == "unknown" and not all(given):
+        raise RunError(
+            f"{source}: DeepMind's layout keeps its mean/std outside the state dict: give "
+            "--entry NAME (its RobustBench entry) or --mean and --std"
+        )
+    ours = normalisation("meanstd" if imported.preprocess == "unknown" else imported.preprocess)
     mean, std = check_normalization(
         given[0] or imported.mean or ours[0], given[1] or imported.std or ours[1], str(source)
     )

@@ -65,6 +65,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         mean=_floats(args.mean, "--mean"),
         std=_floats(args.std, "--std"),
         activation=args.activation,
+        entry=args.entry,
     )
     print(f"{args.file} -> {args.out}: {summary}")
     return 0

@@ -275,6 +275,10 @@ def _handover(verbs) -> None:
     imports.add_argument(
         "--activation", help="the network's activation where the weights cannot say (DeepMind's)"
     )
+    imports.add_argument(
+        "--entry",
+        help="RobustBench: the zoo entry (Carmon2019Unlabeled; default: the file's name)",
+    )
     imports.add_argument("--overwrite", action="store_true")
 
 

@@ -44,6 +44,7 @@ XTERNALZ_KEYS = [  # (pattern, our key): block{g}.layer.{i} is group{g-1}.block{
     (r"block(\d+)\.layer\.(\d+)\.convShortcut\.(weight|bias)", "group{g}.block{i}.convdim.{x}"),
     (r"bn1\.(\w+)", "bn.{x}"),
     (r"fc\.(weight|bias)", "fc.{x}"),
+    (r"classifier\.(weight|bias)", "fc.{x}"),  # USB 0.3 (semilearn 0.3.x)
 ]
 DM_KEY = "layer.0.block.0.batchnorm_0.weight"
 DM_KEYS = [  # layer.{g}.block.{i} is group{g}.block{i}
@@ -58,7 +59,22 @@ DM_KEYS = [  # layer.{g}.block.{i} is group{g}.block{i}
 ]
 NORMALIZATION_KEYS = (("mean", "mu"), ("std", "sigma"))
 FIXMATCH = {"activation": "leaky_relu:0.1", "bn_momentum": 0.001, "shortcut_input": "raw"}
-USB = {"activation": "leaky_relu:0.1", "bn_momentum": 0.001, "bn_eps": 0.001, "conv_bias": True}
+SSL = {"activation": "leaky_relu:0.1", "bn_momentum": 0.001}  # USB and TorchSSL alike
+USB_LAYOUTS = {  # the head's name and whether block convs have a bias decide the release
+    # semilearn 0.1-0.2 and USB's main branch: biases on every conv, eps 0.001, first blocks
+    # as the paper's (activate_before_residual unused)
+    ("fc", True): ("USB (semilearn 0.1-0.2, main)", {**SSL, "bn_eps": 0.001, "conv_bias": True}),
+    # semilearn 0.3: a bias on the stem alone, the blocks' eps PyTorch's, the final 0.001,
+    # and the first blocks of groups 2-3 read their raw input (activate_before_residual)
+    ("classifier", False): (
+        "USB (semilearn 0.3)",
+        {**SSL, "stem_bias": True, "head_bn_eps": 0.001, "shortcut_input": "raw"},
+    ),
+}
+# TorchSSL, USB's predecessor: USB 0.1-0.2's keys, but its first blocks of groups 2-3 read
+# their raw input; the paper's CIFAR-10 mean/std (ours)
+TORCHSSL = {**SSL, "bn_eps": 0.001, "conv_bias": True, "shortcut_input": "raw"}
+TORCHSSL_NORMALIZATION = {100: ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4))}
 USB_NORMALIZATION = {  # semilearn/datasets/cv_datasets/cifar.py, on [0, 1]
     10: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     100: ((129.3 / 255, 124.1 / 255, 112.4 / 255), (68.2 / 255, 65.4 / 255, 70.4 / 255)),
@@ -153,19 +169,46 @@ def _shape(weights: dict) -> tuple[str, int, dict]:
     return wrn_name(6 * blocks + 4, width / 64), int(classes), options
 
 
-def from_xternalz_layout(state: Mapping[str, torch.Tensor], layout: str) -> Imported:
-    """xternalz, RobustBench, FixMatch, USB and RepDistiller WRNs (block1.layer.0.bn1...) as
-    our wrn-d-k."""
+def _usb_layout(inside: dict, notes: list[str]) -> dict:
+    """The options of the USB release whose keys these are (the head's name, and a bias on
+    the block convs or not, tell them apart; their batch norms' eps differ unseen)."""
+    if any(k.startswith("block4.") for k in inside):
+        raise ValueError("four groups: USB's wrn_var_37_2, which has no counterpart here")
+    for key in [k for k in inside if k.startswith("rot_classifier.")]:
+        del inside[key]  # ReMixMatch's rotation head
+        notes.append(f"{key} (ReMixMatch's rotation head) left out")
+    head = "classifier" if "classifier.weight" in inside else "fc"
+    block_bias = any(k.endswith(".conv1.bias") and k.startswith("block") for k in inside)
+    if (head, block_bias) not in USB_LAYOUTS:
+        raise ValueError(
+            f"a head named {head!r} with{'' if block_bias else 'out'} biases on the block "
+            "convs: no USB release (0.1-0.2 and main: fc and biases; 0.3: classifier, none)"
+        )
+    release, options = USB_LAYOUTS[head, block_bias]
+    notes.append(f"read as {release}")
+    return options
+
+
+def from_xternalz_layout(
+    state: Mapping[str, torch.Tensor], layout: str, entry: str | None = None
+) -> Imported:
+    """xternalz, RobustBench, FixMatch, USB, TorchSSL and RepDistiller WRNs
+    (block1.layer.0.bn1...) as our wrn-d-k; RobustBench's by its zoo `entry` where given."""
     if layout in ("robustbench", "robustbench-dm") and any(k.endswith(DM_KEY) for k in state):
-        return from_dm_layout(state)
+        return from_dm_layout(state, entry)
     if layout == "robustbench-dm":
         raise ValueError(f"no {DM_KEY} key: not the DeepMind layout")
     state = dict(state)
     normalization = _normalization_of(state)
     inside, _ = _strip_prefix(state, BLOCK_KEY)
+    notes: list[str] = []
+    usb = _usb_layout(inside, notes) if layout == "usb" else {}
+    if "classifier.weight" in inside and layout != "usb":
+        raise ValueError(f"a head named 'classifier': USB 0.3's, not the {layout} layout")
     weights = _mapped(inside, XTERNALZ_KEYS, layout, 1)
     name, classes, options = _shape(weights)
-    notes = []
+    if layout == "robustbench":
+        return _robustbench(name, classes, options, weights, normalization, entry)
     if layout == "fixmatch":
         options.update(FIXMATCH)
         normalization = [
@@ -173,35 +216,102 @@ def from_xternalz_layout(state: Mapping[str, torch.Tensor], layout: str) -> Impo
             for v in FIXMATCH_NORMALIZATION.get(classes, FIXMATCH_NORMALIZATION[10])
         ]
     elif layout == "usb":
-        options.update(USB)
+        options.update(usb)
         normalization = [
             scaled_to_255(v) for v in USB_NORMALIZATION.get(classes, USB_NORMALIZATION[10])
         ]
+    elif layout == "torchssl":
+        options.update(TORCHSSL)
+        normalization = TORCHSSL_NORMALIZATION.get(classes)
+        if normalization is None:  # CIFAR-10's is the paper's
+            return Imported(name, options, weights, None, None, notes)
     elif layout == "repdistiller":
         normalization = [scaled_to_255(v) for v in REPDISTILLER_NORMALIZATION]
         notes.append("RepDistiller's CIFAR-100 mean/std")
-    elif layout == "robustbench":
-        notes.append("the checkpoint's mean/std" if normalization else "inputs in [0, 1]")
-        normalization = normalization or UNIT
     elif normalization is None:
         return Imported(name, options, weights, None, None, notes)  # the paper's mean/std
     mean, std = normalization
     return Imported(name, options, weights, tuple(mean), tuple(std), notes)
 
 
-def from_dm_layout(state: Mapping[str, torch.Tensor]) -> Imported:
-    """RobustBench's DMWideResNet (DeepMind's layout) as our wrn-d-k: "SAME" padding, and its
-    mean/std buffers as the input normalisation. The activation is not in the weights: swish,
-    as most of these entries; `--activation relu` for the others."""
+def zoo_entry(entry: str) -> tuple[str, tuple]:
+    """(the zoo's key, its row) of a RobustBench entry: NAME, or DATASET/THREAT/NAME where a
+    name stands for different networks (models/robustbench_zoo.py)."""
+    from wideresnet.models.robustbench_zoo import RELEASE, ZOO
+
+    found = {k: v for k, v in ZOO.items() if entry in (k, k.split("/", 2)[2])}
+    if not found:
+        raise ValueError(f"--entry {entry}: no CIFAR-10 or CIFAR-100 entry of {RELEASE}'s zoo")
+    if len(set(found.values())) > 1:
+        raise ValueError(f"--entry {entry} stands for different networks: give one of {found}")
+    key = next(iter(found))
+    if len(found[key]) == 1:
+        raise ValueError(
+            f"{key} is RobustBench's {found[key][0]}, not one of the WRNs this package builds"
+        )
+    return key, found[key]
+
+
+def _entry_check(key: str, row: tuple, name: str, classes: int, arch: str) -> None:
+    """The weights' shape against the entry's architecture, depth, width and classes."""
+    expected = wrn_name(row[1], row[2])
+    if row[0] != arch or (name, classes) != (expected, row[3]):
+        raise ValueError(
+            f"the file holds a {arch} {name} of {classes} classes, but {key} is a {row[0]} "
+            f"{expected} of {row[3]}"
+        )
+
+
+def _robustbench(name, classes, options, weights, normalization, entry) -> Imported:
+    """RobustBench's WideResNet or BoostingWideResNet, by its zoo entry, or (without one) as
+    the state dict alone can say, refusing where two classes fit it."""
+    if entry is None and not options.get("head_bias", True):
+        raise ValueError(
+            "a head without bias fits RobustBench's WideResNet(bias_last=False) and its "
+            "BoostingWideResNet (Pang2020Boosting), whose head is on the hypersphere: give "
+            "--entry NAME"
+        )
+    if entry is None:
+        notes = ["no --entry: RobustBench's WideResNet"]
+        notes.append("the checkpoint's mean/std" if normalization else "inputs in [0, 1]")
+        return Imported(name, options, weights, *(normalization or UNIT), notes)
+    key, row = zoo_entry(entry)
+    arch = "BoostingWideResNet" if row[0] == "BoostingWideResNet" else "WideResNet"
+    _entry_check(key, row, name, classes, arch)
+    if arch == "BoostingWideResNet":
+        options["head"] = "cosine"
+    inputs = row[4]
+    if inputs == "unit":
+        normalization = UNIT
+    elif inputs == "mean_std" or normalization is None:
+        if row[6] is None:
+            raise ValueError(f"{key} keeps its mean/std in mu/sigma, which the file lacks")
+        normalization = scaled_to_255(row[6]), scaled_to_255(row[7])
+    return Imported(name, options, weights, *normalization, [f"RobustBench's {key}"])
+
+
+def from_dm_layout(state: Mapping[str, torch.Tensor], entry: str | None = None) -> Imported:
+    """RobustBench's DMWideResNet (DeepMind's layout) as our wrn-d-k: "SAME" padding; the
+    entry's activation and mean/std (which its state dict does not hold: non-persistent
+    buffers). Without an entry, buffers the file does hold, and swish (`--activation relu`
+    for the others); with neither, refused."""
     state = dict(state)
-    normalization = _normalization_of(state) or UNIT
+    normalization = _normalization_of(state)
     inside, _ = _strip_prefix(state, DM_KEY)
     weights = _mapped(inside, DM_KEYS, "robustbench-dm", 0)
-    name, _, options = _shape(weights)
+    name, classes, options = _shape(weights)
+    if entry is not None:
+        key, row = zoo_entry(entry)
+        _entry_check(key, row, name, classes, "DMWideResNet")
+        options = {**options, **DM, "activation": row[5]}
+        mean, std = scaled_to_255(row[6]), scaled_to_255(row[7])
+        return Imported(name, options, weights, mean, std, [f"RobustBench's {key}"])
     notes = [
         "DeepMind's layout: swish and TensorFlow's padding (--activation relu if it was "
         "trained with ReLU)"
     ]
+    if normalization is None:  # convert.py refuses unless --mean/--std are given
+        return Imported(name, {**options, **DM}, weights, None, None, notes, "unknown")
     return Imported(name, {**options, **DM}, weights, *map(tuple, normalization), notes)
 
 
@@ -228,7 +338,7 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
     return Imported(name, {}, weights, None, None, preprocess="imagenet")  # ImageNet's mean/std
 
 
-LAYOUTS = ("authors", "xternalz", "robustbench", "robustbench-dm", "fixmatch", "usb")
+LAYOUTS = ("authors", "xternalz", "robustbench", "robustbench-dm", "fixmatch", "usb", "torchssl")
 LAYOUTS += ("repdistiller", "torchvision")
 
 

@@ -157,8 +157,8 @@ class WideResNet(ThreeGroups):
         in_channels: channels of the input image.
         init: "authors" (He fan_in, BN gamma ~ U[0,1)) or "he_fan_out" (BN gamma = 1).
         **variant: another project's departures from the paper (models/variants.py Variant:
-            activation, bn_momentum, bn_eps, conv_bias, conv_padding, shortcut_input,
-            head_bias, norm); none given: the paper's network.
+            activation, bn_momentum, bn_eps, conv_bias, stem_bias, head_bn_eps,
+            conv_padding, shortcut_input, head_bias, head, norm); none given: the paper's network.
     """
 
     def __init__(
@@ -197,7 +197,7 @@ class WideResNet(ThreeGroups):
         self.blocks_per_group = blocks_per_group
         self.block = tuple(block)
         self.act = self.variant.act
-        self.conv0 = self.variant.conv(in_channels, 16, 3)
+        self.conv0 = self.variant.conv(in_channels, 16, 3, stem=True)
         c_in = 16
         for g, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
             group = nn.Sequential()
@@ -215,9 +215,9 @@ class WideResNet(ThreeGroups):
                 group.add_module(f"block{i}", unit)
                 c_in = width
             self.add_module(f"group{g}", group)
-        self.bn = self.variant.norm_layer(c_in)
+        self.bn = self.variant.norm_layer(c_in, head=True)
         self.head_bias = self.variant.head_bias
-        self.fc = nn.Linear(c_in, num_classes, bias=self.head_bias)
+        self.fc = self.variant.linear(c_in, num_classes)
         apply_init(self, init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
