@@ -5,6 +5,8 @@ uint8 images through our input transform to theirs on [0, 1] with their normalis
 
 - USB (semilearn) 0.1.4, 0.2.4 (its main branch's layout) and 0.3.2: wrn_28_2 and the same
   class at width 8 (wrn_28_8's), every naming its releases used (`fc`, `classifier`).
+- pytorchcv 0.0.74: CIFARWRN (its wrn16_10_cifar10 and the rest) at a small depth and width;
+  its networks alone (its CIFAR mean/std live in imgclsmob's training code, not the wheel).
 - RobustBench 1.1.1: every CIFAR-10 and CIFAR-100 entry of its zoo that is a WideResNet,
   BoostingWideResNet or DMWideResNet, built by the entry's own constructor (its lambda or its
   class, read from model_zoo/cifar10.py and cifar100.py) at a small depth and width; the
@@ -294,3 +296,17 @@ def test_the_deepmind_layout_with_relu_and_given_scales(folder, tmp_path):
     result = cli(*args, "--activation", "relu", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
     assert result.returncode == 0, result.stderr
     assert_same_outputs(wideresnet.load_model(out), theirs, lambda x: x)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_pytorchcv_cifar_wrns_import_with_their_own_logits(folder, tmp_path, classes):
+    wrn = load("pytorchcv-0.0.74-py3-none-any.whl", "pytorchcv.models.wrn_cifar", folder)
+    theirs = randomise(wrn.get_wrn_cifar(num_classes=classes, blocks=16, width_factor=2), 8)
+    ours = imported(tmp_path, theirs.state_dict(), "pytorchcv")
+    assert ours.name == "wrn-16-2"
+    z = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for mode in ("eval", "train"):
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        with torch.no_grad():
+            torch.testing.assert_close(ours(z), theirs(z), rtol=1e-5, atol=1e-5, msg=mode)

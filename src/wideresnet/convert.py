@@ -19,6 +19,7 @@ from wideresnet.models import count_params, create_model
 from wideresnet.models.foreign import (
     LAYOUTS,
     Imported,
+    from_pytorchcv,
     from_torchvision,
     from_xternalz_layout,
     scaled_to_255,
@@ -91,6 +92,8 @@ def _imported(
         entry, note = _entry(layout, entry, source)
         if layout == "torchvision":
             imported = from_torchvision(state)
+        elif layout == "pytorchcv":
+            imported = from_pytorchcv(state)
         else:
             imported = from_xternalz_layout(state, layout, entry)
         imported.notes += [note] if note else []

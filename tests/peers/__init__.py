@@ -26,6 +26,9 @@ RELEASES = {  # the wheel, its SHA-256 as PyPI serves it
     "semilearn-0.3.2-py3-none-any.whl": (
         "58813afc55c9f50b222a08da77c96b69b0e66b4967a8d36a591947e551201e72"
     ),
+    "pytorchcv-0.0.74-py3-none-any.whl": (
+        "9043ef0bd73870234361363522192be60a1938b836030415cc3dd85e254d3ac2"
+    ),
     "robustbench-1.1.1-py3-none-any.whl": (
         "1286e83d04eb8f21d787d9d21f39f8d6ec7ed02e1755684dd6b931b976c2017c"
     ),

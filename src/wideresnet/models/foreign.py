@@ -15,6 +15,8 @@
   usb          USB (microsoft/Semi-supervised-learning) wrn_28_2: the same layout with a bias
                on every conv, leaky ReLU 0.1, batch norm momentum 0.001 and eps 0.001; its
                first blocks read BN-ReLU(x) as the paper's (activate_before_residual is unused).
+  pytorchcv    pytorchcv's CIFARWRN (`features.stage1.unit1.body.conv1.bn...`, `output`):
+               the paper's network; imgclsmob's CIFAR mean/std.
   torchvision  `wide_resnet50_2`, `wide_resnet101_2` (and the ResNets): our ImageNet layout.
   authors      the authors' own PyTorch `params` dict (models/official.py).
 
@@ -57,6 +59,21 @@ DM_KEYS = [  # layer.{g}.block.{i} is group{g}.block{i}
     (r"batchnorm\.(\w+)", "bn.{x}"),
     (r"logits\.(weight|bias)", "fc.{x}"),
 ]
+PYTORCHCV_KEY = "features.stage1.unit1.body.conv1.bn.weight"
+PYTORCHCV_UNIT = r"features\.stage(\d+)\.unit(\d+)\."
+PYTORCHCV_KEYS = [  # stage{s}.unit{u} (both from 1) is group{s-1}.block{u-1}
+    (r"features\.init_block\.(weight|bias)", "conv0.{x}"),
+    (PYTORCHCV_UNIT + r"body\.conv1\.bn\.(\w+)", "group{g}.block{i}.bn0.{x}"),
+    (PYTORCHCV_UNIT + r"body\.conv1\.conv\.(weight|bias)", "group{g}.block{i}.conv0.{x}"),
+    (PYTORCHCV_UNIT + r"body\.conv2\.bn\.(\w+)", "group{g}.block{i}.bn1.{x}"),
+    (PYTORCHCV_UNIT + r"body\.conv2\.conv\.(weight|bias)", "group{g}.block{i}.conv1.{x}"),
+    (PYTORCHCV_UNIT + r"identity_conv\.(weight|bias)", "group{g}.block{i}.convdim.{x}"),
+    (r"features\.post_activ\.bn\.(\w+)", "bn.{x}"),
+    (r"output\.(weight|bias)", "fc.{x}"),
+]
+# imgclsmob's pytorch/datasets/cifar10_cls_dataset.py and cifar100's (pytorchcv's training code,
+# not in the wheel), on [0, 1]
+PYTORCHCV_NORMALIZATION = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 NORMALIZATION_KEYS = (("mean", "mu"), ("std", "sigma"))
 FIXMATCH = {"activation": "leaky_relu:0.1", "bn_momentum": 0.001, "shortcut_input": "raw"}
 SSL = {"activation": "leaky_relu:0.1", "bn_momentum": 0.001}  # USB and TorchSSL alike
@@ -135,7 +152,7 @@ def _normalization_of(state: dict) -> tuple[tuple, tuple] | None:
     return scaled_to_255(found[0]), scaled_to_255(found[1])
 
 
-def _mapped(inside: dict, patterns: list, layout: str, group_offset: int) -> dict:
+def _mapped(inside: dict, patterns: list, layout: str, group_offset: int, block_offset=0) -> dict:
     """The keys of `inside` as ours, by `patterns` (a key no pattern takes is refused)."""
     weights = {}
     for key, value in inside.items():
@@ -149,7 +166,8 @@ def _mapped(inside: dict, patterns: list, layout: str, group_offset: int) -> dic
                 groups = match.groups()
                 if "{g}" in target:  # group, block and (for most keys) the leaf name
                     extra = groups[2] if len(groups) > 2 else ""
-                    names = {"g": int(groups[0]) - group_offset, "i": groups[1], "x": extra}
+                    block = int(groups[1]) - block_offset
+                    names = {"g": int(groups[0]) - group_offset, "i": block, "x": extra}
                 else:
                     names = {"x": groups[0] if groups else ""}
                 weights[target.format(**names)] = value
@@ -315,6 +333,16 @@ def from_dm_layout(state: Mapping[str, torch.Tensor], entry: str | None = None) 
     return Imported(name, {**options, **DM}, weights, *map(tuple, normalization), notes)
 
 
+def from_pytorchcv(state: Mapping[str, torch.Tensor]) -> Imported:
+    """pytorchcv's CIFARWRN (wrn16_10_cifar10, wrn28_10_cifar100, ...): the paper's network
+    under pytorchcv's names; imgclsmob's CIFAR mean/std."""
+    inside, _ = _strip_prefix(state, PYTORCHCV_KEY)
+    weights = _mapped(inside, PYTORCHCV_KEYS, "pytorchcv", 1, block_offset=1)
+    name, _, options = _shape(weights)
+    mean, std = (scaled_to_255(v) for v in PYTORCHCV_NORMALIZATION)
+    return Imported(name, options, weights, mean, std, ["imgclsmob's CIFAR mean/std"])
+
+
 def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
     """torchvision's ResNet / wide_resnet*_2 state_dict as our ImageNet model."""
     inside, _ = _strip_prefix(state, "layer1.0.conv1.weight")
@@ -339,7 +367,7 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
 
 
 LAYOUTS = ("authors", "xternalz", "robustbench", "robustbench-dm", "fixmatch", "usb", "torchssl")
-LAYOUTS += ("repdistiller", "torchvision")
+LAYOUTS += ("repdistiller", "pytorchcv", "torchvision")
 
 
 def state_dict_of(saved: object, key: str | None = None) -> dict[str, torch.Tensor]:
