@@ -82,7 +82,10 @@ def test_a_table_through_submitit_local_with_a_preempted_job_equals_the_local_la
 
 def test_submitit_without_slurm_and_bad_cluster_options_are_one_line(npz, tmp_path):
     out = tmp_path / "exp"
-    line = one_line_error(cli(*table_command(npz, out, "--launcher", "submitit")))
+    (tmp_path / "bin").mkdir()  # a PATH without Slurm's commands, wherever they are installed
+    (tmp_path / "bin" / "python").symlink_to(sys.executable)
+    alone = {"PATH": str(tmp_path / "bin")}
+    line = one_line_error(cli(*table_command(npz, out, "--launcher", "submitit"), env=alone))
     assert "no Slurm here" in line and "submitit-local" in line
     for option, value, message in (
         ("--slurm-time", "soon", "--slurm-time 'soon'"),

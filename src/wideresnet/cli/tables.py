@@ -145,8 +145,8 @@ def table_run(args: argparse.Namespace) -> int:
             f"wrn table run: {', '.join(given)}: for figure4 only (a training table's runs take "
             "`wrn train` options after --, e.g. -- --device cpu)"
         )
+    from wideresnet.experiments.expdir import ExperimentDir
     from wideresnet.experiments.grid import keep_in, load_grid
-    from wideresnet.experiments.status import record_plan
     from wideresnet.extras import require
 
     grid = load_grid(args.table) if args.table.endswith(".toml") else None
@@ -171,7 +171,7 @@ def table_run(args: argparse.Namespace) -> int:
     if grid:
         keep_in(grid, exp_dir)  # where `wrn report` finds the grid again
     name = grid.table.name if grid else args.table
-    record_plan(exp_dir, runs)  # what `wrn table status` lists, however the runs are run
+    ExperimentDir(exp_dir).record_plan(runs)  # what `wrn table status` lists, however run
     if args.print_commands:
         for line in print_commands(runs, args.retry_failed):
             print(line)

@@ -30,36 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wideresnet.errors import ConfigError, Interrupted, RunError
+from wideresnet.experiments.expdir import ExperimentDir, job_active, stopped_by_signal
 from wideresnet.experiments.plan import PlannedRun
-from wideresnet.experiments.runner import (
-    TABLE_STOPPED,
-    Outcome,
-    locked,
-    log_path,
-    record_exit,
-    run_key,
-    stop_requests,
-    stopped_by_signal,
-)
+from wideresnet.experiments.runner import TABLE_STOPPED, Outcome, log_path, stop_requests
 from wideresnet.extras import require
-from wideresnet.files import read_json, write_json
 from wideresnet.train.rundir import LOCK, RunDir, RunState
 
 log = logging.getLogger(__name__)
 
-JOBS = "jobs.json"  # EXP_DIR's record of each run's last submitted job
-# Slurm states of a job that is still to run or running (sacct's names)
-ACTIVE_STATES = {
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "REQUEUE_FED",
-    "REQUEUE_HOLD",
-    "CONFIGURING",
-    "COMPLETING",
-    "RESIZING",
-    "SUSPENDED",
-}
 LOCAL_POLL_SECONDS = 0.5
 DEFAULT_MINUTES = 24 * 60
 
@@ -179,7 +157,7 @@ class RunJob:
             except BaseException:  # Ctrl-C or an exit of the job: the run checkpoints first
                 self._stop_child()
                 raise
-        record_exit(self.exp_dir, self.run, code, time.monotonic() - started)
+        ExperimentDir(self.exp_dir).record_exit(self.run, code, time.monotonic() - started)
         if code != 0 and not stopped_by_signal(code):
             raise RunError(f"{self.run.tag} seed {self.run.seed}: exit {code}; see {path}")
         return code
@@ -205,65 +183,6 @@ class RunJob:
 
         self._stop_child()
         return submitit.helpers.DelayedSubmission(RunJob(self.run, self.exp_dir))
-
-
-# --------------------------------------------------------------------------------------------
-# What is queued: EXP_DIR/jobs.json and the scheduler's view of each job
-# --------------------------------------------------------------------------------------------
-
-
-def read_jobs(exp_dir: Path) -> dict[str, dict]:
-    jobs = read_json(exp_dir / JOBS)
-    return jobs if isinstance(jobs, dict) else {}
-
-
-def _record_jobs(exp_dir: Path, submitted: list[tuple[PlannedRun, str]], launcher: str) -> None:
-    with locked(exp_dir / ".jobs.lock"):
-        jobs = read_jobs(exp_dir)
-        for run, job_id in submitted:
-            jobs[run_key(exp_dir, run)] = {
-                "job_id": job_id,
-                "launcher": launcher,
-                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-        write_json(exp_dir / JOBS, jobs)
-
-
-def job_active(exp_dir: Path, job: dict | None) -> bool:
-    """Whether a recorded job is still queued or running, as its scheduler says."""
-    if not isinstance(job, dict) or not str(job.get("job_id", "")):
-        return False
-    job_id = str(job["job_id"])
-    if job.get("launcher") == "submitit-local":  # the id is the local controller's pid
-        return job_id.isdigit() and _is_local_controller(int(job_id))
-    return _slurm_state(job_id) in ACTIVE_STATES
-
-
-def _is_local_controller(pid: int) -> bool:
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"submitit.local._local" in command
-
-
-def _slurm_state(job_id: str) -> str:
-    """A job's state as Slurm says: squeue for a live job (pending, requeued, running), else
-    sacct where accounting answers ("UNKNOWN" when neither knows it)."""
-    for command in (
-        ["squeue", "-h", "-j", job_id, "-o", "%T"],
-        ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
-    ):
-        if shutil.which(command[0]) is None:
-            continue
-        try:
-            answer = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        states = [line.split()[0] for line in answer.stdout.splitlines() if line.strip()]
-        if answer.returncode == 0 and states:
-            return states[0]
-    return "UNKNOWN"
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,13 +253,14 @@ class Submission:
 
 def to_submit(runs: list[PlannedRun], exp_dir: Path, retry_failed: bool) -> Submission:
     """Which runs need a job now (neither finished, nor running, nor queued)."""
-    jobs, plan = read_jobs(exp_dir), Submission()
+    experiment, plan = ExperimentDir(exp_dir), Submission()
+    jobs = experiment.jobs()
     for run in runs:
         state = run.state
-        recorded = jobs.get(run_key(exp_dir, run))
+        recorded = jobs.get(experiment.key(run))
         if state == RunState.FINISHED:
             plan.finished.append(run)
-        elif state == RunState.RUNNING or job_active(exp_dir, recorded):
+        elif state == RunState.RUNNING or job_active(recorded):
             plan.queued.append((run, str((recorded or {}).get("job_id", "?"))))
         elif state == RunState.FAILED and not retry_failed:
             plan.skipped_failed.append(run)
@@ -371,7 +291,7 @@ def submit(
     except Exception as error:
         raise _refusal(str(error), options) from None
     plan.submitted = [(run, str(job.job_id)) for run, job in zip(todo, jobs)]
-    _record_jobs(exp_dir, plan.submitted, options.launcher)
+    ExperimentDir(exp_dir).record_jobs(plan.submitted, options.launcher)
     return plan
 
 
@@ -386,7 +306,7 @@ def _run_locally(executor, todo, exp_dir: Path, options: ClusterOptions, plan) -
                 run = pending.pop(0)
                 job = executor.submit(RunJob(run, exp_dir))
                 plan.submitted.append((run, str(job.job_id)))
-                _record_jobs(exp_dir, [(run, str(job.job_id))], options.launcher)
+                ExperimentDir(exp_dir).record_jobs([(run, str(job.job_id))], options.launcher)
                 log.info(f"submitted {run.tag} seed {run.seed} as local job {job.job_id}")
                 active.append((run, job))
             for run, job in [item for item in active if item[1].done()]:

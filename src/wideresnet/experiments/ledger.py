@@ -11,8 +11,8 @@ from typing import Any
 
 from wideresnet.errors import RunError
 from wideresnet.experiments import figure4
+from wideresnet.experiments.expdir import TABLE_RUNS
 from wideresnet.experiments.grid import FOLDER as GRIDS
-from wideresnet.experiments.runner import TABLE_RUNS
 from wideresnet.files import atomic_write, write_json
 from wideresnet.report import collect
 from wideresnet.train.environment import git_commit

@@ -8,7 +8,6 @@ later continues the table. Each run's output goes to EXP_DIR/logs/.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -21,15 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wideresnet.errors import Interrupted, RunError, stop_signals
+from wideresnet.experiments.expdir import Claims, ExperimentDir, stopped_by_signal
 from wideresnet.experiments.plan import PlannedRun
-from wideresnet.files import read_json, write_json
 from wideresnet.progress import log as progress_log
 from wideresnet.train.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
-TABLE_RUNS = "table-runs.json"  # EXP_DIR's record of each run's last exit and command
 TABLE_STOPPED = "every running run saved a checkpoint; the same command resumes the table"
 
 
@@ -49,36 +47,9 @@ class Outcome:
     skipped: int = 0
 
 
-def run_key(exp_dir: Path, run: PlannedRun) -> str:
-    """A run's name in the experiment's records: its folder relative to EXP_DIR."""
-    return str(run.run_dir.relative_to(exp_dir))
-
-
 def log_path(exp_dir: Path, run: PlannedRun) -> Path:
-    return log_of(exp_dir, run_key(exp_dir, run))
-
-
-def log_of(exp_dir: Path, key: str) -> Path:
-    """EXP_DIR/logs/<the run's folder, its parts joined by ->.log: every process of the run."""
-    return exp_dir / "logs" / ("-".join(Path(key).parts) + ".log")
-
-
-def stopped_by_signal(code: int) -> bool:
-    """The exit of a run that was asked to stop (SIGTERM, SIGINT) and saved a checkpoint."""
-    return code in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
-
-
-def record_exit(exp_dir: Path, run: PlannedRun, code: int, seconds: float) -> None:
-    """EXP_DIR/table-runs.json: each run's last exit code and command (for the ledger and
-    `wrn table status`), whichever launcher ran it."""
-    with locked(exp_dir / ".table-runs.lock"):
-        record = read_json(exp_dir / TABLE_RUNS) or {}
-        record[run_key(exp_dir, run)] = {
-            "exit": code,
-            "seconds": round(seconds, 1),
-            "command": run.command(),
-        }
-        write_json(exp_dir / TABLE_RUNS, record)
+    experiment = ExperimentDir(exp_dir)
+    return experiment.log(experiment.key(run))
 
 
 @contextmanager
@@ -87,48 +58,6 @@ def stop_requests() -> Iterator[list[int]]:
     received: list[int] = []
     with stop_signals(lambda signum, frame: received.append(signum)):
         yield received
-
-
-class Claims:
-    """One runner at a time per run (two `wrn table run` into one experiment split the work):
-    EXP_DIR/.claims/<run>.lock, an OS lock held while this runner's process for that run
-    lives, and dropped with this runner if it dies."""
-
-    def __init__(self, exp_dir: Path) -> None:
-        self.folder = exp_dir / ".claims"
-
-    def take(self, run: PlannedRun) -> int | None:
-        """The claim's descriptor, or None when another runner holds the run."""
-        name = "-".join(run.run_dir.relative_to(self.folder.parent).parts) + ".lock"
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as error:  # .claims a file, a link, or a claim that is not a file
-            raise RunError(
-                f"{self.folder / name}: cannot take the run's claim ({error.strerror}); "
-                f"{self.folder} must be a folder of lock files"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive OS lock on `path` while inside (a shared record's read-modify-write)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as error:  # a link (refused, never followed), a folder, no room
-        reason = f"cannot lock it ({error.strerror}); remove it if it is not a file"
-        raise RunError(f"{path}: {reason}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 class TableRunner:
@@ -218,7 +147,7 @@ class TableRunner:
         else:
             outcome.failed += 1
             said = f"FAILED (exit {code}; see {log_path(self.exp_dir, item.run)})"
-        record_exit(self.exp_dir, item.run, code, seconds)
+        ExperimentDir(self.exp_dir).record_exit(item.run, code, seconds)
         done = outcome.finished + outcome.failed
         progress_log.info(
             f"{item.run.tag} seed {item.run.seed}: {said}, {seconds:.0f}s; {done}/{total} done"
