@@ -4,7 +4,8 @@ imported, and our logits equal to the peer's (1e-5 relative) in eval and train m
 uint8 images through our input transform to theirs on [0, 1] with their normalisation.
 
 - USB (semilearn) 0.1.4, 0.2.4 (its main branch's layout) and 0.3.2: wrn_28_2 and the same
-  class at width 8 (wrn_28_8's), every naming its releases used (`fc`, `classifier`).
+  class at width 8 (wrn_28_8's), every naming its releases used (`fc`, `classifier`), and
+  wrn_var_37_2 (four groups, STL-10).
 - pytorchcv 0.0.74: CIFARWRN (its wrn16_10_cifar10 and the rest) at a small depth and width;
   its networks alone (its CIFAR mean/std live in imgclsmob's training code, not the wheel).
 - RobustBench 1.1.1: every CIFAR-10 and CIFAR-100 entry of its zoo that is a WideResNet,
@@ -111,23 +112,27 @@ def test_every_usb_release_imports_with_its_own_logits(folder, tmp_path, version
     assert_same_outputs(ours, theirs, usb_normalisation(version, classes))
 
 
-def test_usbs_four_group_network_and_mixed_layouts_are_refused_by_name(folder, tmp_path):
-    var = semilearn("0.3.2", folder, "wrn_var").wrn_var_37_2(num_classes=10)
-    torch.save(var.state_dict(), tmp_path / "var.pt")
-    line = one_line_error(
-        cli("import", "--from", "usb", tmp_path / "var.pt", "--out", tmp_path / "o.pt")
-    )
-    assert "wrn_var_37_2" in line and "four groups" in line
+@pytest.mark.parametrize("version", SEMILEARN[1:])
+def test_usbs_four_group_network_for_stl10_imports_with_its_own_logits(folder, tmp_path, version):
+    """wrn_var_37_2: four groups, the first with stride 2, for 96x96 images."""
+    theirs = randomise(semilearn(version, folder, "wrn_var").wrn_var_37_2(num_classes=10), 12)
+    ours = imported(tmp_path, theirs.state_dict(), "usb")
+    assert (ours.name, ours.widths, ours.strides) == ("wrn-28-2", [32, 64, 128, 256], (2, 2, 2, 2))
+    z = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    for mode in ("eval", "train"):
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        with torch.no_grad():
+            torch.testing.assert_close(ours(z), logits(theirs(z)), rtol=1e-5, atol=1e-5)
+
+
+def test_a_mix_of_usbs_layouts_is_refused_by_name(folder, tmp_path):
     state = semilearn("0.3.2", folder).wrn_28_2(num_classes=10).state_dict()
     state["block1.layer.0.conv1.bias"] = torch.zeros(32)  # a 0.3 head with 0.2's biases
     torch.save(state, tmp_path / "mixed.pt")
-    line = one_line_error(
-        cli("import", "--from", "usb", tmp_path / "mixed.pt", "--out", tmp_path / "o.pt")
-    )
-    assert "no USB release" in line
-    line = one_line_error(
-        cli("import", "--from", "xternalz", tmp_path / "mixed.pt", "--out", tmp_path / "o.pt")
-    )
+    args = [tmp_path / "mixed.pt", "--out", tmp_path / "o.pt"]
+    assert "no USB release" in one_line_error(cli("import", "--from", "usb", *args))
+    line = one_line_error(cli("import", "--from", "xternalz", *args))
     assert "USB 0.3's, not the xternalz layout" in line
 
 

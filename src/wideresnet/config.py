@@ -88,6 +88,12 @@ class ModelConfig(Section):
         "or test-time-adapted training)",
         check=(lambda v: re.fullmatch(r"batch|group:[1-9]\d*", v), "must be batch or group:G"),
     )
+    groups: int | None = option(
+        None, "wrn-d-k: 3 groups (the paper) | 4 (USB's wrn_var_37_2 for STL-10)", choices=(3, 4)
+    )
+    first_stride: int | None = option(
+        None, "wrn-d-k: the first group's stride: 1 (the paper) | 2 (wrn_var_37_2)", choices=(1, 2)
+    )
     head_bn_eps: float | None = option(
         None,
         "wrn-d-k: the final norm's eps, where it differs from --bn-eps (USB 0.3: 0.001)",

@@ -130,7 +130,8 @@ def _imagenet_resnet(match, num_classes, **options):
     r"wrn-(\d+)-" + _NUMBER,
     "wrn-d-k",
     "wrn-d-k: CIFAR/SVHN WRN, d = 6N+4, k may be fractional",
-    {"dropout", "block", "blocks_per_group", "init", "in_channels", *VARIANT_OPTIONS},
+    {"dropout", "block", "blocks_per_group", "init", "in_channels", "groups", "first_stride"}
+    | VARIANT_OPTIONS,
 )
 def _wrn(match, num_classes, **options):
     return WideResNet(int(match[1]), _number(match[2]), num_classes, **options)

@@ -182,16 +182,15 @@ def _mapped(inside: dict, patterns: list, layout: str, group_offset: int, block_
 def _shape(weights: dict) -> tuple[str, int, dict]:
     """(our model name, its classes, head options) from the mapped weights' shapes."""
     blocks = 1 + max(int(k.split(".")[1][5:]) for k in weights if k.startswith("group0."))
+    groups = 1 + max(int(k.split(".")[0][5:]) for k in weights if k.startswith("group"))
     classes, width = weights["fc.weight"].shape
     options: dict = {} if "fc.bias" in weights else {"head_bias": False}
-    return wrn_name(6 * blocks + 4, width / 64), int(classes), options
+    return wrn_name(6 * blocks + 4, width / (16 << (groups - 1))), int(classes), options
 
 
 def _usb_layout(inside: dict, notes: list[str]) -> dict:
     """The options of the USB release whose keys these are (the head's name, and a bias on
     the block convs or not, tell them apart; their batch norms' eps differ unseen)."""
-    if any(k.startswith("block4.") for k in inside):
-        raise ValueError("four groups: USB's wrn_var_37_2, which has no counterpart here")
     for key in [k for k in inside if k.startswith("rot_classifier.")]:
         del inside[key]  # ReMixMatch's rotation head
         notes.append(f"{key} (ReMixMatch's rotation head) left out")
@@ -203,6 +202,9 @@ def _usb_layout(inside: dict, notes: list[str]) -> dict:
             "convs: no USB release (0.1-0.2 and main: fc and biases; 0.3: classifier, none)"
         )
     release, options = USB_LAYOUTS[head, block_bias]
+    if any(k.startswith("block4.") for k in inside):  # wrn_var_37_2, for STL-10's 96x96
+        options = {**options, "groups": 4, "first_stride": 2}
+        release += ", wrn_var_37_2"
     notes.append(f"read as {release}")
     return options
 

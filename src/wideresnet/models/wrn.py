@@ -77,13 +77,16 @@ class ThreeGroups(Backbone, nn.Module):
     HEAD: tuple[str, ...] = ("bn", "fc")
     input_size = 32
     widths: list[int]
+    strides: tuple[int, ...] = (1, 2, 2)  # each group's first conv
 
     def stem_stage(self) -> Stage:
         return module_stage("conv0", 16, 1)
 
     def feature_stages(self) -> list[Stage]:
-        strides = zip(self.widths, (1, 2, 4))
-        groups = [module_stage(f"group{g}", w, r) for g, (w, r) in enumerate(strides)]
+        groups, reduction = [], 1
+        for g, (width, stride) in enumerate(zip(self.widths, self.strides)):
+            reduction *= stride
+            groups.append(module_stage(f"group{g}", width, reduction))
         return [self.stem_stage(), *groups]
 
     @property
@@ -94,7 +97,7 @@ class ThreeGroups(Backbone, nn.Module):
         def part(names: tuple[str, ...]) -> nn.ModuleList:
             return nn.ModuleList([getattr(self, n) for n in names])
 
-        groups = [(f"group{g}", getattr(self, f"group{g}")) for g in range(3)]
+        groups = [(f"group{g}", getattr(self, f"group{g}")) for g in range(len(self.widths))]
         return [("conv0", part(self.STEM)), *groups, ("head", part(self.HEAD))]
 
 
@@ -156,6 +159,8 @@ class WideResNet(ThreeGroups):
         blocks_per_group: N, overriding the one derived from depth (Table 3).
         in_channels: channels of the input image.
         init: "authors" (He fan_in, BN gamma ~ U[0,1)) or "he_fan_out" (BN gamma = 1).
+        groups: 3 (the paper's); 4 adds a group of int(128k) (USB's wrn_var_37_2, STL-10).
+        first_stride: the first group's stride (1; wrn_var_37_2: 2, for 96x96 images).
         **variant: another project's departures from the paper (models/variants.py Variant:
             activation, bn_momentum, bn_eps, conv_bias, stem_bias, head_bn_eps,
             conv_padding, shortcut_input, head_bias, head, norm); none given: the paper's network.
@@ -172,6 +177,8 @@ class WideResNet(ThreeGroups):
         blocks_per_group: int | None = None,
         in_channels: int = 3,
         init: str = "authors",
+        groups: int = 3,
+        first_stride: int = 1,
         **variant,
     ) -> None:
         super().__init__()
@@ -193,13 +200,18 @@ class WideResNet(ThreeGroups):
             )
         if not 0.0 <= dropout < 1.0:
             raise ModelNameError(f"dropout must be in [0, 1), got {dropout}")
-        self.widths = [int(v * widen_factor) for v in (16, 32, 64)]
+        if groups not in (3, 4) or first_stride not in (1, 2):
+            raise ModelNameError(
+                f"groups 3 or 4 and first_stride 1 or 2, not {groups}, {first_stride}"
+            )
+        self.widths = [int(16 * 2**g * widen_factor) for g in range(groups)]
+        self.strides = (first_stride,) + (2,) * (groups - 1)
         self.blocks_per_group = blocks_per_group
         self.block = tuple(block)
         self.act = self.variant.act
         self.conv0 = self.variant.conv(in_channels, 16, 3, stem=True)
         c_in = 16
-        for g, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
+        for g, (width, stride) in enumerate(zip(self.widths, self.strides)):
             group = nn.Sequential()
             for i in range(blocks_per_group):
                 raw = self.variant.shortcut_input == "raw" and g > 0 and i == 0
@@ -224,7 +236,9 @@ class WideResNet(ThreeGroups):
         """The last map, BN-ReLU'd as the head reads it (the head then takes the 8x8 average
         pool of a 32x32 input and the linear layer)."""
         x = self.conv0(x)
-        return self.finish_features(self.group2(self.group1(self.group0(x))))
+        for g in range(len(self.widths)):
+            x = getattr(self, f"group{g}")(x)
+        return self.finish_features(x)
 
     def finish_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final BN-ReLU of a pre-activation network, after the last group."""
