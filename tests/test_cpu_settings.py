@@ -257,3 +257,27 @@ def test_the_compile_mode_reaches_torch_compile(npz, mode, graphs, expected):
     runtime = Runtime.resolve(config, torch.device("cpu"), 1, None)
     assert runtime.compile_mode == mode and runtime.record()["compile_mode"] == mode
     assert replace(runtime, cuda_graphs=graphs).torch_compile_mode == expected
+
+
+@pytest.mark.parametrize(
+    "flags, per_cycle",
+    [
+        ({"avx512f", "avx512_bf16", "amx_bf16"}, 1024),  # AMX: its tile unit, not AVX-512's
+        ({"avx512f", "avx512_bf16"}, 128),
+        ({"avx2"}, 32),
+    ],
+    ids=["amx", "avx512-bf16", "avx2"],
+)
+def test_the_assumed_cpu_peak_counts_the_units_bf16_runs_on(monkeypatch, flags, per_cycle):
+    """An MFU is measured against the peak of the units that do the work: a CPU with AMX
+    is not held to AVX-512's peak (an MFU above 100% would follow)."""
+    from wideresnet import bench
+
+    monkeypatch.setattr(bench, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(bench, "cpu_ghz", lambda: 2.0)
+    monkeypatch.setattr(bench, "cpu_bf16", lambda: (bool(flags & {"avx512_bf16", "amx_bf16"}), ""))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    if "amx_bf16" not in flags:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    value, said = bench.peak("cpu", "bf16")
+    assert value == 2 * 2.0e9 * per_cycle and f"{per_cycle}" in said

@@ -58,7 +58,7 @@ BENCH_RUN = ("a run of the paper's CIFAR schedule", 200 * 49_920)
 def cpu_default(model_name: str) -> tuple[Candidate, str]:
     """The CPU setting `wrn train` picks for `model_name` on a paper-length CIFAR run."""
     model = create_model(model_name, 10)
-    return cpu_choice(Config(), Work.of(model, BENCH_RUN[1]), may_measure=False)
+    return cpu_choice(Config(), Work.of(model, BENCH_RUN[1]))
 
 
 def settings(
@@ -83,6 +83,9 @@ def settings(
     return rows, chosen
 
 
+AMX_BF16_PER_CYCLE = 1024  # bf16 FLOP/cycle of a core's AMX unit (Intel: 512 FMAs a cycle)
+
+
 def peak(device: str, precision: str) -> tuple[float | None, str]:
     """(peak FLOP/s assumed for the device and precision, what that assumes)."""
     if torch.device(device).type == "cuda":
@@ -98,6 +101,14 @@ def peak(device: str, precision: str) -> tuple[float | None, str]:
     per_cycle = 2 * 2 * width * (2 if precision == "bf16" and cpu_bf16()[0] else 1)
     if ghz is None:
         return None, "CPU clock unknown: no utilisation given"
+    amx = "amx_bf16" in flags or getattr(torch.cpu, "_is_amx_tile_supported", bool)()
+    if precision == "bf16" and amx and per_cycle > 4 * width:
+        per_cycle = AMX_BF16_PER_CYCLE
+        value = cores * ghz * 1e9 * per_cycle
+        return value, (
+            f"CPU: {cores} cores x {ghz:.2f} GHz x {per_cycle} bf16 FLOP/cycle (an AMX tile "
+            "unit a core, Intel's figure; an upper bound)"
+        )
     value = cores * ghz * 1e9 * per_cycle
     return value, (
         f"CPU: {cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle (2 FMA units of "

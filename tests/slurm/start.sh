@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # A one-node Slurm on this machine for the tests: munged, slurmctld and slurmd from Debian's
 # packages (slurm-wlm, munge), configured in DIR, which also holds their state and logs.
-#   tests/slurm/start.sh DIR [accounting]   start; prints SLURM_CONF=DIR/slurm.conf
-#   tests/slurm/start.sh DIR stop           stop what DIR's start started
-# No cgroups (proctrack/linuxproc, task/none); JobRequeue=1. With "accounting", a text-file
-# job completion log is kept and jobs are readable by sacct; without it, sacct fails, as on
-# a cluster without slurmdbd.
+#   tests/slurm/start.sh DIR        start; prints SLURM_CONF=DIR/slurm.conf
+#   tests/slurm/start.sh DIR stop   cancel its jobs and stop what DIR's start started
+# No cgroups (proctrack/linuxproc, task/none); JobRequeue=1; no accounting (sacct fails, as
+# on a cluster without slurmdbd).
 set -euo pipefail
-dir=$(realpath -m "$1"); mode=${2:-}
-if [ "$mode" = stop ]; then
-    for name in slurmd slurmctld munged; do
-        [ -f "$dir/$name.pid" ] && kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
+dir=$(realpath -m "$1"); mode=${2:-start}
+if [ "$mode" = stop ]; then  # its jobs first (their slurmstepd end with them), then daemons
+    export SLURM_CONF="$dir/slurm.conf"
+    scancel --full --user "$(id -un)" 2>/dev/null || true
+    for _ in $(seq 40); do
+        [ -z "$(squeue -h 2>/dev/null)" ] && break
+        sleep 0.25
     done
+    pkill -f -- "-f $dir/slurm.conf" || true
+    pkill -f -- "--socket=$dir/munge/munge.socket" || true
     exit 0
 fi
 for tool in munged slurmctld slurmd sbatch; do
@@ -21,11 +25,6 @@ mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
 node=$(hostname -s)
 cpus=$(nproc)
 memory=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 ))
-accounting="AccountingStorageType=accounting_storage/none"
-[ "$mode" = accounting ] && accounting="JobCompType=jobcomp/filetxt
-JobCompLoc=$dir/jobcomp.log
-JobAcctGatherType=jobacct_gather/linux
-AccountingStorageType=accounting_storage/none"
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=wrntest
 SlurmctldHost=$node
@@ -56,7 +55,7 @@ KillWait=30
 InactiveLimit=0
 Waittime=0
 SchedulerParameters=sched_interval=2
-$accounting
+AccountingStorageType=accounting_storage/none
 NodeName=$node CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF

@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 RECORD = "cpu-settings.json"
 REFERENCE, REFERENCE_BATCH = "wrn-16-2", 128
-CALIBRATE_AFTER = 3600.0  # a run estimated at an hour of eager training measures first
 ROUNDS = 3  # of `steps` steps per candidate, interleaved; the median is kept
 WARMUP_STEPS = {False: 2, True: 5}  # with CUDA graphs: recorded on a later call than the first
 
@@ -379,15 +378,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def figures_for(work: Work | None, may_measure: bool = True) -> Figures:
-    """This machine's cached figures; measured now, once, when a run is long enough to want
-    them (an hour of eager training by its class's figures); else its class's figures."""
+def figures_for() -> Figures:
+    """This machine's cached figures (`wrn bench --calibrate` measures them), else its
+    class's. Nothing is measured here: a benchmark inside `wrn train` would draw weights and
+    reseed, and the same command would then train differently once the figures are cached."""
     found = cached()
-    if found is not None:
-        return found
-    stand_in = class_figures()
-    long_run = work is not None and work.eager_seconds(stand_in) >= CALIBRATE_AFTER
-    return calibrate() if may_measure and long_run else stand_in
+    return found if found is not None else class_figures()
 
 
 def allowed_by(config: Config) -> list[Candidate]:
@@ -404,13 +400,9 @@ def allowed_by(config: Config) -> list[Candidate]:
     ]
 
 
-def cpu_choice(
-    config: Config, work: Work | None, may_measure: bool = True
-) -> tuple[Candidate, str]:
-    """The CPU setting of a run: `work` its size (None: eager only), with the reason;
-    `may_measure`: calibrate first when the run is long and this machine has no figures."""
-    allowed = allowed_by(config)
-    return choose(figures_for(work if allowed else None, may_measure), work, allowed)
+def cpu_choice(config: Config, work: Work | None) -> tuple[Candidate, str]:
+    """The CPU setting of a run: `work` its size (None: eager only), with the reason."""
+    return choose(figures_for(), work, allowed_by(config))
 
 
 def describe(figures: Figures) -> list[dict[str, Any]]:

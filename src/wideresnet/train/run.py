@@ -103,7 +103,7 @@ def make_trainer(
     if device.type == "cpu":  # several processes measure nothing: they would share the cores
         images = len(data.train) * config.optim.batch_size * config.optim.epochs
         work = Work.of(model, images)
-        cpu = kept_cpu_setting(recorded) or cpu_choice(config, work, world.size == 1)
+        cpu = kept_cpu_setting(recorded) or cpu_choice(config, work)
     runtime = Runtime.resolve(config, device, world.size, cpu)
     if world.distributed:
         if config.runtime.sync_bn:
