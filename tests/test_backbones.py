@@ -254,6 +254,24 @@ def test_the_teacher_is_checked_at_the_start_and_on_every_resume(npz, tmp_path):
     assert "its class 1 is 'c1', this run's is 'c2'" in line
 
 
+def test_a_teacher_of_another_image_size_is_refused(tmp_path):
+    from helpers import write_image_folder
+
+    folder = tmp_path / "images"
+    write_image_folder(folder, np.random.default_rng(3), per_class=4, size=32)
+    base = "--model wrn-10-1 --dataset folder --epochs 1 --batch-size 4 --precision fp32".split()
+    small = tmp_path / "small"
+    trained = cli("train", *base, "--data-dir", folder, "--image-size", "16", "--out", small)
+    assert trained.returncode == 0, trained.stderr
+    for size in ("32", "24"):  # the student at 32 px (its images' own), and at 24
+        args = ["--data-dir", folder, "--image-size", size, "--teacher", small]
+        line = one_line_error(cli("train", *base, *args, "--out", tmp_path / f"s{size}"))
+        assert f"trained on 16x16 images, this run's are {size}x{size}" in line
+    student = tmp_path / "student"  # the same size: accepted
+    args = ["--data-dir", folder, "--image-size", "16", "--teacher", small, "--out", student]
+    assert cli("train", *base, *args).returncode == 0
+
+
 RD_MEAN, RD_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # RepDistiller CIFAR-100
 
 

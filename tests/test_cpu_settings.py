@@ -144,6 +144,13 @@ def test_a_calibration_is_cached_for_this_machine_only(monkeypatch):
     (cache_dir() / cal.RECORD).write_text(json.dumps(record))
     assert cal.cached() is None  # only the other machine's and the other torch's remain
 
+    # this machine's entry with a speed no run can have (negative, zero, infinite): ignored
+    for speed in (-100.0, 0.0, float("inf")):
+        bad = {**entry, "rows": {**entry["rows"], COMPILED.name: {
+            "images_per_second": speed, "compile_seconds": 10}}}  # fmt: skip
+        (cache_dir() / cal.RECORD).write_text(json.dumps({"entries": {key: bad}}))
+        assert cal.cached() is None, speed
+
     # this torch upgraded to the other entry's version: its figures, and not ours
     (cache_dir() / cal.RECORD).write_text(json.dumps({"entries": {key: entry}}))
     monkeypatch.setattr(torch, "__version__", "2.11.0")

@@ -337,10 +337,15 @@ def test_data_verify_decodes_every_file_and_lists_the_broken_ones(tmp_path):
     broken = root / "train" / "n01443537" / "n01443537_train_4.JPEG"
     broken.write_bytes(broken.read_bytes()[: len(broken.read_bytes()) // 2])
     (root / "val" / "n01440764" / "n01440764_val_0.JPEG").write_bytes(b"not an image")
+    # over the pixel limit training refuses (a decompression bomb): verify says so too
+    from PIL import Image
+
+    Image.new("1", (9500, 9500)).save(root / "train" / "n01443537" / "bomb.png")
     result = cli("data", "verify", "--dataset", "imagenet", "--data-dir", root, "--workers", "2")
     assert result.returncode == 2
     assert "n01443537_train_4.JPEG" in result.stderr and "n01440764_val_0.JPEG" in result.stderr
-    assert "2 file(s) do not decode" in result.stderr
+    assert "bomb.png: 9500x9500 pixels, over the 89,478,485-pixel limit" in result.stderr
+    assert "3 file(s) do not decode" in result.stderr and "Warning" not in result.stderr
 
 
 IMAGENET_RUN = ["--preset", "imagenet", "--batch-size", "4", "--epochs", "1", "--train-limit", "8"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wideresnet.data.folders import FolderSource, folder_files, to_rgb
+from wideresnet.data.folders import FolderSource, folder_files, open_image, to_rgb
 from wideresnet.errors import DataError, RunError
 from wideresnet.files import check_regular, one_component, read_text
 from wideresnet.progress import Progress
@@ -178,13 +178,12 @@ def _take(images) -> None:
 
 
 def _verify(indices: list[int]) -> list[str]:
-    """What is wrong with each image of `indices` that does not decode (one line each)."""
-    from PIL import Image
-
+    """What is wrong with each image of `indices` that does not decode (one line each), by
+    the checks training makes (open_image: the decompression-bomb limit)."""
     images, failed = _IMAGES, []
     for i in indices:
         try:
-            with Image.open(io.BytesIO(images.read(i))) as image:
+            with open_image(images.read(i), images.name(i)) as image:
                 image.draft("RGB", (VERIFY_SIDE, VERIFY_SIDE))
                 to_rgb(image, images.name(i)).load()
         except DataError as error:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -278,6 +279,12 @@ def _figures(entry: Any) -> Figures | None:
             f"{entry['batch_size']}; {key_text(entry['key'])})"
         )
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    plausible = math.isfinite(eager) and eager > 0 and all(
+        math.isfinite(x) and math.isfinite(s) and x > 0 and s >= 0 for x, s in speeds.values()
+    )
+    if not plausible:  # a speed of zero or below, or infinite: not a measurement
+        log.warning("the cached CPU figures hold a speed or a time no run can have; ignored")
         return None
     return Figures(eager, speeds, source)
 

@@ -47,12 +47,16 @@ def weights_sha256(model: nn.Module) -> str:
 
 
 def load_teacher(
-    config: Config, classes: list[str], device: torch.device, recorded: dict | None = None
+    config: Config,
+    classes: list[str],
+    device: torch.device,
+    recorded: dict | None = None,
+    size: int | None = None,
 ) -> Teacher | None:
     """The run's teacher, checked against the student's data (its classes, in order, where it
-    names them; a run still training is refused); on resume, against the identity the run
-    recorded at its start (`recorded`: the same weights, or RunError); None without
-    --teacher."""
+    names them; its input size against `size`, the student's; a run still training is
+    refused); on resume, against the identity the run recorded at its start (`recorded`: the
+    same weights, or RunError); None without --teacher."""
     source = config.optim.teacher
     if not source:
         return None
@@ -73,6 +77,12 @@ def load_teacher(
         raise ConfigError(
             f"--teacher {source}: its class {first} is {model.classes[first]!r}, this run's is "
             f"{classes[first]!r}; its outputs would mean other classes"
+        )
+    taught = getattr(model, "input_size", None)
+    if size is not None and taught is not None and int(taught) != int(size):
+        raise ConfigError(
+            f"--teacher {source}: it was trained on {taught}x{taught} images, this run's are "
+            f"{size}x{size}; distill from a teacher of the student's image size"
         )
     conversion = _input_conversion(source, model.input_transform, config)
     identity = {

@@ -109,8 +109,9 @@ def make_trainer(
         if config.runtime.sync_bn:
             use_global_batch_norm(model)
         seed_process(seed, 1, Stream.DROPOUT, world.rank)  # each process its own dropout
+    size = config.data.image_size or getattr(model, "input_size", None)  # as exports record it
     model = runtime.prepare(model)
-    teacher = load_teacher(config, data.classes, device, recorded.get("teacher"))
+    teacher = load_teacher(config, data.classes, device, recorded.get("teacher"), size)
     run_id = run_id or new_run_id()
     return Trainer(config, run_dir, data, model, runtime, log_every, world, run_id, teacher)
 
