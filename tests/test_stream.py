@@ -187,7 +187,11 @@ def test_a_file_that_fails_mid_run_stops_it_and_the_run_goes_on_once_excluded(tm
     assert "train/dog/0009.jpeg" in line and "unreadable image" in line
     assert "last checkpoint intact" in line and "wrn-exclude.txt" in line and "--resume" in line
     assert (out / "checkpoint.pt").read_bytes() == kept
+    fresh = ["train", *FOLDER_RUN.split(), "--data-dir", root, "--out", tmp_path / "fresh"]
+    line = one_line_error(cli(*fresh, "--epochs", "1"))  # no checkpoint yet: the advice works
+    assert "before its first checkpoint" in line and "then start it again with --overwrite" in line
     (root / "wrn-exclude.txt").write_text("train/dog/0009.jpeg\n")
+    assert cli(*fresh, "--epochs", "1", "--overwrite").returncode == 0
     resumed = cli("train", "--resume", out, "--epochs", "2")
     assert resumed.returncode == 0, resumed.stderr
     flags = json.loads((out / "result.json").read_text())["flags"]

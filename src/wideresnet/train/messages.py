@@ -89,4 +89,4 @@ def bad_image_advice(epoch: int, step: int, run, resumable: bool) -> str:
     where = f"the run stopped at epoch {epoch} step {step}"
     if resumable:
         return f"{where}, its last checkpoint intact: {fix}, then `wrn train --resume {run}`"
-    return f"{where}, before its first checkpoint: {fix}, then start it again"
+    return f"{where}, before its first checkpoint: {fix}, then start it again with --overwrite"
