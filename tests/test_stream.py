@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -327,6 +328,20 @@ def test_prepare_imagenet_moves_nothing_when_a_file_has_no_class(tmp_path):
         cli("data", "prepare", "imagenet", "--data-dir", root, "--val-labels", csv)
     )
     assert "no class for 5 of the 6 files" in line and "nothing was moved" in line
+    assert len(list((root / "val").glob("*.JPEG"))) == 6
+    rows = [f"ILSVRC2012_val_{n:08d},{w} 1 2 3 4" for n, w in enumerate(wnids, 1)]
+    twice = rows + ["ILSVRC2012_val_00000001,n09999999 1 2 3 4"]  # one image, two classes
+    csv.write_text("ImageId,PredictionString\n" + "\n".join(twice) + "\n")
+    line = one_line_error(
+        cli("data", "prepare", "imagenet", "--data-dir", root, "--val-labels", csv)
+    )
+    assert f"ILSVRC2012_val_00000001 is listed twice, as {wnids[0]} and as n09999999" in line
+    csv.write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    shutil.rmtree(root / "train" / wnids[-1])  # train/ lacks one class of val's
+    line = one_line_error(
+        cli("data", "prepare", "imagenet", "--data-dir", root, "--val-labels", csv)
+    )
+    assert f"class(es) that {root / 'train'} does not have" in line and "nothing was moved" in line
     assert len(list((root / "val").glob("*.JPEG"))) == 6
 
 

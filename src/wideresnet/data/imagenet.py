@@ -84,7 +84,15 @@ def _labels_from_csv(path: Path) -> dict[str, str]:
     """LOC_val_solution.csv: ImageId,PredictionString ("n01751748 x y x y ...")."""
     try:
         rows = list(csv.DictReader(io.StringIO(_side_text(path, "label file"), newline="")))
-        return {row["ImageId"]: row["PredictionString"].split()[0] for row in rows}
+        labels: dict[str, str] = {}
+        for row in rows:
+            image, wnid = row["ImageId"], row["PredictionString"].split()[0]
+            if labels.setdefault(image, wnid) != wnid:  # one image, two classes: which?
+                raise DataError(
+                    f"{path}: {image} is listed twice, as {labels[image]} and as {wnid}; "
+                    "nothing was moved"
+                )
+        return labels
     except (OSError, KeyError, IndexError, csv.Error, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not a LOC_val_solution.csv ({error})") from None
 
@@ -148,6 +156,17 @@ def prepare_imagenet(data_dir: str | Path, val_labels: str | Path | None = None)
         one_component(wnid, "class (wnid)", str(source))
         if (val / wnid).is_symlink() or (val / wnid).exists() and not (val / wnid).is_dir():
             raise DataError(f"{val / wnid}: not a class folder (a link or a file); nothing moved")
+    trained = (
+        {p.name for p in (root / "train").iterdir() if p.is_dir()}
+        if (root / "train").is_dir()
+        else set()
+    )
+    unknown = sorted({labels[Path(n).stem] for n in flat if Path(n).stem in labels} - trained)
+    if trained and unknown:  # the tree would be one no command loads
+        raise DataError(
+            f"{source}: {len(unknown)} class(es) that {root / 'train'} does not have (the "
+            f"first: {unknown[0]}); nothing was moved"
+        )
     missing = [name for name in flat if Path(name).stem not in labels]
     if missing:
         raise DataError(
