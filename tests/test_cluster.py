@@ -169,6 +169,23 @@ def test_a_grid_of_three_rows_runs_and_reports_beside_its_numbers(npz, tmp_path)
     assert cli("report", ledger).stdout == cli("report", out).stdout
 
 
+def test_a_run_made_under_other_row_options_is_not_taken_as_the_rows(npz, tmp_path):
+    """The grid's row changed after its run finished: the old run would stand for the new row,
+    so the run is refused, naming the run and the option."""
+    grid, out = tmp_path / "grid.toml", tmp_path / "exp"
+    grid.write_text(GRID)
+    where = ["--dataset", "npz", "--data-dir", npz, "--paper-dataset", "cifar10", "--out", out]
+    assert cli("table", "run", grid, *where, "--rows", "lr-0.1").returncode == 0
+    grid.write_text(GRID.replace("lr = 0.1\n", "lr = 0.01\n", 1))
+    line = one_line_error(cli("table", "run", grid, *where, "--rows", "lr-0.1"))
+    assert "lr-grid/lr-0.1/npz-as-cifar10/seed0 was made with lr=0.1 (the row now: 0.01)" in line
+    again = cli("table", "run", grid, *where, "--rows", "lr-0.1", "--", "--device", "cpu")
+    assert again.returncode == 2  # the train options after -- do not decide it; the row does
+    grid.write_text(GRID)
+    same = cli("table", "run", grid, *where, "--rows", "lr-0.1", "--", "--device", "cpu")
+    assert same.returncode == 0 and "skipped" in same.stdout
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

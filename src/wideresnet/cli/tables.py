@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from wideresnet.cli.parser import UsageError, parse_train_options
+from wideresnet.errors import ConfigError
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -162,6 +163,13 @@ def table_run(args: argparse.Namespace) -> int:
         paper_dataset=args.paper_dataset,
         extra=parse_train_options(args.train_options),
     )
+    for run in runs:
+        changed = run.departures()
+        if changed:
+            raise ConfigError(
+                f"{run.run_dir} was made with {', '.join(changed)}: its result would stand for "
+                "the row; give another --out, or remove that run's folder"
+            )
     if any(run.extra.get("tensorboard") for run in runs):
         require("tensorboard", "--tensorboard")  # before any run starts, not once per run
     cluster = _cluster_options(args) if args.launcher != "local" else None

@@ -280,8 +280,12 @@ def _figures(entry: Any) -> Figures | None:
         )
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
-    plausible = math.isfinite(eager) and eager > 0 and all(
-        math.isfinite(x) and math.isfinite(s) and x > 0 and s >= 0 for x, s in speeds.values()
+    plausible = (
+        math.isfinite(eager)
+        and eager > 0
+        and all(
+            math.isfinite(x) and math.isfinite(s) and x > 0 and s >= 0 for x, s in speeds.values()
+        )
     )
     if not plausible:  # a speed of zero or below, or infinite: not a measurement
         log.warning("the cached CPU figures hold a speed or a time no run can have; ignored")
