@@ -186,6 +186,27 @@ def test_a_run_made_under_other_row_options_is_not_taken_as_the_rows(npz, tmp_pa
     assert same.returncode == 0 and "skipped" in same.stdout
 
 
+def test_two_grids_of_one_name_in_one_report_are_said_and_not_mixed(npz, tmp_path):
+    """Each report reads the grids it holds (none are remembered between reports); two grids
+    of one name under one folder: the second is named in a warning, not merged."""
+    where = ["--dataset", "npz", "--data-dir", npz, "--paper-dataset", "cifar10"]
+    other = GRID.replace('id = "lr-0.05"', 'id = "lr-0.02"').replace(
+        "lr = 0.05\n", "lr = 0.02\n", 1
+    )
+    for name, text in (("a", GRID), ("b", other)):
+        (tmp_path / f"{name}.toml").write_text(text)
+        out = tmp_path / "both" / name
+        ran = cli(
+            "table", "run", tmp_path / f"{name}.toml", *where, "--rows", "lr-0.1", "--out", out
+        )
+        assert ran.returncode == 0, ran.stderr
+    alone = json.loads(cli("report", tmp_path / "both" / "b", "--format", "json").stdout)
+    assert [c["id"] for c in alone["cells"]] == ["lr-0.1"]
+    both = cli("report", tmp_path / "both", "--format", "json")
+    assert both.returncode == 0, both.stderr
+    assert "a second grid named 'lr-grid'" in both.stderr and "reported by the first" in both.stderr
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

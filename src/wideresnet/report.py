@@ -55,6 +55,7 @@ class RunRecord:
     resolved: dict[str, Any]
     result: Result | None
     metrics: list[MetricsRow]
+    table: Table  # the paper's table or the grid of its tag
 
     @property
     def finished(self) -> bool:
@@ -93,9 +94,10 @@ class RunRecord:
 RECORDED = ("model", "dataset", "epochs", "seed")  # in every run's config.json (0.1 onwards)
 
 
-def read_record(run_dir: RunDir) -> RunRecord | None:
-    """The run's record when its config names a table cell (None otherwise); RunError naming
-    the file when its config, result or tag does not read as one."""
+def read_record(run_dir: RunDir, grids: dict[str, Table] | None = None) -> RunRecord | None:
+    """The run's record when its config names a table cell (None otherwise; `grids`: the
+    user's tables it may name); RunError naming the file when its config, result or tag does
+    not read as one."""
     recorded = run_dir.config()
     if recorded is None:
         raise RunError(f"{run_dir / CONFIG}: not the config.json of a run (unreadable)")
@@ -108,7 +110,7 @@ def read_record(run_dir: RunDir) -> RunRecord | None:
     options = {k: v for k, v in recorded.items() if k in FIELDS}
     try:
         config = Config.from_dict(options)
-        table = get_table(tag.table)
+        table = get_table(tag.table, grids)
         table.row(tag.row)
         if tag.column not in table.columns:
             raise ConfigError(f"{tag.table} has no column {tag.column!r}")
@@ -121,7 +123,7 @@ def read_record(run_dir: RunDir) -> RunRecord | None:
         log.warning(
             f"{run_dir / METRICS}: line {lines} not an epoch record; its curve leaves them out"
         )
-    return RunRecord(run_dir.path, tag, config, resolved, run_dir.result(), metrics)
+    return RunRecord(run_dir.path, tag, config, resolved, run_dir.result(), metrics, table)
 
 
 def collect(root: str | Path, *, timings: bool = False) -> list[RunRecord]:
@@ -131,12 +133,13 @@ def collect(root: str | Path, *, timings: bool = False) -> list[RunRecord]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such experiment folder")
-    for problem in load_grids_in(root):  # the grids this experiment ran (EXP/tables/)
+    grids, problems = load_grids_in(root)  # the grids this experiment ran (EXP/tables/)
+    for problem in problems:
         log.warning(f"left out of the report: {problem}")
     records = []
     for config_path in sorted(root.rglob(CONFIG)):
         try:
-            record = read_record(RunDir(config_path.parent))
+            record = read_record(RunDir(config_path.parent), grids)
         except RunError as error:
             log.warning(f"left out of the report: {error}")
             continue
@@ -151,7 +154,7 @@ def collect(root: str | Path, *, timings: bool = False) -> list[RunRecord]:
 
 
 def _table(record: RunRecord) -> Table:
-    return get_table(record.tag.table)
+    return record.table
 
 
 def deviations(record: RunRecord) -> list[str]:
@@ -266,14 +269,21 @@ def protocol(record: RunRecord) -> tuple:
     return (-optim.epochs, optim.milestones, record.config.data.dataset, flags)
 
 
+def tables_of(records: list[RunRecord]) -> dict[str, Table]:
+    """The tables of the records, by name."""
+    return {record.tag.table: record.table for record in records}
+
+
 def cells(records: list[RunRecord], chosen: Statistics = Statistics()) -> list[dict[str, Any]]:
     groups: dict[tuple, list[RunRecord]] = {}
     for record in records:
         tag = record.tag
         groups.setdefault((tag.table, tag.row, tag.column, protocol(record)), []).append(record)
 
+    tables = tables_of(records)
+
     def order(key: tuple) -> tuple:
-        table = get_table(key[0])
+        table = tables[key[0]]
         rows = [r.id for r in table.rows]
         return (key[0], rows.index(key[1]), table.columns.index(key[2]), key[3])
 
@@ -292,10 +302,12 @@ def format_markdown(
     all_cells: list[dict[str, Any]],
     chosen: Statistics = Statistics(),
     timings: list[figure4.Record] = (),
+    tables: dict[str, Table] | None = None,
 ) -> str:
+    """The cells as markdown tables; `tables`: the grids among them, by name."""
     lines = []
     for table_name in dict.fromkeys(c["table"] for c in all_cells):
-        table = get_table(table_name)
+        table = get_table(table_name, tables)
         table_cells = [c for c in all_cells if c["table"] == table_name]
         extra = stats.columns(table_cells, chosen)
         lines += [
@@ -388,7 +400,7 @@ def report(root: str | Path, fmt: str = "md", chosen: Statistics = Statistics())
     elif fmt == "csv":
         text = format_csv(all_cells, timings)
     else:
-        text = format_markdown(all_cells, chosen, timings)
+        text = format_markdown(all_cells, chosen, timings, tables_of(records))
     return Report(text, records, all_cells, timings)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from wideresnet.errors import ConfigError, ModelNameError, RunError
-from wideresnet.experiments.registry import PRESET_OF, TABLES, Row, Table, get_table, register
+from wideresnet.experiments.registry import PRESET_OF, TABLES, Row, Table, get_table
 from wideresnet.files import atomic_write, read_text
 from wideresnet.models import create_model
 from wideresnet.recipes import MODEL_OPTIONS, make_config
@@ -60,8 +60,8 @@ def table_named(name: str) -> Table:
 
 
 def load_grid(path: str | Path) -> Grid:
-    """The grid in a TOML file, every row checked as `wrn train` checks its options, and its
-    table registered (so that reports find it); ConfigError naming the file, row and option."""
+    """The grid in a TOML file, every row checked as `wrn train` checks its options;
+    ConfigError naming the file, row and option."""
     path = Path(path)
     try:
         text = read_text(path, "grid file", GRID_LIMIT)
@@ -73,9 +73,7 @@ def load_grid(path: str | Path) -> Grid:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
-    grid = _parse(path, data, text)
-    register(grid.table)
-    return grid
+    return _parse(path, data, text)
 
 
 def _parse(path: Path, data: dict[str, Any], text: str) -> Grid:
@@ -186,13 +184,23 @@ def keep_in(grid: Grid, exp_dir: Path) -> Path:
     return target
 
 
-def load_grids_in(root: Path) -> list[str]:
-    """Register the grids kept under root (EXP_DIR/tables/*.toml); the names of any that no
-    longer read, for the report to warn about."""
+def load_grids_in(root: Path) -> tuple[dict[str, Table], list[str]]:
+    """The grids kept under root (EXP_DIR/tables/*.toml) by their tables' names, and the
+    problems of any that no longer read, for the report to warn about."""
+    grids: dict[str, Table] = {}
+    paths: dict[str, Path] = {}
     problems = []
     for path in sorted(root.rglob(f"{FOLDER}/*.toml")):
         try:
-            load_grid(path)
+            table = load_grid(path).table
         except ConfigError as error:
             problems.append(str(error))
-    return problems
+            continue
+        if table.name in grids and grids[table.name] != table:
+            problems.append(
+                f"{path}: a second grid named {table.name!r}, other than {paths[table.name]}; "
+                "its runs are reported by the first"
+            )
+            continue
+        grids[table.name], paths[table.name] = table, path
+    return grids, problems

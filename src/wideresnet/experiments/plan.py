@@ -96,14 +96,16 @@ class PlannedRun:
         return shlex.join(["wrn", *self.args()])
 
     def departures(self) -> list[str]:
-        """The table's or row's options that this run's recorded config does not have: a run
-        made under other options, whose result is not the row's (the train options after --,
-        and the data's path, may differ from one command to the next)."""
+        """The table's or row's options (as the train options after -- override them) that
+        this run's recorded config does not have: a run made under other options, whose result
+        is not the row's. Other train options (--device, ...) and the data's path may differ
+        from one command to the next."""
         config = RunDir(self.run_dir).config() if self.run_dir.is_dir() else None
         found = []
         for key, value in self.values.items():
             if not config or key not in config or key == "data_dir":
                 continue
+            value = self.extra.get(key, value)
             wanted = list(value) if isinstance(value, tuple) else value
             if config[key] != wanted:
                 found.append(f"{key}={config[key]!r} (the row now: {wanted!r})")

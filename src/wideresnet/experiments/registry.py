@@ -9,6 +9,7 @@ dataset column picks the preset (cifar for CIFAR-10/100, svhn for SVHN) and the 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -411,20 +412,12 @@ def authors_log(table: str, row: str, column: str) -> list[dict] | None:
     return [{**r, "test_error": round(100.0 - r["test_acc"], 4)} for r in rows]
 
 
-USER_TABLES: dict[str, Table] = {}  # grid files read in this process (experiments/grid.py)
-
-
-def register(table: Table) -> None:
-    """A table of the user's own (a grid file), found by name from now on."""
-    USER_TABLES[table.name] = table
-
-
-def get_table(name: str) -> Table:
-    """A paper table, or a grid file's table read before in this process, by name."""
+def get_table(name: str, grids: Mapping[str, Table] | None = None) -> Table:
+    """A paper table, or one of `grids` (the user's tables read from grid files), by name."""
     if name in TABLES:
         return TABLES[name]
-    if name in USER_TABLES:
-        return USER_TABLES[name]
+    if grids and name in grids:
+        return grids[name]
     raise ConfigError(
         f"unknown table {name!r}; tables: {', '.join(TABLES)}, or a grid file (NAME.toml)"
     )
