@@ -274,6 +274,11 @@ def test_an_entry_named_by_the_file_or_the_option_decides_where_the_weights_cann
     torch.save(dm.state_dict(), tmp_path / "dm.pt")
     line = one_line_error(cli("import", "--from", "robustbench", tmp_path / "dm.pt", "--out", out))
     assert "keeps its mean/std outside the state dict" in line
+    torch.save(boosting.state_dict(), tmp_path / "Ding2020MMA.pt")  # named for an entry
+    line = one_line_error(
+        cli("import", "--from", "robustbench", tmp_path / "Ding2020MMA.pt", "--out", out)
+    )
+    assert "its own input transform" in line  # refused by the name, not guessed past it
     for entry, words in (
         ("Ding2020MMA", "its own input transform"),
         ("Rebuffi2021Fixing_R18_ddpm", "DMPreActResNet"),
