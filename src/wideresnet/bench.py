@@ -101,19 +101,15 @@ def peak(device: str, precision: str) -> tuple[float | None, str]:
     per_cycle = 2 * 2 * width * (2 if precision == "bf16" and cpu_bf16()[0] else 1)
     if ghz is None:
         return None, "CPU clock unknown: no utilisation given"
+    units = (
+        f"2 FMA units of {width} fp32 lanes"
+        f"{', x2 for bf16 dot products' if per_cycle > 4 * width else ''}"
+    )
     amx = "amx_bf16" in flags or getattr(torch.cpu, "_is_amx_tile_supported", bool)()
     if precision == "bf16" and amx and per_cycle > 4 * width:
-        per_cycle = AMX_BF16_PER_CYCLE
-        value = cores * ghz * 1e9 * per_cycle
-        return value, (
-            f"CPU: {cores} cores x {ghz:.2f} GHz x {per_cycle} bf16 FLOP/cycle (an AMX tile "
-            "unit a core, Intel's figure; an upper bound)"
-        )
-    value = cores * ghz * 1e9 * per_cycle
-    return value, (
-        f"CPU: {cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle (2 FMA units of "
-        f"{width} fp32 lanes{', x2 for bf16 dot products' if per_cycle > 4 * width else ''}; "
-        "an upper bound)"
+        per_cycle, units = AMX_BF16_PER_CYCLE, "bf16: an AMX tile unit a core, Intel's figure"
+    return cores * ghz * 1e9 * per_cycle, (
+        f"CPU: {cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({units}; an upper bound)"
     )
 
 

@@ -24,6 +24,7 @@ from wideresnet.models.foreign import (
     from_xternalz_layout,
     scaled_to_255,
     state_dict_of,
+    zoo_rows,
 )
 from wideresnet.models.official import infer_official_model, load_official_params
 from wideresnet.recipes import make_config
@@ -68,11 +69,9 @@ def import_official(source: str | Path, out: str | Path, overwrite: bool = False
 def _entry(layout: str, entry: str | None, source: Path) -> tuple[str | None, str]:
     """RobustBench's zoo entry: --entry, else the file's name where it is one (RobustBench
     saves each checkpoint as ENTRY.pt); and a note saying which."""
-    from wideresnet.models.robustbench_zoo import ZOO
-
     if entry is not None or layout not in ("robustbench", "robustbench-dm"):
         return entry, ""
-    if not any(source.stem in (key, key.split("/", 2)[2]) for key in ZOO):
+    if not zoo_rows(source.stem):
         return None, ""
     return source.stem, f"the entry from the file's name ({source.name})"  # or refused by it
 

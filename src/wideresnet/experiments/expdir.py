@@ -31,7 +31,7 @@ from typing import Any
 from wideresnet.errors import RunError
 from wideresnet.experiments.plan import PlannedRun
 from wideresnet.files import check_regular, read_json, relative_inside, write_json
-from wideresnet.train.rundir import RunDir, RunState
+from wideresnet.train.rundir import CONFIG, RunDir, RunState
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class ExperimentDir:
         """Every run planned here or found here (a folder with a config.json)."""
         found = {
             str(p.parent.relative_to(self.path))
-            for p in self.path.rglob("config.json")
+            for p in self.path.rglob(CONFIG)
             if p.parent.relative_to(self.path).parts[:1] not in (("submitit",), ("logs",), ())
         }
         return sorted(set(self.plan()) | found)

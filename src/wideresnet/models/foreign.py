@@ -254,12 +254,19 @@ def from_xternalz_layout(
     return Imported(name, options, weights, tuple(mean), tuple(std), notes)
 
 
+def zoo_rows(entry: str) -> dict[str, tuple]:
+    """The zoo's rows that `entry` names: NAME, or DATASET/THREAT/NAME (empty: none)."""
+    from wideresnet.models.robustbench_zoo import ZOO
+
+    return {k: v for k, v in ZOO.items() if entry in (k, k.split("/", 2)[2])}
+
+
 def zoo_entry(entry: str) -> tuple[str, tuple]:
     """(the zoo's key, its row) of a RobustBench entry: NAME, or DATASET/THREAT/NAME where a
     name stands for different networks (models/robustbench_zoo.py)."""
-    from wideresnet.models.robustbench_zoo import RELEASE, ZOO
+    from wideresnet.models.robustbench_zoo import RELEASE
 
-    found = {k: v for k, v in ZOO.items() if entry in (k, k.split("/", 2)[2])}
+    found = zoo_rows(entry)
     if not found:
         raise ValueError(f"--entry {entry}: no CIFAR-10 or CIFAR-100 entry of {RELEASE}'s zoo")
     if len(set(found.values())) > 1:
