@@ -342,17 +342,10 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-class EndedJob:
-    """A job that has ended (submitit's Job.done() is True), as the runner sees one."""
-
-    def done(self) -> bool:
-        return True
-
-
 def test_a_pid_planted_in_a_runs_lock_is_never_signalled(tmp_path):
     from types import SimpleNamespace
 
-    from wideresnet.experiments.cluster import _stop_local_jobs
+    from wideresnet.experiments.cluster import LocalJob
 
     # an unrelated process: started by a shell that exits at once, so not one of ours
     shell = subprocess.run(["sh", "-c", "sleep 120 >/dev/null 2>&1 & echo $!"], capture_output=True)
@@ -363,10 +356,10 @@ def test_a_pid_planted_in_a_runs_lock_is_never_signalled(tmp_path):
         for run_dir, pid in ((planted, stranger), (ours, child.pid)):
             run_dir.mkdir()
             (run_dir / ".lock").write_text(str(pid))
-        _stop_local_jobs([(SimpleNamespace(run_dir=planted), EndedJob())])
+        LocalJob(SimpleNamespace(run_dir=planted), job=None).stop()
         time.sleep(0.5)  # a signalled sleep would be gone (or a zombie) by now
         assert running(stranger)  # never signalled
-        _stop_local_jobs([(SimpleNamespace(run_dir=ours), EndedJob())])
+        LocalJob(SimpleNamespace(run_dir=ours), job=None).stop()
         assert child.wait(10) == -signal.SIGTERM
     finally:
         child.kill()

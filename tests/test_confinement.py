@@ -172,7 +172,7 @@ def test_a_claims_or_lock_path_that_is_not_a_file_is_one_line(npz, tmp_path):
     (exp / ".plan.lock").unlink(missing_ok=True)
     (exp / ".plan.lock").symlink_to(tmp_path / "elsewhere")  # a link is never followed
     line = one_line_error(cli(*run))
-    assert ".plan.lock: cannot lock it" in line and not (tmp_path / "elsewhere").exists()
+    assert ".plan.lock is a symlink" in line and not (tmp_path / "elsewhere").exists()
 
 
 def test_data_verify_with_fewer_than_one_worker_is_one_line(tmp_path):

@@ -9,6 +9,8 @@ removed and the previous file is left as it was.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import json
 import os
@@ -141,6 +143,33 @@ def rewrite_in_place(path: str | os.PathLike, data: bytes) -> None:
         raise WriteError(
             f"cannot write {target}: {error.strerror or error} ({free_space(target.parent)})"
         ) from error
+
+
+def take_lock(path: Path, wait: bool = True) -> int | None:
+    """The package's one lock (a run's .lock, an experiment's records and claims): an exclusive
+    OS lock on `path`, created if missing; its descriptor (closing it lets go), or None where
+    another process holds it and `wait` is False. Never through a link, never on anything but
+    a regular file (a planted link would otherwise truncate or lock what it names)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunError(f"{path} is a symlink; refusing to follow it (remove it)") from None
+        if error.errno == errno.EISDIR or Path(path).is_dir():
+            raise RunError(f"{path} is a directory, not a lock file; remove it") from None
+        raise WriteError(
+            f"cannot write {path}: {error.strerror} ({free_space(Path(path).parent)}); nothing "
+            "was changed"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunError(f"{path} is not a regular file; refusing to use it as a lock (remove it)")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def check_regular(path: Path, what: str) -> None:

@@ -29,16 +29,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wideresnet.errors import ConfigError, Interrupted, RunError
+from wideresnet.errors import ConfigError, RunError
 from wideresnet.experiments.expdir import ExperimentDir, job_active, stopped_by_signal
 from wideresnet.experiments.plan import PlannedRun
-from wideresnet.experiments.runner import TABLE_STOPPED, Outcome, log_path, stop_requests
+from wideresnet.experiments.runner import POLL_SECONDS, Outcome, log_path, schedule
 from wideresnet.extras import require
 from wideresnet.train.rundir import LOCK, RunDir, RunState
 
 log = logging.getLogger(__name__)
 
-LOCAL_POLL_SECONDS = 0.5
 DEFAULT_MINUTES = 24 * 60
 
 
@@ -296,46 +295,69 @@ def submit(
 
 
 def _run_locally(executor, todo, exp_dir: Path, options: ClusterOptions, plan) -> Outcome:
-    """submitit's local executor, --max-parallel jobs at a time (default 1), until all end.
-    SIGTERM or SIGINT: every running run saves a checkpoint, then Interrupted."""
-    cap = options.max_parallel or 1
-    pending, active, outcome = list(todo), [], Outcome()
-    with stop_requests() as stop:
-        while (pending or active) and not stop:
-            while pending and len(active) < cap:
-                run = pending.pop(0)
-                job = executor.submit(RunJob(run, exp_dir))
-                plan.submitted.append((run, str(job.job_id)))
-                ExperimentDir(exp_dir).record_jobs([(run, str(job.job_id))], options.launcher)
-                log.info(f"submitted {run.tag} seed {run.seed} as local job {job.job_id}")
-                active.append((run, job))
-            for run, job in [item for item in active if item[1].done()]:
-                active.remove((run, job))
-                _ended(run, job, outcome)
-            time.sleep(LOCAL_POLL_SECONDS)
-        if stop:
-            _stop_local_jobs(active)
-            raise Interrupted(stop[0], TABLE_STOPPED)
+    """submitit's local executor, --max-parallel jobs at a time (default 1), until all end,
+    through the local runner's scheduler."""
+    outcome = Outcome()
+
+    def start(run: PlannedRun, slot: int) -> LocalJob:
+        job = executor.submit(RunJob(run, exp_dir))
+        plan.submitted.append((run, str(job.job_id)))
+        ExperimentDir(exp_dir).record_jobs([(run, str(job.job_id))], options.launcher)
+        log.info(f"submitted {run.tag} seed {run.seed} as local job {job.job_id}")
+        return LocalJob(run, job)
+
+    schedule(todo, options.max_parallel or 1, start, lambda job, left: job.ended(outcome))
     return outcome
 
 
-def _stop_local_jobs(active: list) -> None:
-    """Each job's run gets SIGTERM: it saves a checkpoint, and its job ends with it. Only a
-    process this runner started is signalled (a descendant of it): the pid in a run's lock is
-    a record in a file, which may be stale or planted."""
-    for run, _ in active:
-        pid = _lock_holder(run)
+@dataclass
+class LocalJob:
+    """A run in a submitit-local job."""
+
+    run: PlannedRun
+    job: object  # submitit's Job
+
+    def done(self) -> bool:
+        return self.job.done()
+
+    def stop(self) -> None:
+        """SIGTERM to the job's run: it saves a checkpoint, and its job ends with it. Only a
+        process this runner started is signalled (a descendant of it): the pid in a run's lock
+        is a record in a file, which may be stale or planted."""
+        pid = _lock_holder(self.run)
         if pid and descends_from(pid, os.getpid()):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + 300  # a checkpoint of the largest model, with room
-    while time.monotonic() < deadline and not all(job.done() for _, job in active):
-        time.sleep(LOCAL_POLL_SECONDS)
-    for _, job in active:
-        if not job.done():  # a job whose run never started: its controller is stopped
-            job.cancel(check=False)
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + 300  # a checkpoint of the largest model, with room
+        while time.monotonic() < deadline and not self.job.done():
+            time.sleep(POLL_SECONDS)
+        if not self.job.done():  # a job whose run never started: its controller is stopped
+            self.job.cancel(check=False)
+
+    def ended(self, outcome: Outcome) -> None:
+        run, job = self.run, self.job
+        state = RunDir(run.run_dir).status()
+        if state == RunState.FINISHED:
+            outcome.finished += 1
+            error = RunDir(run.run_dir).result().test_error
+            log.info(f"{run.tag} seed {run.seed}: test error {error:.2f}% (job {job.job_id})")
+            return
+        try:
+            job.result()
+            reason = f"ended {state}"
+        except Exception as error:  # the job's own error, as submitit returns it
+            text = str(error).strip()
+            reason = text.splitlines()[-1] if text else type(error).__name__
+        else:
+            if state == RunState.STOPPED:  # its run was stopped by a signal, and saved
+                log.info(f"{run.tag} seed {run.seed}: stopped, checkpoint saved (job {job.job_id})")
+                return
+        outcome.failed += 1
+        log.info(f"{run.tag} seed {run.seed}: FAILED (job {job.job_id}: {reason})")
 
 
 def descends_from(pid: int, ancestor: int) -> bool:
@@ -359,19 +381,3 @@ def _lock_holder(run: PlannedRun) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
-
-
-def _ended(run: PlannedRun, job, outcome: Outcome) -> None:
-    state = RunDir(run.run_dir).status()
-    if state == RunState.FINISHED:
-        outcome.finished += 1
-        error = RunDir(run.run_dir).result().test_error
-        log.info(f"{run.tag} seed {run.seed}: test error {error:.2f}% (job {job.job_id})")
-        return
-    outcome.failed += 1
-    try:
-        job.result()
-        reason = f"ended {state}"
-    except Exception as error:  # the job's own error, as submitit returns it
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-    log.info(f"{run.tag} seed {run.seed}: FAILED (job {job.job_id}: {reason})")

@@ -16,7 +16,6 @@ with an error), stopped (interrupted; the same command resumes it), or new.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -30,7 +29,7 @@ from typing import Any
 
 from wideresnet.errors import RunError
 from wideresnet.experiments.plan import PlannedRun
-from wideresnet.files import check_regular, read_json, relative_inside, write_json
+from wideresnet.files import check_regular, read_json, relative_inside, take_lock, write_json
 from wideresnet.train.rundir import CONFIG, RunDir, RunState
 
 log = logging.getLogger(__name__)
@@ -55,13 +54,8 @@ ACTIVE_STATES = {
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive OS lock on `path` while inside (a shared record's read-modify-write)."""
+    fd = take_lock(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as error:  # a link (refused, never followed), a folder, no room
-        reason = f"cannot lock it ({error.strerror}); remove it if it is not a file"
-        raise RunError(f"{path}: {reason}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
@@ -228,18 +222,12 @@ class Claims:
         name = "-".join(run.run_dir.relative_to(self.folder.parent).parts) + ".lock"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as error:  # .claims a file, a link, or a claim that is not a file
+        except OSError as error:  # .claims a file or a link to one
             raise RunError(
-                f"{self.folder / name}: cannot take the run's claim ({error.strerror}); "
-                f"{self.folder} must be a folder of lock files"
+                f"{self.folder}: cannot hold the runs' claims ({error.strerror}); it must be a "
+                "folder of lock files"
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return fd
+        return take_lock(self.folder / name, wait=False)
 
 
 # --------------------------------------------------------------------------------------------

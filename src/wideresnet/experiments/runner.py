@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from wideresnet.errors import Interrupted, RunError, stop_signals
 from wideresnet.experiments.expdir import Claims, ExperimentDir, stopped_by_signal
@@ -32,19 +33,68 @@ TABLE_STOPPED = "every running run saved a checkpoint; the same command resumes 
 
 
 @dataclass
-class Running:
-    run: PlannedRun
-    process: subprocess.Popen
-    started: float
-    slot: int
-    claim: int  # the descriptor of this runner's claim on the run
-
-
-@dataclass
 class Outcome:
     finished: int = 0
     failed: int = 0
     skipped: int = 0
+
+
+class Job(Protocol):
+    """A started run, as the scheduler sees it."""
+
+    def done(self) -> bool: ...
+
+    def stop(self) -> None:
+        """Ask the run to save a checkpoint and end (returns at once)."""
+
+    def wait(self) -> None:
+        """Until the run has ended, after stop()."""
+
+
+HELD = object()  # start()'s answer for a run another runner holds: looked at again later
+
+
+def schedule(
+    todo: list[PlannedRun],
+    slots: int,
+    start: Callable[[PlannedRun, int], Job | object | None],
+    ended: Callable[[Job, int], None],
+) -> None:
+    """The one local scheduler of both local launchers: the runs in order, at most `slots` at
+    once. `start(run, slot)` gives a Job, HELD (another runner holds the run) or None (nothing
+    to do now); `ended(job, left)` is told of each job that ended. SIGTERM or SIGINT: every
+    running job is stopped (each saves a checkpoint), told of, and Interrupted is raised."""
+    pending, held, active, announced = list(todo), [], {}, 0  # active: slot -> job
+    with stop_requests() as stop:
+        while pending or active or held:
+            while pending and len(active) < slots and not stop:
+                run, slot = pending.pop(0), min(set(range(slots)) - set(active))
+                job = start(run, slot)
+                if job is HELD:
+                    held.append(run)
+                elif job is not None:
+                    active[slot] = job
+            for slot, job in list(active.items()):
+                if job.done():
+                    del active[slot]
+                    ended(job, len(pending) + len(active))
+            if stop:
+                if active:
+                    name = signal.Signals(stop[0]).name
+                    log.info(f"passing {name} to {len(active)} running run(s)")
+                for job in active.values():
+                    job.stop()
+                for job in active.values():
+                    job.wait()
+                    ended(job, len(pending))
+                raise Interrupted(stop[0], TABLE_STOPPED)
+            if not pending and held:
+                if not active and announced != len(held):
+                    announced = len(held)
+                    log.info(f"waiting for {announced} run(s) another runner holds")
+                pending, held = held, []
+                time.sleep(POLL_SECONDS * 5)
+            time.sleep(POLL_SECONDS)
 
 
 def log_path(exp_dir: Path, run: PlannedRun) -> Path:
@@ -58,6 +108,26 @@ def stop_requests() -> Iterator[list[int]]:
     received: list[int] = []
     with stop_signals(lambda signum, frame: received.append(signum)):
         yield received
+
+
+@dataclass
+class Running:
+    """A run in a `wrn train` process this runner started."""
+
+    run: PlannedRun
+    process: subprocess.Popen
+    started: float
+    claim: int  # the descriptor of this runner's claim on the run
+
+    def done(self) -> bool:
+        return self.process.poll() is not None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self) -> None:
+        self.process.wait()
 
 
 class TableRunner:
@@ -75,7 +145,8 @@ class TableRunner:
 
     def run(self, retry_failed: bool = False) -> Outcome:
         pending = self.pending(retry_failed)
-        outcome = Outcome(skipped=len(self.runs) - len(pending))
+        self.outcome = Outcome(skipped=len(self.runs) - len(pending))
+        self.total, self.wanted, self.started = len(pending), _wanted(retry_failed), 0
         states = [run.state for run in self.runs]
         finished, failed = states.count(RunState.FINISHED), states.count(RunState.FAILED)
         log.info(
@@ -83,42 +154,17 @@ class TableRunner:
             f"{failed} failed{' (retried)' if retry_failed else ' (skipped)'}, "
             f"{len(pending)} to run, {len(self.slots)} at a time"
         )
-        active: list[Running] = []
-        total, held_elsewhere, announced = len(pending), [], 0
-        wanted = _wanted(retry_failed)
-        with stop_requests() as stop:
-            while pending or active or held_elsewhere:
-                while pending and len(active) < len(self.slots) and not stop:
-                    run = pending.pop(0)
-                    claim = self.claims.take(run)
-                    if claim is None:
-                        held_elsewhere.append(run)
-                    elif run.state not in wanted:  # another runner did it meanwhile
-                        os.close(claim)
-                        outcome.skipped += 1
-                    else:
-                        active.append(self._start(run, claim, active, total - len(pending)))
-                for item in [a for a in active if a.process.poll() is not None]:
-                    active.remove(item)
-                    self._finished(item, outcome, total, len(pending) + len(active))
-                if stop and active:
-                    self._stop(active, stop[0])
-                    for item in active:
-                        self._finished(item, outcome, total, len(pending))
-                    active = []
-                if stop:
-                    raise Interrupted(stop[0], TABLE_STOPPED)
-                if not pending and held_elsewhere:
-                    if not active and announced != len(held_elsewhere):
-                        announced = len(held_elsewhere)
-                        log.info(f"waiting for {announced} run(s) another runner holds")
-                    pending, held_elsewhere = held_elsewhere, []
-                    time.sleep(POLL_SECONDS * 5)
-                time.sleep(POLL_SECONDS)
-        return outcome
+        schedule(pending, len(self.slots), self._start, self._finished)
+        return self.outcome
 
-    def _start(self, run: PlannedRun, claim: int, active: list[Running], index: int) -> Running:
-        slot = min(set(range(len(self.slots))) - {a.slot for a in active})
+    def _start(self, run: PlannedRun, slot: int) -> Running | object | None:
+        claim = self.claims.take(run)
+        if claim is None:
+            return HELD
+        if run.state not in self.wanted:  # another runner did it meanwhile
+            os.close(claim)
+            self.outcome.skipped += 1
+            return None
         device = self.slots[slot]
         args = run.args() + (["--device", device] if device else [])
         path = log_path(self.exp_dir, run)
@@ -129,14 +175,17 @@ class TableRunner:
             process = subprocess.Popen(
                 [sys.executable, "-m", "wideresnet", *args], stdout=out, stderr=subprocess.STDOUT
             )
+        self.started += 1
         what = "resuming" if "--resume" in args else "starting"
-        log.info(f"[{index}/{len(self.runs)}] {what} {run.tag} seed {run.seed} (log: {path})")
-        return Running(run, process, time.monotonic(), slot, claim)
+        log.info(
+            f"[{self.started}/{len(self.runs)}] {what} {run.tag} seed {run.seed} (log: {path})"
+        )
+        return Running(run, process, time.monotonic(), claim)
 
-    def _finished(self, item: Running, outcome: Outcome, total: int, left: int) -> None:
+    def _finished(self, item: Running, left: int) -> None:
         code = item.process.wait()
         os.close(item.claim)
-        seconds = time.monotonic() - item.started
+        seconds, outcome = time.monotonic() - item.started, self.outcome
         result = _result(item.run) if code == 0 else None
         if result is not None:
             outcome.finished += 1
@@ -150,8 +199,8 @@ class TableRunner:
         ExperimentDir(self.exp_dir).record_exit(item.run, code, seconds)
         done = outcome.finished + outcome.failed
         progress_log.info(
-            f"{item.run.tag} seed {item.run.seed}: {said}, {seconds:.0f}s; {done}/{total} done"
-            f"{self._eta(left)}",
+            f"{item.run.tag} seed {item.run.seed}: {said}, {seconds:.0f}s; {done}/{self.total} "
+            f"done{self._eta(left)}",
             extra={"progress": "table", "progress_end": True},
         )
 
@@ -160,14 +209,6 @@ class TableRunner:
             return ""
         mean = sum(self.durations) / len(self.durations)
         return f", ETA {mean * left / len(self.slots) / 60:.1f} min (mean of runs finished so far)"
-
-    def _stop(self, active: list[Running], signum: int) -> None:
-        log.info(f"passing {signal.Signals(signum).name} to {len(active)} running run(s)")
-        for item in active:
-            if item.process.poll() is None:
-                item.process.send_signal(signal.SIGTERM)
-        for item in active:
-            item.process.wait()
 
 
 def _wanted(retry_failed: bool) -> tuple[RunState, ...]:

@@ -11,20 +11,25 @@ failure.json    written when a run stops on a non-finite loss
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
 import shutil
-import stat
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from wideresnet.errors import RunError, WriteError
+from wideresnet.errors import RunError, WriteError, WrnError
 from wideresnet.extras import require
-from wideresnet.files import alive, atomic_write, free_space, read_json, read_text, write_json
+from wideresnet.files import (
+    alive,
+    atomic_write,
+    free_space,
+    read_json,
+    read_text,
+    take_lock,
+    write_json,
+)
 from wideresnet.train.checkpoint import CHECKPOINT, PREVIOUS, Checkpoint, Checkpoints
 from wideresnet.train.records import MetricsRow, Result
 
@@ -146,34 +151,14 @@ class RunDir:
 
     # ---- one writer at a time ----
 
-    def _open_lock(self) -> int:
-        """The lock file's descriptor: never through a symlink, never anything but a regular
-        file (a .lock planted as a link would otherwise truncate whatever it names)."""
-        path = self / LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise RunError(f"{path} is a symlink; refusing to follow it (remove it)") from None
-            if error.errno == errno.EISDIR or path.is_dir():
-                raise RunError(f"{path} is a directory, not a lock file; remove it") from None
-            raise WriteError(
-                f"cannot write {path}: {error.strerror} ({free_space(self.path)}); nothing was "
-                "changed"
-            ) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise RunError(f"{path} is not a regular file; refusing to use it as a lock")
-        return fd
-
     def _try_lock(self) -> tuple[int, str]:
         """(fd holding the lock, the pid the file named before); RunError when held."""
-        fd = self._open_lock()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        fd = take_lock(self / LOCK, wait=False)
+        if fd is None:
+            try:
+                holder = read_text(self / LOCK, "lock file", 64).strip() or "unknown"
+            except WrnError:
+                holder = "unknown"
             raise RunError(
                 f"{self.path} is in use by another wrn process (pid {holder}); wait for it to "
                 "end or stop it, then try again"
