@@ -186,6 +186,31 @@ def test_a_run_made_under_other_row_options_is_not_taken_as_the_rows(npz, tmp_pa
     assert same.returncode == 0 and "skipped" in same.stdout
 
 
+def test_a_grid_says_the_column_its_data_fills_and_its_paths_are_the_files(npz, tmp_path):
+    """Data of the user's own fills a grid's one column without --paper-dataset; with two
+    columns, the message names the grid's. init_from is a row option like any other, a path
+    relative to the grid file, which must exist before any run starts."""
+    folder = tmp_path / "grids"
+    (folder / "start").mkdir(parents=True)
+    grid = folder / "grid.toml"
+    grid.write_text(GRID.replace('id = "wide"', 'id = "wide"\ninit_from = "start"'))
+    assert cli("table", "show", grid).returncode == 0
+    where = ["--dataset", "npz", "--data-dir", npz, "--out", tmp_path / "exp", "--print-commands"]
+    printed = cli("table", "run", grid, *where)
+    assert printed.returncode == 0, printed.stderr
+    commands = [shlex.split(line) for line in printed.stdout.splitlines()]
+    assert len(commands) == 3 and all("npz-as-cifar10" in c[-1] for c in commands)
+    starts = [c[c.index("--init-from") + 1] for c in commands if "--init-from" in c]
+    assert starts == [str(folder / "start")]
+    (folder / "start").rmdir()
+    line = one_line_error(cli("table", "run", grid, *where))
+    assert "lr-grid row wide: init_from" in line and "no such run directory" in line
+    grid.write_text(GRID.replace('datasets = ["cifar10"]', 'datasets = ["cifar10", "cifar100"]'))
+    line = one_line_error(cli("table", "run", grid, *where))
+    assert "which of the grid's datasets (cifar10, cifar100)" in line
+    assert "--paper-dataset cifar10|cifar100" in line
+
+
 def test_two_grids_of_one_name_in_one_report_are_said_and_not_mixed(npz, tmp_path):
     """Each report reads the grids it holds (none are remembered between reports); two grids
     of one name under one folder: the second is named in a warning, not merged."""

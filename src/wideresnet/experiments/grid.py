@@ -16,6 +16,10 @@ as the paper's tables do (`wrn table run|show grid.toml`, `wrn report`).
     id = "lr-0.1"                      # path-safe: a run directory's name
     lr = 0.1                           # this row's own options, over [base]
     published = { cifar10 = 4.9 }      # optional: the number to compare against
+    # init-from, teacher: paths relative to this file
+
+Data other than the official sets fills a column (`--dataset folder --data-dir DIR`): the
+grid's one column, or the one --paper-dataset names where it has several.
 
 `wrn table run grid.toml --out EXP` copies the file into EXP/tables/, where `wrn report EXP`
 (and the ledger) find it again.
@@ -32,6 +36,7 @@ from typing import Any
 
 import torch
 
+from wideresnet.config import ModelConfig
 from wideresnet.errors import ConfigError, ModelNameError, RunError
 from wideresnet.experiments.registry import PRESET_OF, TABLES, Row, Table, get_table
 from wideresnet.files import atomic_write, read_text
@@ -44,6 +49,7 @@ SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a folder name: 100 c
 MAX_ROWS = 1000  # rows of one grid file: each row is a run per seed and dataset
 GRID_LIMIT = 1 << 20  # bytes of a grid file
 FOLDER = "tables"  # EXP_DIR/tables/NAME.toml: the grids an experiment ran
+PATHS = ("init_from", "teacher")  # options that name a file: relative to the grid file
 
 
 @dataclass(frozen=True)
@@ -117,14 +123,14 @@ def _parse(path: Path, data: dict[str, Any], text: str) -> Grid:
         raise fail(f"{len(rows):,} rows; a grid has at most {MAX_ROWS:,} (split it into files)")
     built, seen = [], set()
     for number, row in enumerate(rows, 1):
-        built.append(_row(fail, row, number, base, preset, columns, seen))
+        built.append(_row(fail, row, number, base, preset, columns, seen, path.parent))
     title = data.get("title", name)
     statistic = data.get("statistic", "as the grid file gives them")
     table = Table(name, str(title), tuple(built), tuple(columns), statistic=str(statistic))
     return Grid(table, tuple(seeds), path, text)
 
 
-def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set) -> Row:
+def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set, folder: Path) -> Row:
     row_id = row.get("id")
     if not isinstance(row_id, str) or not SAFE_ID.fullmatch(row_id):
         raise fail(f"row {number}: id {row_id!r}: letters, digits, '.', '_' or '-'")
@@ -142,6 +148,9 @@ def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set) -
             raise fail(f"{where}: option {reserved!r} is set by `wrn table run`, not the grid")
     if "model" not in values:
         raise fail(f"{where}: no model (give it in [base] or in the row)")
+    for key in PATHS:  # a path in the file is relative to the file
+        if isinstance(values.get(key), str):
+            values[key] = str((folder / Path(values[key]).expanduser()).absolute())
     try:
         for column in columns:
             make_config(preset or PRESET_OF[column], values)
@@ -157,8 +166,9 @@ def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set) -
         if not math.isfinite(number_given):
             raise fail(f"{where}: published {column} = {number_given!r} is not a finite number")
     flat = {k.replace("-", "_"): v for k, v in values.items() if k != "model"}
-    model_options = {k: _tuple(v) for k, v in flat.items() if k in MODEL_OPTIONS}
-    settings = {k: _tuple(v) for k, v in flat.items() if k not in MODEL_OPTIONS}
+    architecture = set(MODEL_OPTIONS) - set(ModelConfig.NOT_ARCHITECTURE)
+    model_options = {k: _tuple(v) for k, v in flat.items() if k in architecture}
+    settings = {k: _tuple(v) for k, v in flat.items() if k not in architecture}
     return Row(
         row_id,
         str(values["model"]),

@@ -34,17 +34,26 @@ def scaled_schedule(preset: str, scale: float) -> tuple[int, tuple[int, ...]]:
     return scaled_epochs, tuple(m for m in scaled if m <= scaled_epochs)
 
 
-def column_of(dataset: str, paper_dataset: str | None) -> str:
-    """The paper's dataset column a run fills: the dataset itself when it is an official one,
-    else what --paper-dataset says the data stands for."""
+def column_of(dataset: str, paper_dataset: str | None, table: Table) -> str:
+    """The table's column a run fills: the dataset itself when it is an official one, else
+    what --paper-dataset says the data stands for; for a grid of one column, that column (its
+    `datasets` entry names the recipe's column, not a paper's)."""
     if dataset in PRESET_OF:
         if paper_dataset not in (None, dataset):
             raise ConfigError(f"--paper-dataset {paper_dataset}: the data is {dataset} itself")
         return dataset
+    grid = table.name not in TABLES
+    if paper_dataset is None and grid and len(table.columns) == 1:
+        return table.columns[0]
     if paper_dataset not in PRESET_OF:
+        what = (
+            f"which of the grid's datasets ({', '.join(table.columns)}) it stands for"
+            if grid
+            else "which column of the paper it stands for"
+        )
+        choices = table.columns if grid else PRESET_OF
         raise ConfigError(
-            f"--dataset {dataset}: say which column of the paper it stands for with "
-            f"--paper-dataset {'|'.join(PRESET_OF)}"
+            f"--dataset {dataset}: say {what} with --paper-dataset {'|'.join(choices)}"
         )
     return paper_dataset
 
@@ -139,7 +148,7 @@ def plan(
         raise ConfigError(f"{table.name} row {unbuilt[0]}: a network not built here")
     runs = []
     for name in [dataset] if dataset else list(table.columns):
-        column = column_of(name, paper_dataset)
+        column = column_of(name, paper_dataset, table)
         if column not in table.columns:
             raise ConfigError(
                 f"{table.name} has no {column} column (it has {', '.join(table.columns)})"
@@ -181,4 +190,9 @@ def _schedule(preset: str, epochs: int | None, scale: float | None) -> dict:
 def _validate(runs: list[PlannedRun]) -> None:
     """Every run's options, checked as `wrn train` checks them, before anything runs."""
     for run in runs:
-        make_config(run.preset, {**run.values, **run.extra})
+        values = {**run.values, **run.extra}
+        make_config(run.preset, values)
+        for key in ("init_from", "teacher"):  # files the runs read: there before any starts
+            if values.get(key) and not Path(str(values[key])).exists():
+                where = f"{run.table} row {run.row}"
+                raise ConfigError(f"{where}: {key} {values[key]}: no such run directory or file")
