@@ -120,3 +120,51 @@ def test_a_run_in_process_leaves_the_process_settings_as_they_were(npz32, tmp_pa
     assert torch.backends.cudnn.benchmark == benchmark_before
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert (tmp_path / "run" / "result.json").exists()
+
+
+def test_every_verb_that_prints_json_prints_only_json(npz32, tmp_path):
+    """stdout parses as one JSON document, whatever the verb logs, warns or writes beside it
+    (its log, its warnings and what it says of its files go to stderr)."""
+    from PIL import Image
+
+    exp = tmp_path / "exp"
+    where = ["--dataset", "npz", "--data-dir", npz32, "--paper-dataset", "cifar10"]
+    quick = ["--", "--model", "wrn-10-1", "--batch-size", "32", "--precision", "fp32"]
+    ran = cli(
+        "table", "run", "table6", *where, "--rows", "16-4", "--epochs", "1", "--out", exp, *quick
+    )
+    assert ran.returncode == 0, ran.stderr
+    run = exp / "table6" / "16-4" / "npz-as-cifar10" / "seed0"
+    broken = run.parent / "seed1"  # a damaged record: the report warns and goes on
+    broken.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        (broken / name).write_bytes((run / name).read_bytes())
+    (broken / "result.json").write_text("[]")
+    model = tmp_path / "model.safetensors"
+    assert cli("export", run, "--format", "safetensors", "--out", model).returncode == 0
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    verbs = {
+        "info": (["info", "wrn-10-1", "--json"], "params"),
+        "eval": (["eval", run, "--json"], "test_error"),
+        "table list": (["table", "list", "--json"], None),
+        "table show": (["table", "show", "table6", "--json"], "rows"),
+        "table status": (["table", "status", exp, "--json"], None),
+        "report": (["report", exp, "--format", "json", "--plots", tmp_path / "plots"], "cells"),
+        "bench": (["bench", "wrn-10-1", "--batch-size", "8", "--steps", "1", "--json"], None),
+        "predict": (
+            ["predict", model, tmp_path / "red.png", tmp_path / "notes.png", "--json"],
+            None,
+        ),
+    }
+    for verb, (argv, key) in verbs.items():
+        result = cli(*argv)
+        try:
+            value = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            pytest.fail(f"wrn {verb}: stdout is not JSON alone: {result.stdout[-300:]!r}")
+        assert value and (key is None or key in value), (verb, result.stdout[:300])
+        if verb == "report":
+            assert "left out of the report" in result.stderr and "plot files" in result.stderr
+        if verb == "predict":
+            assert result.returncode == 2 and "notes.png" in result.stderr
