@@ -218,6 +218,10 @@ def test_a_distilled_student_trains_and_records_its_teacher(npz, tmp_path):
     assert "--preprocess meanstd" in line
     line = one_line_error(cli(*train_args(npz, tmp_path / "s7", "--teacher", tmp_path / "no")))
     assert "--teacher" in line and "no such run directory" in line
+    for own in (teacher, teacher / "checkpoint.pt"):  # the folder the run would replace
+        line = one_line_error(cli(*train_args(npz, teacher, "--teacher", own, "--overwrite")))
+        assert "inside this run's own folder" in line
+    assert json.loads((teacher / "result.json").read_text())["model"] == "wrn-10-2"
     line = one_line_error(
         cli(*train_args(npz, tmp_path / "s8", "--teacher", teacher, "--mixup-alpha", "0.2"))
     )

@@ -356,6 +356,14 @@ def test_a_stopped_submitit_local_runner_signals_its_runs(npz, tmp_path):
     assert runner.returncode == 143, stderr
     log = (out / "logs" / "table6-16-4-npz-as-cifar10-seed0.log").read_text()
     assert "stopped by SIGTERM; checkpoint saved" in log
+    early = tmp_path / "early"  # stopped while its first run still starts: stopped all the same
+    command[command.index(str(out))] = str(early)
+    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(early / "jobs.json", runner)
+    runner.send_signal(signal.SIGTERM)
+    _, stderr = runner.communicate(timeout=300)
+    assert runner.returncode == 143, stderr
+    assert not list(early.rglob("result.json"))  # not trained on to the end
 
 
 def running(pid: int) -> bool:

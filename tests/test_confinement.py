@@ -173,6 +173,11 @@ def test_a_claims_or_lock_path_that_is_not_a_file_is_one_line(npz, tmp_path):
     (exp / ".plan.lock").symlink_to(tmp_path / "elsewhere")  # a link is never followed
     line = one_line_error(cli(*run))
     assert ".plan.lock is a symlink" in line and not (tmp_path / "elsewhere").exists()
+    (exp / ".plan.lock").unlink()
+    (exp / ".table-runs.lock").unlink(missing_ok=True)
+    (exp / ".table-runs.lock").symlink_to(tmp_path / "elsewhere")  # said before any run
+    line = one_line_error(cli(*run))
+    assert ".table-runs.lock is a symlink" in line and not (exp / "table6").exists()
 
 
 def test_data_verify_with_fewer_than_one_worker_is_one_line(tmp_path):

@@ -131,6 +131,7 @@ def test_bad_records_of_an_experiment_are_said_and_the_rest_reported(experiment,
     assert status.returncode == 0, status.stderr
     states = {r["path"]: r for r in json.loads(status.stdout)["runs"]}
     assert states["run"]["state"] == "finished"
+    assert f"{exp / 'plan.json'}: " in status.stderr and "its entries are ignored" in status.stderr
     if bad != "deep":  # a deep line is no epoch record: the run reads, without its epochs
         assert (
             states["second"]["state"] == "failed" and "metrics.jsonl" in states["second"]["error"]

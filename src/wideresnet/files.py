@@ -182,7 +182,8 @@ def check_regular(path: Path, what: str) -> None:
     except OSError as error:
         raise RunError(f"{path}: unreadable ({error.strerror})") from None
     if not stat.S_ISREG(mode):
-        raise RunError(f"{path}: not a regular file; refusing to read it as a {what}")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise RunError(f"{path}: not a regular file; refusing to read it as {article} {what}")
 
 
 def one_component(name: object, what: str, where: str) -> str:

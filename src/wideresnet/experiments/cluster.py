@@ -316,6 +316,7 @@ class LocalJob:
 
     run: PlannedRun
     job: object  # submitit's Job
+    signalled: bool = False
 
     def done(self) -> bool:
         return self.job.done()
@@ -328,12 +329,15 @@ class LocalJob:
         if pid and descends_from(pid, os.getpid()):
             try:
                 os.kill(pid, signal.SIGTERM)
+                self.signalled = True
             except ProcessLookupError:
                 pass
 
     def wait(self) -> None:
         deadline = time.monotonic() + 300  # a checkpoint of the largest model, with room
         while time.monotonic() < deadline and not self.job.done():
+            if not self.signalled:  # a run still starting: stopped once it holds its lock
+                self.stop()
             time.sleep(POLL_SECONDS)
         if not self.job.done():  # a job whose run never started: its controller is stopped
             self.job.cancel(check=False)

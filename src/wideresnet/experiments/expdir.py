@@ -29,7 +29,14 @@ from typing import Any
 
 from wideresnet.errors import RunError
 from wideresnet.experiments.plan import PlannedRun
-from wideresnet.files import check_regular, read_json, relative_inside, take_lock, write_json
+from wideresnet.files import (
+    check_regular,
+    parse_json,
+    read_text,
+    relative_inside,
+    take_lock,
+    write_json,
+)
 from wideresnet.train.rundir import CONFIG, RunDir, RunState
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,16 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+_said: set[str] = set()
+
+
+def _say_once(warning: str) -> None:
+    """A warning about an experiment's records, said once however often they are read."""
+    if warning not in _said:
+        _said.add(warning)
+        log.warning(warning)
+
+
 def stopped_by_signal(code: int) -> bool:
     """The exit of a run that was asked to stop (SIGTERM, SIGINT) and saved a checkpoint."""
     return code in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
@@ -84,12 +101,27 @@ class ExperimentDir:
         return self.path / "logs" / ("-".join(Path(key).parts) + ".log")
 
     def _record(self, name: str) -> dict:
-        found = read_json(self.path / name)
-        return found if isinstance(found, dict) else {}
+        """A record's entries; one that is damaged (unreadable, not JSON, not an object) is
+        said once and read as empty (the next write replaces it)."""
+        path = self.path / name
+        if not os.path.lexists(path):
+            return {}
+        try:
+            found = parse_json(read_text(path, "record"), str(path))
+        except RunError as error:
+            _say_once(f"{error}; its entries are ignored")
+            return {}
+        if not isinstance(found, dict):
+            _say_once(f"{path}: not a record of runs (a JSON object); its entries are ignored")
+            return {}
+        return found
+
+    def _lock(self, name: str) -> Path:
+        return self.path / f".{name.split('.')[0]}.lock"
 
     def _update(self, name: str, entries: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        with locked(self.path / f".{name.split('.')[0]}.lock"):
+        with locked(self._lock(name)):
             record = self._record(name)
             record.update(entries)
             write_json(self.path / name, record)
@@ -101,7 +133,7 @@ class ExperimentDir:
         plan = self._record(PLAN)
         for key in [k for k in plan if not relative_inside(k, self.path)]:
             shown = str(key)[:200]
-            log.warning(f"{self.path / PLAN}: {shown!r} is not a folder inside it; left out")
+            _say_once(f"{self.path / PLAN}: {shown!r} is not a folder inside it; left out")
             del plan[key]
         return plan
 
@@ -115,6 +147,9 @@ class ExperimentDir:
                 "epochs": values.get("epochs"),
             }
         self._update(PLAN, entries)
+        for name in (TABLE_RUNS, JOBS):  # a record that cannot be written: said before any run
+            with locked(self._lock(name)):
+                pass
 
     def exits(self) -> dict[str, dict]:
         return self._record(TABLE_RUNS)

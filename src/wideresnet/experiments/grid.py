@@ -46,6 +46,7 @@ from wideresnet.recipes import MODEL_OPTIONS, make_config
 KEYS = {"name", "title", "preset", "datasets", "seeds", "base", "rows", "statistic"}
 ROW_KEYS = {"id", "published", "label", "note"}  # the rest of a row: its options
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a folder name: 100 characters
+SAFE_RULE = "letters, digits, '.', '_' or '-' (not first), at most 100 characters"
 MAX_ROWS = 1000  # rows of one grid file: each row is a run per seed and dataset
 GRID_LIMIT = 1 << 20  # bytes of a grid file
 FOLDER = "tables"  # EXP_DIR/tables/NAME.toml: the grids an experiment ran
@@ -91,7 +92,7 @@ def _parse(path: Path, data: dict[str, Any], text: str) -> Grid:
         raise fail(f"unknown key {unknown[0]!r} (a grid has {', '.join(sorted(KEYS))})")
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not SAFE_ID.fullmatch(name):
-        raise fail(f"name {name!r}: letters, digits, '.', '_' or '-'")
+        raise fail(f"name {_shown(name)}: {SAFE_RULE}")
     if name in TABLES:
         raise fail(f"name {name!r} is one of the paper's tables; choose another")
     columns = data.get("datasets", ["cifar10"])
@@ -133,7 +134,7 @@ def _parse(path: Path, data: dict[str, Any], text: str) -> Grid:
 def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set, folder: Path) -> Row:
     row_id = row.get("id")
     if not isinstance(row_id, str) or not SAFE_ID.fullmatch(row_id):
-        raise fail(f"row {number}: id {row_id!r}: letters, digits, '.', '_' or '-'")
+        raise fail(f"row {number}: id {_shown(row_id)}: {SAFE_RULE}")
     if row_id in seen:
         raise fail(f"row {row_id!r}: a second row with this id")
     seen.add(row_id)
@@ -180,6 +181,11 @@ def _row(fail, row: dict, number: int, base: dict, preset, columns, seen: set, f
         preset=preset,
         settings=settings,
     )
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}... ({len(str(value))} characters)"
 
 
 def _tuple(value):

@@ -137,11 +137,19 @@ def resolve_paths(config: Config) -> Config:
     return config.replace(**changes)
 
 
-def _check_extras(config: Config) -> None:
+def _check_extras(config: Config, out: str | Path) -> None:
     """The extras and files a run's options need, checked before any work."""
     teacher = config.optim.teacher
     if teacher and not Path(teacher).exists():
         raise ConfigError(f"--teacher {teacher}: no such run directory or model file")
+    if teacher and Path(out).resolve() in (
+        Path(teacher).resolve(),
+        *Path(teacher).resolve().parents,
+    ):
+        raise ConfigError(
+            f"--teacher {teacher}: inside this run's own folder ({out}), which the run replaces; "
+            "export the teacher's weights elsewhere first (wrn export)"
+        )
     if config.runtime.tensorboard:
         require("tensorboard", "--tensorboard")
 
@@ -158,7 +166,7 @@ def train(
     Everything (options, data, model) is checked before the folder is touched; an old run
     replaced with `overwrite` is kept aside until the new run's first checkpoint. Under
     torchrun, rank 0 fetches, checks and writes; the others follow it."""
-    _check_extras(config)
+    _check_extras(config, out)
     run_dir, world = RunDir(out), _world(config)
     try:
         with process_settings(config):
@@ -249,7 +257,7 @@ def resume(
     run_id = recorded.get("run_id") or checkpoint.run_id or new_run_id()
     changes = resume_changes(checkpoint.config, overrides or {})
     config = config_of({**checkpoint.config, **changes}, source)
-    _check_extras(config)
+    _check_extras(config, out)
     trained = checkpoint.training.state.epoch
     if config.optim.epochs < trained:
         raise RunError(f"--epochs {config.optim.epochs}: the run has trained {trained}")
