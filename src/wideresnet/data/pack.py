@@ -93,7 +93,8 @@ def pack(
     if (out / INDEX).exists():
         raise DataError(f"--out {out}: holds shards already; choose a new folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"--out {out}: not an empty folder; choose a new one (nothing replaced)")
+        what = "a file, not a folder" if not out.is_dir() else "not an empty folder"
+        raise DataError(f"--out {out}: {what}; choose a new one (nothing replaced)")
     index: dict = {"format": FORMAT, "splits": {}}
     written: list[Path] = []
     try:
