@@ -199,6 +199,28 @@ def test_a_file_that_fails_mid_run_stops_it_and_the_run_goes_on_once_excluded(tm
     assert any("1 image(s) excluded by wrn-exclude.txt" in flag for flag in flags)
 
 
+def test_both_loaders_apply_one_set_of_split_rules(folder, tmp_path):
+    """The limits, the held-out tail and the class checks are one set of rules
+    (data/splits.py): each loader counts the same images and refuses the same data."""
+    counts = {}
+    for loader in ("resident", "stream"):
+        out = tmp_path / loader
+        limits = ["--train-limit", "40", "--val-size", "8", "--val-and-test", "--eval-limit", "10"]
+        args = [*FOLDER_RUN.split(), "--data-dir", folder, "--epochs", "1", *limits]
+        result = cli("train", *args, "--loader", loader, "--out", out)
+        assert result.returncode == 0, result.stderr
+        counts[loader] = result.stdout.split(" parameters, ")[1].split(" (")[0]
+    assert counts["resident"] == counts["stream"] == "32 train / 10 test images", counts
+    renamed = tmp_path / "renamed"
+    shutil.copytree(folder, renamed)
+    (renamed / "test" / "emu").rename(renamed / "test" / "owl")  # as many classes, not the same
+    lines = set()
+    for loader in ("resident", "stream"):
+        args = [*FOLDER_RUN.split(), "--data-dir", renamed, "--loader", loader]
+        lines.add(one_line_error(cli("train", *args, "--out", tmp_path / f"r-{loader}")))
+    assert lines == {f"wrn: error: {renamed}: test has classes not in train: ['owl']"}
+
+
 def test_memory_stays_under_the_budget_for_a_set_several_times_larger(tmp_path):
     """Decoded, the set is about 8 times --data-memory; the training process's own peak RSS
     stays under that of a run on a tiny set plus the budget (workers 0: every image is

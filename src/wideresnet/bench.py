@@ -155,6 +155,45 @@ def end_to_end(model_name: str, runtime: Runtime, loader, steps: int) -> float:
     return loader.batch_size * steps / seconds
 
 
+def _row(label, measured, baseline, precision: str, device: str, macs: int) -> dict[str, Any]:
+    """One setting's row: its speeds, their ratios to the baseline's, its MFU."""
+    top, _ = peak(device, precision)
+    flops = FORWARDS_PER_TRAINING_IMAGE * FLOPS_PER_MAC * macs * measured.images_per_second
+    return {
+        "setting": label,
+        "images_per_second": measured.images_per_second,
+        "ratio": measured.images_per_second / baseline.images_per_second,
+        "inference_images_per_second": measured.inference_images_per_second,
+        "inference_ratio": measured.inference_images_per_second
+        / baseline.inference_images_per_second,
+        "warmup_seconds": measured.warmup_seconds,
+        "mfu": None if top is None else flops / top,
+        "precision": precision,
+    }
+
+
+def _with_real_data(model_name, dataset, data_dir, batch, device, options, chosen, steps):
+    """The run's loader alone, then its real batches through wrn train's default step."""
+    loader, how = real_data(model_name, dataset, data_dir, batch, device, options)
+    needed = steps + WARMUP_STEPS[chosen.cuda_graphs]
+    if len(loader) < needed:
+        raise DataError(f"{data_dir}: {len(loader)} batches of {batch}; the bench needs {needed}")
+    workers = getattr(loader, "workers", 0)
+    alone = loader_rate(loader, steps, chosen)
+    return {
+        "loader": {
+            "loader": how,
+            "workers": workers,
+            "images_per_second": alone,
+            "images_per_second_per_worker": alone / max(1, workers),
+        },
+        "end_to_end": {
+            "setting": "wrn train's default, real batches from the run's loader",
+            "images_per_second": end_to_end(model_name, chosen, loader, steps),
+        },
+    }
+
+
 def bench(
     model_name: str,
     device: str = "auto",
@@ -186,21 +225,7 @@ def bench(
             measured.warmup_seconds,
         )
         baseline = baseline or measured
-        top, _ = peak(device, runtime.precision)
-        flops = FORWARDS_PER_TRAINING_IMAGE * FLOPS_PER_MAC * macs * measured.images_per_second
-        rows.append(
-            {
-                "setting": label,
-                "images_per_second": measured.images_per_second,
-                "ratio": measured.images_per_second / baseline.images_per_second,
-                "inference_images_per_second": measured.inference_images_per_second,
-                "inference_ratio": measured.inference_images_per_second
-                / baseline.inference_images_per_second,
-                "warmup_seconds": measured.warmup_seconds,
-                "mfu": None if top is None else flops / top,
-                "precision": runtime.precision,
-            }
-        )
+        rows.append(_row(label, measured, baseline, runtime.precision, device, macs))
     result = {
         "model": model_name,
         "device": device,
@@ -224,22 +249,6 @@ def bench(
         ),
     }
     if data_dir:
-        loader, how = real_data(model_name, dataset, data_dir, batch, device, data_options)
-        needed = steps + WARMUP_STEPS[chosen.cuda_graphs]
-        if len(loader) < needed:
-            raise DataError(
-                f"{data_dir}: {len(loader)} batches of {batch}; the bench needs {needed}"
-            )
-        workers = getattr(loader, "workers", 0)
-        alone = loader_rate(loader, steps, chosen)
-        result["loader"] = {
-            "loader": how,
-            "workers": workers,
-            "images_per_second": alone,
-            "images_per_second_per_worker": alone / max(1, workers),
-        }
-        result["end_to_end"] = {
-            "setting": "wrn train's default, real batches from the run's loader",
-            "images_per_second": end_to_end(model_name, chosen, loader, steps),
-        }
+        args = (model_name, dataset, data_dir, batch, device, data_options, chosen, steps)
+        result.update(_with_real_data(*args))
     return result

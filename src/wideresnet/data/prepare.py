@@ -17,9 +17,9 @@ from wideresnet.data.loader import BatchLoader
 from wideresnet.data.memory import LoaderChoice, choose_loader
 from wideresnet.data.preprocess import cached_zca, normalisation, zca_transform
 from wideresnet.data.sources import load_dataset
+from wideresnet.data.splits import Arrays, split
 from wideresnet.data.stream import StreamLoader, default_workers
 from wideresnet.data.streamed import stream_data, stream_test
-from wideresnet.errors import DataError
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -67,16 +67,19 @@ def load_split(config: Config, split: str, dataset: str | None = None, data_dir:
 def training_split(config: Config) -> tuple[Split, Split | None, list[str]]:
     """(x_train, y_train), the held-out (x_val, y_val) or None, classes: the training images
     exactly as a run uses them (the first train_limit, less the last val_size)."""
-    data = config.data
-    x_train, y_train, classes = load_split(config, data.train_split)
-    if data.train_limit:
-        x_train, y_train = x_train[: data.train_limit], y_train[: data.train_limit]
-    if not data.val_size:
-        return (x_train, y_train), None, classes
-    if data.val_size >= len(x_train):
-        raise DataError(f"val_size {data.val_size} leaves no training images")
-    held_out = x_train[-data.val_size :], y_train[-data.val_size :]
-    return (x_train[: -data.val_size], y_train[: -data.val_size]), held_out, classes
+    found = split(config, _arrays(config), test=False)
+    held_out = (found.val.images, found.val.labels) if found.val is not None else None
+    return (found.train.images, found.train.labels), held_out, found.classes
+
+
+def _arrays(config: Config):
+    """open_split for the resident loader: a split decoded into memory."""
+
+    def open_split(name: str) -> tuple[Arrays, list[str]]:
+        images, labels, classes = load_split(config, name)
+        return Arrays(images, labels), classes
+
+    return open_split
 
 
 def _whitener(config: Config, x_train: np.ndarray):
@@ -112,15 +115,6 @@ def _loader(
         rank=rank,
         world=world,
     )
-
-
-def check_classes(config: Config, classes: list[str]) -> None:
-    wanted = config.model.num_classes
-    if wanted is not None and wanted != len(classes):
-        raise DataError(
-            f"--num-classes {wanted} does not match the {len(classes)} classes of "
-            f"{config.data.data_dir}"
-        )
 
 
 def run_data(
@@ -159,11 +153,6 @@ def _streamed(config, device, rank, world, compile_policy, choice: LoaderChoice)
         compile_policy=compile_policy,
     )
     train, test = streamed.train, streamed.test
-    check_classes(config, streamed.classes)
-    if train.n < config.optim.batch_size:
-        raise DataError(
-            f"{train.n} training images are fewer than one batch of {config.optim.batch_size}"
-        )
     return RunData(
         train,
         test,
@@ -177,36 +166,25 @@ def _streamed(config, device, rank, world, compile_policy, choice: LoaderChoice)
 
 
 def _resident(config, device, rank, world, compile_policy) -> RunData:
-    (x_train, y_train), held_out, classes = training_split(config)
-    validate = held_out is not None and config.data.val_and_test
-    if held_out is not None and not validate:
-        x_test, y_test = held_out
-    else:
-        x_test, y_test, test_classes = load_split(config, config.data.test_split)
-        if test_classes != classes:
-            raise DataError(f"{config.data.data_dir}: train and test splits have different classes")
-    check_classes(config, classes)
-    if config.data.eval_limit:
-        x_test, y_test = x_test[: config.data.eval_limit], y_test[: config.data.eval_limit]
-    if len(x_train) < config.optim.batch_size:
-        raise DataError(
-            f"{len(x_train)} training images are fewer than one batch of {config.optim.batch_size}"
-        )
-    identity = data_fingerprint(x_train, y_train, x_test, y_test, *(held_out if validate else ()))
+    found = split(config, _arrays(config))
+    train, test, val = found.train, found.test, found.val
+    held = (val.images, val.labels) if val is not None else ()
+    identity = data_fingerprint(train.images, train.labels, test.images, test.labels, *held)
+    x_train, x_test = train.images, test.images
     if config.data.preprocess == "zca":
         whiten = _whitener(config, x_train)
         x_train, x_test = whiten(x_train), whiten(x_test)
-        held_out = (whiten(held_out[0]), held_out[1]) if validate else held_out
+        held = (whiten(val.images), val.labels) if val is not None else ()
     common = dict(device=device, rank=rank, world=world)
     return RunData(
-        val=_loader(config, *held_out, train=False, **common) if validate else None,
+        val=_loader(config, *held, train=False, **common) if held else None,
         train=_loader(
-            config, x_train, y_train, train=True, compile_policy=compile_policy, **common
+            config, x_train, train.labels, train=True, compile_policy=compile_policy, **common
         ),
-        test=_loader(config, x_test, y_test, train=False, **common),
-        classes=classes,
-        train_size=len(x_train),
-        test_size=len(x_test),
+        test=_loader(config, x_test, test.labels, train=False, **common),
+        classes=found.classes,
+        train_size=len(train),
+        test_size=len(test),
         fingerprint=identity,
     )
 

@@ -17,6 +17,7 @@ from wideresnet.data.imagenet import EXCLUDE, excluded, listing
 from wideresnet.data.preprocess import normalisation
 from wideresnet.data.shards import ShardImages
 from wideresnet.data.sources import load_dataset
+from wideresnet.data.splits import split
 from wideresnet.data.stream import ArrayImages, FileImages, StreamLoader
 from wideresnet.data.transforms import Crop
 from wideresnet.errors import ConfigError, DataError
@@ -128,24 +129,15 @@ def stream_data(
         raise ConfigError(
             "--preprocess zca fits the whole training set: it needs --loader resident"
         )
-    train, classes, left_out = open_source(config, data.train_split)
-    if data.train_limit:
-        train = train.take(0, data.train_limit)
-    held_out = None
-    if data.val_size:
-        if data.val_size >= len(train):
-            raise DataError(f"val_size {data.val_size} leaves no training images")
-        cut = len(train) - data.val_size
-        train, held_out = train.take(0, cut), train.take(cut, len(train))
-    if held_out is not None and not data.val_and_test:
-        test, held_out = held_out, None
-    else:
-        test, test_classes, more = open_source(config, data.test_split)
-        left_out += more
-        if len(test_classes) != len(classes):
-            raise DataError(f"{data.data_dir}: train and test splits have different classes")
-    if data.eval_limit:
-        test = test.take(0, data.eval_limit)
+    left_out: list[str] = []
+
+    def open_split(name: str):
+        source, classes, excluded = open_source(config, name)
+        left_out.extend(excluded)
+        return source, classes
+
+    found = split(config, open_split)
+    train, test, held_out, classes = found.train, found.test, found.val, found.classes
     augment = TrainAugment.of(data, compile_policy)
     common = _common(config, device, rank, world, workers, memory)
     train_loader = StreamLoader(
