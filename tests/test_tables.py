@@ -98,7 +98,17 @@ def test_missing_columns_and_unknown_rows_are_refused(tmp_path):
 # A real table run, end to end on the CPU
 # --------------------------------------------------------------------------------------------
 
-QUICK = ["--", "--batch-size", "32", "--precision", "fp32", "--eval-batch-size", "64"]
+QUICK = [
+    "--",
+    "--model",
+    "wrn-10-2",
+    "--batch-size",
+    "32",
+    "--precision",
+    "fp32",
+    "--eval-batch-size",
+    "64",
+]
 
 
 @pytest.fixture(scope="module")
