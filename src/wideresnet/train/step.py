@@ -132,6 +132,26 @@ def mixed_loss(
     return mix.lam * first + (1 - mix.lam) * second
 
 
+class Objective:
+    """The recipe's loss, the steps' one call for it: cross-entropy with label smoothing, over
+    both targets of a mixed batch, or Hinton's distillation from `teacher` (which sees the
+    step's own input, in eval mode, without gradients)."""
+
+    def __init__(self, options: StepOptions, runtime: Runtime, teacher: nn.Module | None) -> None:
+        self.options, self.runtime, self.teacher = options, runtime, teacher
+
+    def __call__(
+        self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mix: Mix | None = None
+    ) -> torch.Tensor:
+        options = self.options
+        if self.teacher is None:
+            return mixed_loss(logits, y, mix, options.label_smoothing)
+        with torch.no_grad(), self.runtime.autocast():  # Config.check: no mixing or SAM
+            taught = self.teacher(self.runtime.input(x))
+        t, alpha = options.kd_temperature, options.kd_alpha
+        return kd_loss(logits, taught, y, t, alpha, options.label_smoothing)
+
+
 @dataclass
 class EpochSums:
     """Running sums of an epoch, on the device (this process's share)."""
@@ -182,7 +202,7 @@ class _Step:
     ) -> None:
         self.model, self.optimizer, self.runtime = model, optimizer, runtime
         self.world, self.options, self.seed = world, options, seed
-        self.teacher = teacher
+        self.objective = Objective(options, runtime, teacher)
         # fp16 (opt-in): the loss scaled so that small gradients do not underflow; a step
         # whose gradients overflow is skipped and the scale lowered (torch.amp.GradScaler)
         fp16 = runtime.precision == "fp16"
@@ -209,14 +229,7 @@ class EagerStep(_Step):
             x, mix = mix_batch(x, options, draw)
         with runtime.autocast():
             logits = self.model(runtime.input(x))
-        if self.teacher is not None:  # Config.check: no mixing or SAM with a teacher
-            with torch.no_grad(), runtime.autocast():
-                taught = self.teacher(runtime.input(x))
-            loss = kd_loss(
-                logits, taught, y, options.kd_temperature, options.kd_alpha, options.label_smoothing
-            )
-        else:
-            loss = mixed_loss(logits, y, mix, options.label_smoothing)
+        loss = self.objective(logits, x, y, mix)
         bad = _nonfinite(loss, self.world)
         if not self.skip_on_device and bool(bad.item()):
             raise NonFiniteLoss(before_update=True)
@@ -230,7 +243,7 @@ class EagerStep(_Step):
         else:
             loss.backward()
             if options.sam_rho:
-                sam_second_pass(self.model, self.optimizer, x, y, runtime, mix, options)
+                sam_second_pass(self.model, self.optimizer, x, y, mix, options, self.objective)
             if self.skip_on_device:
                 self.optimizer.found_inf = bad.float()  # read by fused SGD (torch >= 2.10)
                 sums.nonfinite |= bad
@@ -244,9 +257,9 @@ def sam_second_pass(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    runtime: Runtime,
     mix: Mix | None,
     options: StepOptions,
+    objective: Objective,
 ) -> None:
     """SAM (Foret et al. 2021; ASAM, Kwon et al. 2021, when adaptive): move the weights by
     rho along the normalised gradient (scaled by |w| for ASAM), take the gradient there, and
@@ -267,9 +280,10 @@ def sam_second_pass(
     for m in norms:
         m.momentum = 0.0  # running statistics stay as the first pass left them
     optimizer.zero_grad(set_to_none=True)
+    runtime = objective.runtime
     with runtime.autocast():
         logits = model(runtime.input(x))
-    mixed_loss(logits, y, mix, options.label_smoothing).backward()
+    objective(logits, x, y, mix).backward()
     for m, (momentum, tracked) in zip(norms, saved):
         m.momentum = momentum
         m.num_batches_tracked.copy_(tracked)
@@ -298,7 +312,7 @@ class WholeStep(_Step):
     def _step(self, x, y):
         with self.runtime.autocast():
             logits = self.model(x)
-        loss = loss_fn(logits, y, self.options.label_smoothing)
+        loss = self.objective(logits, x, y)  # no teacher: Config.check
         bad = _nonfinite(loss, self.world)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
