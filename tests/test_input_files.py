@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +37,7 @@ def deep(path: Path) -> None:
 BAD = {"fifo": fifo, "dev-zero": dev_zero, "sparse-2GB": sparse, "deep": deep}
 
 
-@pytest.fixture(autouse=True)
-def no_hang():
-    """A read that hangs fails the test after 60 s instead of stopping the suite."""
-
-    def hung(signum, frame):
-        raise TimeoutError("a read hung")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.timeout(60)  # a read that hangs fails its test, not the suite
 
 
 TINY = "--model wrn-10-1 --dataset npz --epochs 1 --batch-size 32 --precision fp32"
