@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wideresnet.data.cache import cached_arrays, file_digest, file_stamp, fingerprint, verify_digest
+from wideresnet.data.cache import cached_arrays, file_stamp, fingerprint, verify_digest
 from wideresnet.errors import DataError
 
 
@@ -85,10 +85,6 @@ def check_split(name: str, split: str) -> list[str]:
     if split not in splits:
         raise DataError(f"{name} has splits {sorted(splits)}, not {split!r}")
     return splits[split]
-
-
-def md5_file(path: Path) -> str:
-    return file_digest(path, "md5")
 
 
 def verify_md5(path: Path, expected: str) -> None:
