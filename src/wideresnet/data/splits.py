@@ -8,23 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 
 from wideresnet.config import Config
 from wideresnet.errors import DataError
 
-
-class Source(Protocol):
-    """Images with labels, in order: `len` of them, and positions [start, stop) as a source."""
-
-    def __len__(self) -> int: ...
-
-    def take(self, start: int, stop: int) -> Source: ...
-
-
-S = TypeVar("S", bound=Source)
+# A source: images with labels, in order, with `len` and `take(start, stop)` (positions
+# [start, stop) as a source of their own): Arrays here, stream.FileImages and ArrayImages.
 
 
 @dataclass
@@ -42,14 +34,14 @@ class Arrays:
 
 
 @dataclass
-class Splits(Generic[S]):
-    train: S
-    test: S | None  # None where only the training images were asked for
-    val: S | None  # the held-out images, with --val-and-test
+class Splits:
+    train: Any
+    test: Any  # None where only the training images were asked for
+    val: Any  # the held-out images with --val-and-test, else None
     classes: list[str]
 
 
-def split(config: Config, open_split: Callable[[str], tuple[S, list[str]]], test=True) -> Splits:
+def split(config: Config, open_split: Callable[[str], tuple[Any, list[str]]], test=True) -> Splits:
     """The run's train, test and held-out sources from `open_split(split name) -> (source,
     classes)`; `test=False`: the training images alone (a ZCA fit), the test split unread."""
     data = config.data
