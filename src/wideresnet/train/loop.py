@@ -11,6 +11,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,16 +32,16 @@ from wideresnet.train.checkpoint import (
     weight_mismatch,
 )
 from wideresnet.train.distill import Teacher
-from wideresnet.train.distributed import World, wrap
+from wideresnet.train.distributed import World
 from wideresnet.train.ema import WeightAverage
 from wideresnet.train.environment import environment
 from wideresnet.train.evaluate import evaluate
 from wideresnet.train.messages import StepLog, bad_image_advice, epoch_line, nonfinite_message
-from wideresnet.train.optim import begin_epoch, build_optimizer, lr_at, per_step, set_lr
+from wideresnet.train.optim import begin_epoch, lr_at, per_step, set_lr
 from wideresnet.train.records import EpochTotals, MetricsRow, Result, TrainingState
 from wideresnet.train.rundir import TENSORBOARD, RunDir, TensorBoardLog
 from wideresnet.train.runtime import Runtime, is_out_of_memory, out_of_memory
-from wideresnet.train.step import EpochSums, NonFiniteLoss, StepOptions, make_step
+from wideresnet.train.step import EpochSums, NonFiniteLoss, Step
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,20 @@ MEASURED = (
 )
 
 
+@dataclass
+class Parts:
+    """What a run trains with, built in one order by train/run.py's make_trainer."""
+
+    data: RunData
+    model: nn.Module  # the weights: checkpointed, averaged, evaluated
+    runtime: Runtime
+    optimizer: torch.optim.Optimizer
+    compiled_model: nn.Module  # what the step calls: the model compiled, or wrapped in DDP
+    step: Step
+    ema: WeightAverage | None
+    teacher: Teacher | None  # distillation (train/distill.py)
+
+
 class Trainer:
     """Train, evaluate and checkpoint one run (see train/run.py for starting and resuming)."""
 
@@ -59,32 +74,17 @@ class Trainer:
         self,
         config: Config,
         run_dir: RunDir,
-        data: RunData,
-        model: nn.Module,
-        runtime: Runtime,
+        parts: Parts,
         log_every: int = 0,
         world: World = World(),
         run_id: str | None = None,
-        teacher: Teacher | None = None,
     ) -> None:
-        self.config, self.run_dir, self.data, self.runtime = config, run_dir, data, runtime
-        self.teacher = teacher  # distillation (train/distill.py)
-        self.run_id = run_id  # the run's identity (config.json, checkpoints, result.json)
-        self.world, self.device = world, runtime.torch_device
-        self.model = model
-        self.optimizer = build_optimizer(model, config.optim, runtime.fused_sgd)
-        self.compiled_model = runtime.compiled(wrap(model, world, self.device))
-        self.step = make_step(
-            self.compiled_model,
-            self.optimizer,
-            runtime,
-            world=world,
-            options=StepOptions.of(config.optim),
-            seed=config.runtime.seed,
-            teacher=teacher.model if teacher else None,
-        )
-        decay = config.optim.ema_decay
-        self.ema = WeightAverage(model, decay) if decay else None
+        self.config, self.run_dir, self.world, self.run_id = config, run_dir, world, run_id
+        # the run's identity (run_id) goes into config.json, checkpoints and result.json
+        data, self.runtime, self.model = parts.data, parts.runtime, parts.model
+        self.data, self.teacher, self.device = data, parts.teacher, parts.runtime.torch_device
+        self.optimizer, self.compiled_model = parts.optimizer, parts.compiled_model
+        self.step, self.ema = parts.step, parts.ema
         self.num_classes = len(data.classes)
         self.state = TrainingState()
         self.state.seconds.data = data.seconds

@@ -29,11 +29,15 @@ from wideresnet.train.distributed import (
     shutdown,
     use_global_batch_norm,
     world_from_environment,
+    wrap,
 )
-from wideresnet.train.loop import Trainer
+from wideresnet.train.ema import WeightAverage
+from wideresnet.train.loop import Parts, Trainer
+from wideresnet.train.optim import build_optimizer
 from wideresnet.train.records import Result
 from wideresnet.train.rundir import RunDir
 from wideresnet.train.runtime import Runtime, compiles_policy, process_settings, resolve_device
+from wideresnet.train.step import StepOptions, make_step
 from wideresnet.train.trained import build_model, config_of
 
 log = logging.getLogger(__name__)
@@ -74,9 +78,10 @@ def make_trainer(
     recorded: dict | None = None,
     run_id: str | None = None,
 ) -> Trainer:
-    """A Trainer with its device, runtime, data and model built from the config
-    (`recorded`: config.json's `resolved` of the run being resumed, whose loader and CPU
-    setting it keeps; `run_id`: the run's identity)."""
+    """A run assembled from its config, in one order: device, data, model, initial weights,
+    runtime (the CPU setting), processes, teacher, optimizer, compile or DDP, step, averaged
+    weights; the Trainer receives them built (`recorded`: config.json's `resolved` of the run
+    being resumed, whose loader and CPU setting it keeps; `run_id`: the run's identity)."""
     device = resolve_device(config.runtime.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -112,8 +117,21 @@ def make_trainer(
     size = config.data.image_size or getattr(model, "input_size", None)  # as exports record it
     model = runtime.prepare(model)
     teacher = load_teacher(config, data.classes, device, recorded.get("teacher"), size)
-    run_id = run_id or new_run_id()
-    return Trainer(config, run_dir, data, model, runtime, log_every, world, run_id, teacher)
+    optimizer = build_optimizer(model, config.optim, runtime.fused_sgd)
+    compiled = runtime.compiled(wrap(model, world, device))
+    step = make_step(
+        compiled,
+        optimizer,
+        runtime,
+        world=world,
+        options=StepOptions.of(config.optim),
+        seed=config.runtime.seed,
+        teacher=teacher.model if teacher else None,
+    )
+    decay = config.optim.ema_decay
+    ema = WeightAverage(model, decay) if decay else None
+    parts = Parts(data, model, runtime, optimizer, compiled, step, ema, teacher)
+    return Trainer(config, run_dir, parts, log_every, world, run_id or new_run_id())
 
 
 def resolve_paths(config: Config) -> Config:
