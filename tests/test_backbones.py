@@ -174,7 +174,13 @@ def test_a_run_and_its_export_load_as_backbones(npz, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_the_steps_distillation_loss_is_hintons_written_by_hand():
+@pytest.mark.parametrize("mixup", [0.0, 1.0], ids=["plain", "mixup"])
+def test_the_steps_distillation_loss_is_hintons_written_by_hand(mixup):
+    """(1 - alpha) CE + alpha T^2 KL from both networks' logits; with mixup, the teacher sees
+    the mixed batch and CE is over both targets (the mixing drawn from the step's stream)."""
+    from wideresnet.seeds import Stream, numpy_generator
+    from wideresnet.train.step import mix_batch
+
     torch.manual_seed(0)
     student = create_model("wrn-10-1", num_classes=5)
     teacher = create_model("wrn-10-2", num_classes=5).eval().requires_grad_(False)
@@ -183,14 +189,18 @@ def test_the_steps_distillation_loss_is_hintons_written_by_hand():
     before = copy.deepcopy(student)  # train mode, as the step runs it
     t, alpha = 3.0, 0.7
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
-    options = StepOptions(kd_temperature=t, kd_alpha=alpha)
+    options = StepOptions(kd_temperature=t, kd_alpha=alpha, mixup_alpha=mixup)
     runtime = Runtime.eager("cpu", "fp32")
     step = make_step(student, optimizer, runtime, world=World(), options=options, teacher=teacher)
     sums = EpochSums.start(torch.device("cpu"))
     step(x, y, sums, 0)
+    targets = [(y, 1.0)]
+    if mixup:  # the same draws as the step's own
+        x, mix = mix_batch(x, options, numpy_generator(0, 0, Stream.MIXING, 0))
+        targets = [(y, mix.lam), (y[mix.partner], 1 - mix.lam)]
     with torch.no_grad():
         s, z = before(x).double(), teacher(x).double()
-    hard = -(s.log_softmax(1)[torch.arange(8), y]).mean()
+    hard = sum(-(s.log_softmax(1)[torch.arange(8), c]).mean() * w for c, w in targets)
     p = (z / t).softmax(1)
     soft = (p * (p.log() - (s / t).log_softmax(1))).sum(1).mean() * t * t
     expected = (1 - alpha) * hard + alpha * soft
@@ -222,10 +232,9 @@ def test_a_distilled_student_trains_and_records_its_teacher(npz, tmp_path):
         line = one_line_error(cli(*train_args(npz, teacher, "--teacher", own, "--overwrite")))
         assert "inside this run's own folder" in line
     assert json.loads((teacher / "result.json").read_text())["model"] == "wrn-10-2"
-    line = one_line_error(
-        cli(*train_args(npz, tmp_path / "s8", "--teacher", teacher, "--mixup-alpha", "0.2"))
-    )
-    assert "--teacher does not combine with mixup" in line
+    for recipe in (["--mixup-alpha", "0.2"], ["--cutmix-alpha", "1.0", "--sam-rho", "0.05"]):
+        mixed = cli(*train_args(npz, tmp_path / "s8", "--teacher", teacher, *recipe, "--overwrite"))
+        assert mixed.returncode == 0, mixed.stderr  # distils from the mixed batch
 
 
 def test_the_teacher_is_checked_at_the_start_and_on_every_resume(npz, tmp_path):

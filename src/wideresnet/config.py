@@ -401,8 +401,6 @@ class Config:
         optim, runtime = self.optim, self.runtime
         if runtime.compile == "step" and (optim.mixup_alpha or optim.cutmix_alpha or optim.sam_rho):
             raise ConfigError("--compile step does not combine with mixup, CutMix or SAM")
-        if optim.teacher and (optim.mixup_alpha or optim.cutmix_alpha or optim.sam_rho):
-            raise ConfigError("--teacher does not combine with mixup, CutMix or SAM")
         if runtime.precision == "fp16" and (runtime.compile == "step" or optim.sam_rho):
             raise ConfigError("--precision fp16 does not combine with --compile step or SAM")
         if optim.teacher and runtime.compile == "step":

@@ -5,7 +5,8 @@ RepDistiller code (Tian et al., CRD) trains its students:
            softmax(student / T))   (the KL summed over classes, averaged over the batch)
 
 The teacher (a run directory, one of our checkpoints, an import or a safetensors export) sees
-the student's own augmented batch, in eval mode and without gradients. Its class count must be
+the student's own augmented batch (mixed, with mixup or CutMix, where the labels' loss is the
+mixed one), in eval mode and without gradients. Its class count must be
 the student's (refused otherwise: its outputs would mean other classes). A teacher trained with
 another mean/std (RepDistiller's teachers use CIFAR-100's own) gets the student's batch
 converted to its own normalisation, exactly (an affine map per channel); ZCA against mean/std

@@ -42,24 +42,13 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) 
     return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
 
 
-def kd_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-    alpha: float,
-    smoothing: float = 0.0,
-) -> torch.Tensor:
-    """Hinton's distillation loss as RepDistiller's (train/distill.py): (1 - alpha) CE +
-    alpha T^2 KL(teacher's softened outputs || the student's), batch-averaged."""
-    hard = loss_fn(student, labels, smoothing)
+def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's term as RepDistiller's (train/distill.py): T^2 KL(the teacher's softened
+    outputs || the student's), summed over classes, averaged over the batch."""
     t = temperature
-    soft = F.kl_div(
-        F.log_softmax(student.float() / t, dim=1),
-        F.softmax(teacher.float() / t, dim=1),
-        reduction="batchmean",
-    )
-    return (1 - alpha) * hard + alpha * t * t * soft
+    log_student = F.log_softmax(student.float() / t, dim=1)
+    taught = F.softmax(teacher.float() / t, dim=1)
+    return t * t * F.kl_div(log_student, taught, reduction="batchmean")
 
 
 @dataclass(frozen=True)
@@ -133,9 +122,10 @@ def mixed_loss(
 
 
 class Objective:
-    """The recipe's loss, the steps' one call for it: cross-entropy with label smoothing, over
-    both targets of a mixed batch, or Hinton's distillation from `teacher` (which sees the
-    step's own input, in eval mode, without gradients)."""
+    """The recipe's loss, the steps' one call for it: cross-entropy with label smoothing (over
+    both targets of a mixed batch), and with a `teacher` Hinton's distillation, (1 - alpha)
+    that + alpha T^2 KL, the teacher seeing the step's own (mixed) batch in eval mode, without
+    gradients."""
 
     def __init__(self, options: StepOptions, runtime: Runtime, teacher: nn.Module | None) -> None:
         self.options, self.runtime, self.teacher = options, runtime, teacher
@@ -144,12 +134,13 @@ class Objective:
         self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mix: Mix | None = None
     ) -> torch.Tensor:
         options = self.options
+        hard = mixed_loss(logits, y, mix, options.label_smoothing)
         if self.teacher is None:
-            return mixed_loss(logits, y, mix, options.label_smoothing)
-        with torch.no_grad(), self.runtime.autocast():  # Config.check: no mixing or SAM
+            return hard
+        with torch.no_grad(), self.runtime.autocast():  # on the batch the student saw
             taught = self.teacher(self.runtime.input(x))
-        t, alpha = options.kd_temperature, options.kd_alpha
-        return kd_loss(logits, taught, y, t, alpha, options.label_smoothing)
+        alpha = options.kd_alpha
+        return (1 - alpha) * hard + alpha * soft_loss(logits, taught, options.kd_temperature)
 
 
 @dataclass
