@@ -152,12 +152,22 @@ def test_the_global_batch_must_split_evenly(npz, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_the_whole_step_compiled_follows_the_eager_step(npz, tmp_path):
+@pytest.mark.parametrize("recipe", ["plain", "mixed-distilled"])
+def test_the_whole_step_compiled_follows_the_eager_step(npz, tmp_path, recipe):
     """Five steps of the compiled whole step give the eager losses within rtol 1e-4 (the
-    compiler may reorder float sums; the recipe itself must not change)."""
+    compiler may reorder float sums; the recipe itself must not change): the paper's step,
+    and one with mixup and CutMix, label smoothing and a teacher (the same loss module)."""
+    options = {}
+    if recipe != "plain":
+        teacher = tmp_path / "teacher"
+        quick = ["--model", "wrn-10-1", "--dataset", "npz", "--epochs", "1", "--precision", "fp32"]
+        assert cli("train", *quick, "--data-dir", npz, "--out", teacher).returncode == 0
+        options = dict(mixup_alpha=0.4, cutmix_alpha=1.0, label_smoothing=0.1)
+        options.update(teacher=str(teacher), kd_temperature=2.0, kd_alpha=0.5)
     losses = {}
     for mode in ("off", "step"):
-        trainer = make_trainer(tiny_config(npz, compile=mode), RunDir(tmp_path / mode))
+        config = tiny_config(npz, compile=mode, **options)
+        trainer = make_trainer(config, RunDir(tmp_path / mode))
         trainer.model.train()
         trace = []
         for index, (x, y) in enumerate(list(trainer.data.train.batches(1))[:5]):

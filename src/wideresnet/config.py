@@ -399,12 +399,10 @@ class Config:
     def check(self) -> None:
         """The rules between fields; ConfigError naming the options that clash."""
         optim, runtime = self.optim, self.runtime
-        if runtime.compile == "step" and (optim.mixup_alpha or optim.cutmix_alpha or optim.sam_rho):
-            raise ConfigError("--compile step does not combine with mixup, CutMix or SAM")
+        if runtime.compile == "step" and optim.sam_rho:
+            raise ConfigError("--compile step does not combine with SAM (its second pass)")
         if runtime.precision == "fp16" and (runtime.compile == "step" or optim.sam_rho):
             raise ConfigError("--precision fp16 does not combine with --compile step or SAM")
-        if optim.teacher and runtime.compile == "step":
-            raise ConfigError("--teacher does not combine with --compile step")
         if self.data.val_and_test and not self.data.val_size:
             raise ConfigError("--val-and-test needs --val-size N (the images to validate on)")
         if optim.nesterov and optim.momentum == 0:

@@ -85,7 +85,7 @@ class Mix:
     """A mixed batch: each image blended with image `partner` with weight 1 - lam."""
 
     partner: torch.Tensor
-    lam: float
+    lam: float | torch.Tensor  # a tensor inside the compiled whole step
 
 
 def mix_batch(
@@ -284,9 +284,11 @@ def sam_second_pass(
 
 
 class WholeStep(_Step):
-    """The eager step's forward, loss, backward, fused SGD update and sums compiled as one
-    function (`--compile step`): graphs end only where torch.compile must break them, and on
-    CUDA they replay as CUDA graphs. Without mixing or SAM (Config.check refuses them)."""
+    """The eager step's forward, loss (the same Objective: smoothing, mixed targets, a teacher),
+    backward, fused SGD update and sums compiled as one function (`--compile step`): graphs
+    end only where torch.compile must break them, and on CUDA they replay as CUDA graphs. The
+    batch is mixed before the call, from the same draws as the eager step's; the mixing weight
+    goes in as a tensor, so a new draw is no new graph. Without SAM (Config.check)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -300,10 +302,10 @@ class WholeStep(_Step):
         optimizer.found_inf = self.found_inf
         self.compiled = torch.compile(self._step, mode=self.runtime.torch_compile_mode)
 
-    def _step(self, x, y):
+    def _step(self, x, y, partner, lam):
         with self.runtime.autocast():
             logits = self.model(x)
-        loss = self.objective(logits, x, y)  # no teacher: Config.check
+        loss = self.objective(logits, x, y, None if partner is None else Mix(partner, lam))
         bad = _nonfinite(loss, self.world)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -314,7 +316,12 @@ class WholeStep(_Step):
     def __call__(self, x: torch.Tensor, y: torch.Tensor, sums: EpochSums, index: int) -> None:
         if self.runtime.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, wrong, bad = self.compiled(self.runtime.input(x), y)
+        partner = lam = None
+        if self.options.mixing:
+            draw = numpy_generator(self.seed, index, Stream.MIXING, self.world.rank)
+            x, mix = mix_batch(x, self.options, draw)
+            partner, lam = mix.partner, torch.tensor(mix.lam, device=x.device)
+        loss, wrong, bad = self.compiled(self.runtime.input(x), y, partner, lam)
         # the sums are added outside: a float64 input mutated inside the graph was lost
         sums.loss += loss.double() * len(y)
         sums.wrong += wrong
