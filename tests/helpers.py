@@ -307,6 +307,20 @@ def cli_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
         return cli(*args)
 
 
+def assert_resumes_exactly(args, at_step: int, tmp_path: Path) -> tuple[Path, Path]:
+    """A run trained straight through, and the same run stopped by a real SIGTERM at training
+    step `at_step` then resumed: their metrics (wall-clock figures aside) are equal.
+    `args(out)`: the `wrn train ...` arguments writing into `out`. (straight, stopped)."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    result = cli(*args(straight))
+    assert result.returncode == 0, result.stderr
+    assert cli_with("sigterm", at_step, *args(stopped)).returncode == 143
+    resumed = cli("train", "--resume", stopped)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(stopped, timing=False) == metrics(straight, timing=False)
+    return straight, stopped
+
+
 def wrn_with(action: str, at_step: int, *args) -> subprocess.CompletedProcess:
     """`wrn` in a subprocess with a real fault at training step `at_step` (tests/fault_child.py):
     action "sigterm" or "sigkill" sends the process that real signal, "nan" makes that step's

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from helpers import (
     SHARED_DATA,
+    assert_resumes_exactly,
     cli,
     cli_with,
     learnable_npz,
@@ -380,11 +381,7 @@ def test_the_cifar100_kd_preset_is_repdistillers_recipe():
 
 def test_group_norm_trains_resumes_exports_and_loads_back(npz, tmp_path):
     group = ["--norm", "group:4", "--epochs", "3", "--milestones", "2,3"]
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert cli(*train_args(npz, straight, *group)).returncode == 0
-    assert cli_with("sigterm", 6, *train_args(npz, stopped, *group)).returncode == 143
-    assert cli("train", "--resume", stopped).returncode == 0
-    assert metrics(stopped, timing=False) == metrics(straight, timing=False)
+    straight, _ = assert_resumes_exactly(lambda out: train_args(npz, out, *group), 6, tmp_path)
     model = wideresnet.load_model(straight)
     assert isinstance(model.group0.block0.bn0, torch.nn.GroupNorm)
     assert model.group0.block0.bn0.num_groups == 4

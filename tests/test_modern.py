@@ -4,14 +4,13 @@ exact resume with all of them on."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cli, cli_with, tiny_config
+from helpers import assert_resumes_exactly, metrics, tiny_config
 from PIL import Image, ImageEnhance, ImageOps
 
 from wideresnet.config import OptimConfig
@@ -270,18 +269,12 @@ EVERYTHING = (
 def test_resume_is_bit_exact_with_every_new_option_on(npz, tmp_path):
     options = "--model wrn-10-1 --dataset npz --epochs 3 --batch-size 32 --precision fp32 --seed 2"
     common = [*options.split(), *EVERYTHING.split(), "--data-dir", npz]
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert cli("train", *common, "--out", straight).returncode == 0
-    assert cli_with("sigterm", 8, "train", *common, "--out", stopped).returncode == 143
-    assert cli("train", "--resume", stopped).returncode == 0
-    timing = ("epoch_seconds", "train_seconds", "eval_seconds", "train_images_per_second")
 
-    def rows(run):
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+    def run(out):
+        return ["train", *common, "--out", out]
 
-    assert rows(stopped) == rows(straight)
-    assert "ema_test_error" in rows(straight)[0]
+    straight, stopped = assert_resumes_exactly(run, 8, tmp_path)
+    assert "ema_test_error" in metrics(straight)[0]
     a = torch.load(straight / "checkpoint.pt", weights_only=True)
     b = torch.load(stopped / "checkpoint.pt", weights_only=True)
     for key in a["model"]:
