@@ -18,6 +18,7 @@ from wideresnet.errors import ModelNameError, RunError
 from wideresnet.models import count_params, create_model
 from wideresnet.models.foreign import (
     LAYOUTS,
+    ROBUSTBENCH,
     Imported,
     from_pytorchcv,
     from_torchvision,
@@ -69,7 +70,7 @@ def import_official(source: str | Path, out: str | Path, overwrite: bool = False
 def _entry(layout: str, entry: str | None, source: Path) -> tuple[str | None, str]:
     """RobustBench's zoo entry: --entry, else the file's name where it is one (RobustBench
     saves each checkpoint as ENTRY.pt); and a note saying which."""
-    if entry is not None or layout not in ("robustbench", "robustbench-dm"):
+    if entry is not None or layout not in ROBUSTBENCH:
         return entry, ""
     if not zoo_rows(source.stem):
         return None, ""
@@ -127,7 +128,7 @@ def import_checkpoint(
     and `std` (on the 0-1 or the 0-255 scale) replace the normalisation the layout implies;
     `activation` the one it implies (the DeepMind layout: swish or relu); `entry` names
     RobustBench's zoo entry, which fixes the architecture, activation and normalisation."""
-    if entry is not None and layout not in ("robustbench", "robustbench-dm"):
+    if entry is not None and layout not in ROBUSTBENCH:
         raise RunError(f"--entry is RobustBench's; not for --from {layout}")
     if layout not in LAYOUTS:
         raise RunError(f"--from {layout}: choose from {', '.join(LAYOUTS)}")

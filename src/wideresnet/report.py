@@ -153,13 +153,9 @@ def collect(root: str | Path, *, timings: bool = False) -> list[RunRecord]:
     return records
 
 
-def _table(record: RunRecord) -> Table:
-    return record.table
-
-
 def deviations(record: RunRecord) -> list[str]:
     """How a run's config departs from the paper's for its cell."""
-    tag, table = record.tag, _table(record)
+    tag, table = record.tag, record.table
     planned = table.config_for(table.row(tag.row), tag.column, record.config.data.dataset)
     ours, paper = record.config.optim, planned.optim
     flags = []
@@ -218,7 +214,7 @@ def median_curve(records: list[RunRecord], key: str) -> dict[int, float]:
 def cell(records: list[RunRecord], chosen: Statistics = Statistics()) -> dict[str, Any]:
     """One cell of a table from its runs (all of the same table, row, column and protocol)."""
     first = records[0]
-    tag, table = first.tag, _table(first)
+    tag, table = first.tag, first.table
     row = table.row(tag.row)
     finished = [r for r in records if r.finished]
     used = finished or records

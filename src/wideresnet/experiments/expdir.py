@@ -68,16 +68,6 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-_said: set[str] = set()
-
-
-def _say_once(warning: str) -> None:
-    """A warning about an experiment's records, said once however often they are read."""
-    if warning not in _said:
-        _said.add(warning)
-        log.warning(warning)
-
-
 def stopped_by_signal(code: int) -> bool:
     """The exit of a run that was asked to stop (SIGTERM, SIGINT) and saved a checkpoint."""
     return code in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)
@@ -102,17 +92,17 @@ class ExperimentDir:
 
     def _record(self, name: str) -> dict:
         """A record's entries; one that is damaged (unreadable, not JSON, not an object) is
-        said once and read as empty (the next write replaces it)."""
+        said and read as empty (the next write replaces it)."""
         path = self.path / name
         if not os.path.lexists(path):
             return {}
         try:
             found = parse_json(read_text(path, "record"), str(path))
         except RunError as error:
-            _say_once(f"{error}; its entries are ignored")
+            log.warning(f"{error}; its entries are ignored")
             return {}
         if not isinstance(found, dict):
-            _say_once(f"{path}: not a record of runs (a JSON object); its entries are ignored")
+            log.warning(f"{path}: not a record of runs (a JSON object); its entries are ignored")
             return {}
         return found
 
@@ -133,7 +123,7 @@ class ExperimentDir:
         plan = self._record(PLAN)
         for key in [k for k in plan if not relative_inside(k, self.path)]:
             shown = str(key)[:200]
-            _say_once(f"{self.path / PLAN}: {shown!r} is not a folder inside it; left out")
+            log.warning(f"{self.path / PLAN}: {shown!r} is not a folder inside it; left out")
             del plan[key]
         return plan
 
@@ -175,25 +165,21 @@ class ExperimentDir:
 
     # ---- where a run stands ----
 
-    def run_keys(self) -> list[str]:
-        """Every run planned here or found here (a folder with a config.json)."""
+    def run_keys(self, plan: dict[str, dict]) -> list[str]:
+        """Every run planned here (`plan`, as plan() read it) or found here (a folder with a
+        config.json)."""
         found = {
             str(p.parent.relative_to(self.path))
             for p in self.path.rglob(CONFIG)
             if p.parent.relative_to(self.path).parts[:1] not in (("submitit",), ("logs",), ())
         }
-        return sorted(set(self.plan()) | found)
+        return sorted(set(plan) | found)
 
-    def status(
-        self, key: str, plan: dict | None = None, exits: dict | None = None, jobs=None
-    ) -> dict[str, Any]:
+    def status(self, key: str, plan: dict, exits: dict, jobs: dict) -> dict[str, Any]:
         """{"path", "state", "tag", "seed", "epoch", "epochs", "test_error", and "job_id",
         "eta_seconds" or "error" where they apply}; `plan`, `exits` and `jobs`: the records,
-        where the caller has read them already."""
+        read once for every run."""
         run = RunDir(self.path / key)
-        plan = self.plan() if plan is None else plan
-        exits = self.exits() if exits is None else exits
-        jobs = self.jobs() if jobs is None else jobs
         planned = plan.get(key) if isinstance(plan.get(key), dict) else {}
         config = run.config() or {}
         rows = run.metrics()

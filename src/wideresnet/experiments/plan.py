@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wideresnet.errors import ConfigError
-from wideresnet.experiments.grid import table_named
+from wideresnet.experiments.grid import PATHS, table_named
 from wideresnet.experiments.registry import PRESET_OF, TABLES, Table
 from wideresnet.recipes import make_config
 from wideresnet.tags import Tag
@@ -192,7 +192,7 @@ def _validate(runs: list[PlannedRun]) -> None:
     for run in runs:
         values = {**run.values, **run.extra}
         make_config(run.preset, values)
-        for key in ("init_from", "teacher"):  # files the runs read: there before any starts
+        for key in PATHS:  # files the runs read: there before any starts
             if values.get(key) and not Path(str(values[key])).exists():
                 where = f"{run.table} row {run.row}"
                 raise ConfigError(f"{where}: {key} {values[key]}: no such run directory or file")

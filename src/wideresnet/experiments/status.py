@@ -16,10 +16,10 @@ def table_status(exp_dir: str | Path) -> dict[str, Any]:
     experiment = ExperimentDir(exp_dir)
     if not experiment.path.is_dir():
         raise DataError(f"{experiment.path}: no such experiment folder")
-    keys = experiment.run_keys()
+    plan, exits, jobs = experiment.plan(), experiment.exits(), experiment.jobs()
+    keys = experiment.run_keys(plan)
     if not keys:
         raise DataError(f"{experiment.path}: no runs here (neither plan.json nor run directories)")
-    plan, exits, jobs = experiment.plan(), experiment.exits(), experiment.jobs()
     runs = []
     for key in keys:
         try:

@@ -214,7 +214,7 @@ def from_xternalz_layout(
 ) -> Imported:
     """xternalz, RobustBench, FixMatch, USB, TorchSSL and RepDistiller WRNs
     (block1.layer.0.bn1...) as our wrn-d-k; RobustBench's by its zoo `entry` where given."""
-    if layout in ("robustbench", "robustbench-dm") and any(k.endswith(DM_KEY) for k in state):
+    if layout in ROBUSTBENCH and any(k.endswith(DM_KEY) for k in state):
         return from_dm_layout(state, entry)
     if layout == "robustbench-dm":
         raise ValueError(f"no {DM_KEY} key: not the DeepMind layout")
@@ -375,7 +375,8 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> Imported:
     return Imported(name, {}, weights, None, None, preprocess="imagenet")  # ImageNet's mean/std
 
 
-LAYOUTS = ("authors", "xternalz", "robustbench", "robustbench-dm", "fixmatch", "usb", "torchssl")
+ROBUSTBENCH = ("robustbench", "robustbench-dm")  # the layouts that take a zoo entry
+LAYOUTS = ("authors", "xternalz", *ROBUSTBENCH, "fixmatch", "usb", "torchssl")
 LAYOUTS += ("repdistiller", "pytorchcv", "torchvision")
 
 

@@ -5,8 +5,8 @@ its cores and the torch build; none of them is known in advance. So each candida
 bf16, NCHW or channels_last, eager, the model compiled or the whole step compiled) is timed
 on REFERENCE at batch 128: training images/s and the seconds compiling costs (the training
 graph and the evaluation graph). `wrn bench MODEL --device cpu --calibrate` measures this
-machine, and `wrn train` does it by itself, once, before a run long enough for the few minutes
-to matter; the figures go to $WRN_CACHE_DIR/cpu-settings.json under the machine's key (the
+machine (`wrn train` never does: a benchmark inside a run would draw weights and reseed); the
+figures go to $WRN_CACHE_DIR/cpu-settings.json under the machine's key (the
 CPU's model name, its instruction class, the threads and the torch version): another CPU, an
 ISA cap (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), a thread count or a torch version has no
 figures until it is measured. Without figures, the class's own (CLASS_FIGURES, measured on
