@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one thread each (and in every process they start), so that
+    # neither waits on the other's threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
-from helpers import SHARED_DATA, SmallFilesystem, learnable_npz
+from helpers import SHARED_DATA, SmallFilesystem, cli, learnable_npz, train_argv
 
 
 @pytest.fixture(autouse=True)
@@ -16,23 +23,93 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def npz(tmp_path_factory) -> Path:
-    """A small learnable .npz set, one per test module (a module may define its own)."""
+    """A small learnable .npz set (a module may define its own); never changed by a test."""
     return learnable_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 @pytest.fixture(scope="session")
+def finished(npz, tmp_path_factory) -> Path:
+    """The finished tiny run of helpers.train_argv (3 epochs of WRN-10-1), trained once per
+    session: copy it (helpers.copy_run) before changing it."""
+    out = tmp_path_factory.mktemp("runs") / "finished"
+    result = cli(*train_argv(npz, out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(finished, tmp_path_factory) -> Path:
+    """The finished tiny run exported as safetensors."""
+    out = tmp_path_factory.mktemp("export") / "good.safetensors"
+    result = cli("export", finished, "--format", "safetensors", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def experiment(npz, tmp_path_factory) -> Path:
+    """Two finished runs of one table cell (table6 16-4 on cifar10, run on the npz)."""
+    root = tmp_path_factory.mktemp("exp") / "exp"
+    for seed in (0, 1):
+        out = root / "table6" / "16-4" / f"seed{seed}"
+        tag = ["--experiment", "table6/16-4@cifar10", "--seed", str(seed), "--out", out]
+        options = "--model wrn-10-1 --dataset npz --epochs 1 --batch-size 32 --precision fp32"
+        result = cli("train", *options.split(), "--data-dir", npz, *tag)
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
 def real_data_cache(tmp_path_factory):
-    """One decoded cache for every test on the real CIFAR-10 copy: the folder is decoded once."""
-    return tmp_path_factory.mktemp("real-cache")
+    """One decoded cache for every test on the real CIFAR-10 copy, shared by the xdist
+    workers: the first to come decodes the folder (20 s), under a lock the others wait on."""
+    from wideresnet import load_dataset
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    cache = root / "real-cache"
+    cache.mkdir(exist_ok=True)
+    saved = os.environ.get("WRN_CACHE_DIR")
+    with open(root / "real-cache.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.environ["WRN_CACHE_DIR"] = str(cache)
+        try:
+            for split in ("train", "test"):
+                load_dataset("folder", SHARED_DATA / "cifar10-jpeg", split)
+        finally:
+            os.environ.pop("WRN_CACHE_DIR")
+            if saved is not None:
+                os.environ["WRN_CACHE_DIR"] = saved
+    return cache
+
+
+# The order modules start in under xdist (--no-loadscope-reorder; a module to a worker, then
+# the next free worker takes the next): the real Slurm's first, whose tests mostly wait on
+# Slurm, and a light one third, which its worker runs after it; then the heaviest, so that no
+# long module starts last.
+FIRST = ("test_slurm.py", "test_cluster.py", "test_shape.py", "test_tables.py")
+FIRST += ("test_front_door.py", "test_real_data.py", "test_stream.py", "test_distributed.py")
+FIRST += ("test_backbones.py", "test_handover.py", "test_run_folder.py", "test_compat.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow real-data tests run last; they need ../shared/data and are skipped, saying why,
-    where it is absent."""
+    """Modules in the order of FIRST, then the others; slow real-data tests last in their
+    module. These need ../shared/data and are skipped, saying why, where it is absent."""
     last = ("slow", "long")
-    items.sort(key=lambda item: any(k in item.keywords for k in last))  # stable sort
+
+    def order(item) -> tuple:
+        name = item.path.name
+        first = FIRST.index(name) if name in FIRST else len(FIRST)
+        return first, any(k in item.keywords for k in last)
+
+    items.sort(key=order)  # stable: the others keep their order
+    for item in items:  # the limit of its kind, where the test sets none of its own
+        kinds = ("spawns", "compiles", "exports")
+        if item.get_closest_marker("timeout") is None and any(map(item.get_closest_marker, kinds)):
+            item.add_marker(pytest.mark.timeout(300))
     if (SHARED_DATA / "cifar10-jpeg").is_dir():
         return
     skip = pytest.mark.skip(reason=f"real CIFAR-10 copy not found at {SHARED_DATA}")

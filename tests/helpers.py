@@ -429,6 +429,38 @@ def metrics(run: Path, timing: bool = True) -> list[dict]:
     return rows if timing else [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+def train_argv(npz: Path, out: Path, *extra, epochs: int = 3, model: str = "wrn-10-1") -> list:
+    """`wrn train` ARGS of the tiny run: WRN-10-1 on a small .npz, 3 epochs of 6 steps."""
+    options = f"--model {model} --dataset npz --epochs {epochs} --batch-size 32 --lr 0.05"
+    options += " --milestones 2,3 --precision fp32 --seed 3"
+    return ["train", *options.split(), "--data-dir", npz, "--out", out, *extra]
+
+
+def spawn(*arguments) -> subprocess.Popen:
+    """`wrn ARGS` started in a process of its own (its pipes read by the caller)."""
+    command = [sys.executable, "-m", "wideresnet", *map(str, arguments)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files (.tmp, .part) anywhere under `folder`."""
+    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name or ".part" in p.name)
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of a run folder, without its lock (to change it)."""
+    import shutil
+
+    shutil.copytree(run, to)
+    (to / ".lock").unlink(missing_ok=True)
+    return to
+
+
+def files_of(run: Path) -> dict[str, bytes]:
+    """A run folder's files (its lock left out), by name."""
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+
+
 def tiny_config(npz: Path, **overrides):
     """The config of a quick CPU run of WRN-10-1 on a small .npz (fp32, batch 32)."""
     from wideresnet.recipes import make_config

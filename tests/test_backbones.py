@@ -379,6 +379,7 @@ def test_the_cifar100_kd_preset_is_repdistillers_recipe():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.exports
 def test_group_norm_trains_resumes_exports_and_loads_back(npz, tmp_path):
     group = ["--norm", "group:4", "--epochs", "3", "--milestones", "2,3"]
     straight, _ = assert_resumes_exactly(lambda out: train_args(npz, out, *group), 6, tmp_path)

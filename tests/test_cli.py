@@ -122,6 +122,7 @@ def test_a_run_in_process_leaves_the_process_settings_as_they_were(npz32, tmp_pa
     assert (tmp_path / "run" / "result.json").exists()
 
 
+@pytest.mark.spawns
 def test_every_verb_that_prints_json_prints_only_json(npz32, tmp_path):
     """stdout parses as one JSON document, whatever the verb logs, warns or writes beside it
     (its log, its warnings and what it says of its files go to stderr)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import cli, cli_with, learnable_npz, metrics, one_line_error, parent_pid, wait_for
 
+pytestmark = pytest.mark.spawns  # submitit's jobs and `wrn train` processes
+
 pytest.importorskip("submitit", reason="the cluster extra (pip install 'wideresnet[cluster]')")
 
 

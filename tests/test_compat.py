@@ -118,6 +118,7 @@ def test_a_02_run_evaluates_exports_and_predicts(v02_source, v02_run, tmp_path):
     assert torch.equal(logits[0], logits[1])  # a 0.2 export loads and gives the same logits
 
 
+@pytest.mark.spawns
 def test_a_02_table_run_reports_as_02_reports_it(v02_source, npz, tmp_path):
     out = tmp_path / "exp"
     table = ["table", "run", "table6", "--dataset", "npz", "--data-dir", npz]

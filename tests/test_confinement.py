@@ -132,6 +132,7 @@ def test_an_aside_folder_that_is_a_link_is_never_moved_into_the_run(tagged_run, 
     assert not (run / "notes.txt").exists() and not (run / "checkpoint.pt").exists()
 
 
+@pytest.mark.spawns
 def test_only_a_descendant_of_the_runner_is_signalled():
     child = subprocess.Popen(["sleep", "30"])
     try:
@@ -159,6 +160,7 @@ def test_a_tiny_image_falls_back_instead_of_a_box_of_side_0():
     assert out.shape == (8, 8, 3)
 
 
+@pytest.mark.spawns
 def test_a_claims_or_lock_path_that_is_not_a_file_is_one_line(npz, tmp_path):
     exp = tmp_path / "exp"
     exp.mkdir()

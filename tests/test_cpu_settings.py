@@ -115,6 +115,8 @@ def entries() -> dict:
     return json.loads((cache_dir() / cal.RECORD).read_text())["entries"]
 
 
+@pytest.mark.compiles
+@pytest.mark.spawns
 def test_a_calibration_is_cached_for_this_machine_only(monkeypatch):
     assert cal.cached() is None  # a new cache: nothing measured yet
     (cache_dir() / cal.RECORD).write_text("{not json")  # a damaged record counts as none
@@ -157,6 +159,8 @@ def test_a_calibration_is_cached_for_this_machine_only(monkeypatch):
     assert cal.cached() is None
 
 
+@pytest.mark.compiles
+@pytest.mark.spawns
 def test_another_cpu_class_does_not_use_the_cached_calibration():
     calibrate_small()
     code = "from wideresnet.train import calibrate as c; print(c.cpu_class(), c.cached() is None)"
@@ -171,6 +175,8 @@ def test_another_cpu_class_does_not_use_the_cached_calibration():
     assert other.stdout.split() == ["avx2", "True"], other.stderr
 
 
+@pytest.mark.compiles
+@pytest.mark.spawns
 def test_the_cpu_choice_and_its_reason_are_recorded(npz, tmp_path):
     measured = calibrate_small()
     out = tmp_path / "run"
@@ -250,6 +256,7 @@ def test_fp16_refuses_what_it_does_not_combine_with(npz, tmp_path, extra):
     assert "--precision fp16 does not combine with --compile step or SAM" in line
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize(
     "mode, graphs, expected",
     [

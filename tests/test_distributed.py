@@ -15,10 +15,14 @@ import pytest
 import torch
 from helpers import cli, metrics, parent_pid, tiny_config, wait_for
 
+from wideresnet.errors import ConfigError
 from wideresnet.train.checkpoint import load_checkpoint
+from wideresnet.train.distributed import World
 from wideresnet.train.run import make_trainer
 from wideresnet.train.rundir import RunDir
 from wideresnet.train.step import EpochSums
+
+pytestmark = pytest.mark.spawns  # torchrun and its ranks
 
 OPTIONS = "--model wrn-10-1 --dataset npz --batch-size 32 --lr 0.05 --precision fp32 --seed 3"
 OPTIONS += " --device cpu --milestones 2,3"
@@ -143,8 +147,10 @@ def test_resume_on_another_number_of_processes_says_so(npz, tmp_path):
 
 
 def test_the_global_batch_must_split_evenly(npz, tmp_path):
-    result = finish(torchrun(*train_args(npz, tmp_path / "odd", "--batch-size", "33")))
-    assert result.returncode != 0 and "does not split evenly over 2 processes" in result.stderr
+    """Checked as the run is assembled for its world (here rank 0 of 2, as torchrun starts it),
+    before any data or weights."""
+    with pytest.raises(ConfigError, match="--batch-size 33 .* does not split evenly over 2"):
+        make_trainer(tiny_config(npz, batch_size=33), RunDir(tmp_path / "odd"), world=World(0, 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +158,7 @@ def test_the_global_batch_must_split_evenly(npz, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize("recipe", ["plain", "mixed-distilled"])
 def test_the_whole_step_compiled_follows_the_eager_step(npz, tmp_path, recipe):
     """Five steps of the compiled whole step give the eager losses within rtol 1e-4 (the

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import re
-import subprocess
-import sys
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from helpers import (
     SHARED_DATA,
     FileServer,
     authors_params,
+    cli,
     one_line_error,
     tar_gz,
     write_cifar10,
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
+@pytest.mark.spawns
 def test_bare_wrn_shows_the_verbs():
     result = wrn()
     assert result.returncode == 0, result.stderr
@@ -38,6 +38,7 @@ def test_bare_wrn_shows_the_verbs():
         assert re.search(rf"^\s+{re.escape(verb)}\b", result.stdout, re.M), verb
 
 
+@pytest.mark.spawns
 def test_version():
     result = wrn("--version")
     assert result.returncode == 0
@@ -77,6 +78,7 @@ def mirror(tmp_path):
 TRAIN = "train --model wrn-10-1 --dataset cifar10 --epochs 1 --batch-size 50 --precision fp32"
 
 
+@pytest.mark.spawns
 def test_train_without_data_dir_fetches_the_files_and_trains(mirror, tmp_path, isolated_cache):
     out = tmp_path / "run"
     env = {"WRN_DATA_MIRROR": mirror.url()}
@@ -91,6 +93,7 @@ def test_train_without_data_dir_fetches_the_files_and_trains(mirror, tmp_path, i
     assert again.returncode == 0, again.stderr  # fetched once: no network needed the 2nd time
 
 
+@pytest.mark.spawns
 def test_a_fetched_archive_is_md5_checked_and_nothing_is_kept(mirror, tmp_path, isolated_cache):
     result = wrn(*TRAIN.split(), "--out", tmp_path / "run", env={"WRN_DATA_MIRROR": mirror.url()})
     line = one_line_error(result)
@@ -99,6 +102,7 @@ def test_a_fetched_archive_is_md5_checked_and_nothing_is_kept(mirror, tmp_path, 
     assert not folder.exists() or not any(folder.iterdir())
 
 
+@pytest.mark.spawns
 def test_no_network_is_one_line_that_says_what_to_do(tmp_path):
     closed = "http://127.0.0.1:9/"  # the discard port: nothing listens
     result = wrn(*TRAIN.split(), "--out", tmp_path / "run", env={"WRN_DATA_MIRROR": closed})
@@ -136,7 +140,10 @@ def shell_lines(body: str) -> list[str]:
 @pytest.mark.slow
 def test_readme_snippets_run_as_written(tmp_path, real_data_cache, monkeypatch):
     """The blocks marked `run` run in order, in a checkout beside ../shared/data, as a user
-    would type them (`run shortened`: training lines get a short schedule appended)."""
+    would type them (`run shortened`: training lines get a short schedule appended). `wrn`
+    lines run through the command's entry point and Python blocks in this interpreter (a
+    fresh one each would cost two seconds of torch import; the installed `wrn` command is
+    test_bare_wrn_shows_the_verbs' and test_version's)."""
     monkeypatch.setenv("WRN_CACHE_DIR", str(real_data_cache))
     checkout = tmp_path / "work" / "main"
     checkout.mkdir(parents=True)
@@ -145,22 +152,21 @@ def test_readme_snippets_run_as_written(tmp_path, real_data_cache, monkeypatch):
     torch.save(
         {"params": authors_params(wideresnet.create_model("wrn-16-4", 10))}, checkout / "model.pt7"
     )
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     ran = 0
     for mode, lang, body in readme_blocks():
         if mode.startswith("skip"):
             continue
         if lang == "python":
-            commands = [[sys.executable, "-c", body]]
-        else:
-            commands = []
-            for line in shell_lines(body):
-                extra = (
-                    SHORTENED if mode == "run shortened" and line.startswith("wrn train") else []
-                )
-                commands.append(["bash", "-c", " ".join([line, *extra])])
-        for command in commands:
-            result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
-            assert result.returncode == 0, f"{command[-1]}\n{result.stderr[-2000:]}"
+            monkeypatch.chdir(checkout)
+            exec(compile(body, "README.md", "exec"), {"__name__": "__main__"})
+            ran += 1
+            continue
+        for line in shell_lines(body):
+            words = shlex.split(line)
+            assert words[0] == "wrn", f"a README shell line that is not a wrn command: {line}"
+            if mode == "run shortened" and words[1] == "train":
+                words += SHORTENED
+            result = cli(*words[1:], cwd=checkout)
+            assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
             ran += 1
     assert ran >= 8

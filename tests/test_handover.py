@@ -72,6 +72,7 @@ def test_safetensors_round_trip_gives_identical_logits(run, folder, tmp_path):
     )
 
 
+@pytest.mark.exports
 @pytest.mark.parametrize("preprocessing", [False, True], ids=["normalised-in", "uint8-in"])
 def test_onnx_matches_pytorch_for_batches_of_1_and_7(run, folder, tmp_path, preprocessing):
     import onnxruntime
@@ -188,10 +189,14 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.exports
 @pytest.mark.parametrize("prefix", ["", "module."], ids=["plain", "module-prefix"])
 @pytest.mark.parametrize("layout", [*LAYOUTS, "torchvision"])
 def test_foreign_checkpoints_give_the_originals_logits(tmp_path, layout, prefix):
-    """Equal logits in eval and train mode; then ONNX export and eval work on the import."""
+    """Equal logits in eval and train mode; then eval works on the import, and ONNX export on
+    the imports of a module type exported nowhere else: leaky ReLU (FixMatch) and the ImageNet
+    bottleneck (the plain WideResNet: test_onnx_matches_pytorch_for_batches_of_1_and_7 and
+    test_imported_checkpoints_export_to_onnx_and_eval_asks_for_data)."""
     reference = randomise(
         TorchvisionWideResNet50() if layout == "torchvision" else LAYOUTS[layout](), 1
     )
@@ -211,8 +216,9 @@ def test_foreign_checkpoints_give_the_originals_logits(tmp_path, layout, prefix)
             torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-5, msg=mode)
     if prefix:
         return
-    onnx = cli("export", out, "--format", "onnx", "--out", tmp_path / "m.onnx")
-    assert onnx.returncode == 0, onnx.stderr
+    if layout in ("fixmatch", "torchvision"):  # leaky ReLU; ImageNet bottlenecks
+        onnx = cli("export", out, "--format", "onnx", "--out", tmp_path / "m.onnx")
+        assert onnx.returncode == 0, onnx.stderr
     classes = len(ours.classes)
     npz = learnable_npz(tmp_path / "d.npz", n_train=8, n_test=4, size=size, classes=classes)
     evaluated = cli("eval", out, "--dataset", "npz", "--data-dir", npz, "--json")

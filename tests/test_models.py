@@ -24,9 +24,16 @@ EXACT = {
 }
 
 
+@pytest.fixture
+def on_meta():
+    """Modules built on the meta device: shapes and counts, no weights drawn."""
+    with torch.device("meta"):
+        yield
+
+
 @pytest.mark.parametrize("name", EXACT)
 @pytest.mark.parametrize("classes_index", [0, 1])
-def test_exact_parameter_counts(name, classes_index):
+def test_exact_parameter_counts(name, classes_index, on_meta):
     num_classes = (10, 100)[classes_index]
     model = create_model(name, num_classes=num_classes)
     assert count_params(model) == EXACT[name][classes_index], name
@@ -36,7 +43,7 @@ def millions(n: int) -> float:
     return round(n / 1e6, 1)
 
 
-def test_table2_blocks_per_group_is_d_minus_4_over_6_whatever_the_block():
+def test_table2_blocks_per_group_is_d_minus_4_over_6_whatever_the_block(on_meta):
     """Table 2's convention (its parameter column, as every row's, is checked against the
     registry in tests/test_tables.py)."""
     for row in TABLES["table2"].rows:
@@ -56,7 +63,7 @@ def test_table3_deepening_factor_counts_real_conv_layers(deepening):
     assert convs == 1 + 36  # the stem and 3 groups x 12 / l blocks x l convs (l: deepening)
 
 
-def test_table5_resnet1001_count_matches_he_et_al_convention():
+def test_table5_resnet1001_count_matches_he_et_al_convention(on_meta):
     """He et al. print 10.2M for pre-act ResNet-1001: that is the conv + linear weights; the
     BN parameters add 0.15M (10.33M learnable in all)."""
     model = create_model("preact-resnet-1001", num_classes=10)
@@ -71,7 +78,7 @@ def test_table5_resnet1001_count_matches_he_et_al_convention():
     assert bottlenecks == 3 * 111
 
 
-def test_imagenet_counts_match_torchvision():
+def test_imagenet_counts_match_torchvision(on_meta):
     assert count_params(create_model("wrn-50-2")) == 68_883_240
     assert count_params(create_model("wrn-101-2")) == 126_886_696
     # k = 1 is the plain ResNet-50 / ResNet-18 (torchvision: 25,557,032 and 11,689,512)
@@ -79,7 +86,7 @@ def test_imagenet_counts_match_torchvision():
     assert count_params(create_model("wrn-18-1-imagenet")) == 11_689_512
 
 
-def test_imagenet_state_dict_layout_is_torchvisions():
+def test_imagenet_state_dict_layout_is_torchvisions(on_meta):
     keys = set(create_model("wrn-50-2").state_dict())
     for key in [
         "conv1.weight",

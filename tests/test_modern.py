@@ -116,6 +116,7 @@ def test_the_gpu_way_of_applying_a_policy_gives_the_cpu_ways_images(spec):
     assert not torch.equal(subsets, images.float())
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize("spec", ["randaugment:3:7", "trivialaugment"])
 def test_a_compiled_policy_gives_the_loader_the_same_batches(spec):
     """With torch.compile (`wrn train` compiles the policy with the model) each slot is one
@@ -203,6 +204,7 @@ def trainer_with(npz, tmp_path, **options):
     return make_trainer(tiny_config(npz, augment=False, **options), RunDir(tmp_path))
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize("compile", ["on", "off"])
 def test_wrn_train_compiles_the_policy_when_it_compiles_the_model(npz, tmp_path, compile):
     trainer = trainer_with(npz, tmp_path, policy="trivialaugment", compile=compile)

@@ -1,8 +1,8 @@
 """Tests on the real CIFAR-10 copy in ../shared/data (marker `slow`; they run last).
 
-`test_short_training_learns` runs in every `python -m pytest`: WRN-16-1 for 3 epochs on the
-first 20,000 training images must reach at most 50% error on the first 2,000 test images
-(chance is 90%; measured 38.8% in fp32 and 39.3% in bf16, 50-70 s on a 2-core EPYC). The
+`test_short_training_learns` runs in every `python -m pytest`: WRN-16-1 for 2 epochs on the
+first 10,000 training images must reach at most 65% error on the first 2,000 test images
+(chance is 90%; measured 54.9% in bf16, 20 s on a 2-core EPYC). The
 README's own 3-epoch command (all 50,000 images, at most 30%) is marked `long` and runs with
 `python -m pytest -m long`: about 6 minutes on a 2-core CPU with AVX512-BF16, about 19 on a
 2-core AVX2 CPU in fp32.
@@ -55,10 +55,11 @@ def test_real_cifar10_jpeg_folder_and_zip():
     assert np.array_equal(zipped_test[0], test) and np.array_equal(zipped_test[2], classes)
 
 
+@pytest.mark.spawns
 @pytest.mark.slow
 def test_short_training_learns(tmp_path):
     out = tmp_path / "run"
-    schedule = "--epochs 3 --milestones 3 --train-limit 20000 --eval-limit 2000"
+    schedule = "--epochs 2 --milestones 2 --train-limit 10000 --eval-limit 2000"
     result = wrn(
         "train",
         *f"--model wrn-16-1 --dataset folder {schedule}".split(),
@@ -69,14 +70,15 @@ def test_short_training_learns(tmp_path):
         timeout=1800,
     )
     assert result.returncode == 0, result.stderr
-    assert [r["lr"] for r in metrics(out)] == pytest.approx([0.1, 0.1, 0.02])
+    assert [r["lr"] for r in metrics(out)] == pytest.approx([0.1, 0.02])
     final = json.loads((out / "result.json").read_text())
-    assert final["train_images"] == 20_000 and final["test_images"] == 2_000
+    assert final["train_images"] == 10_000 and final["test_images"] == 2_000
     errors = [round(r["test_error"], 2) for r in metrics(out)]
-    print(f"WRN-16-1, 3 short epochs on real CIFAR-10 (JPEG copy): test error by epoch {errors}")
-    assert final["test_error"] <= 50.0, errors  # chance is 90%
+    print(f"WRN-16-1, 2 short epochs on real CIFAR-10 (JPEG copy): test error by epoch {errors}")
+    assert final["test_error"] <= 65.0, errors  # chance is 90%
 
 
+@pytest.mark.spawns
 @pytest.mark.long
 @pytest.mark.timeout(3 * 3600)  # 19 minutes on a 2-core AVX2 CPU in fp32
 def test_readme_command_three_epochs_reaches_30_percent(tmp_path):

@@ -173,6 +173,7 @@ def test_records_refuse_a_wrong_type_by_file_and_field(tmp_path):
         Result.from_dict([], "r.json")
 
 
+@pytest.mark.spawns
 def test_run_status_is_new_running_stopped_failed_or_finished(tmp_path):
     npz = learnable_npz(tmp_path / "tiny.npz")
     out = tmp_path / "run"
@@ -204,6 +205,7 @@ def test_run_status_is_new_running_stopped_failed_or_finished(tmp_path):
     assert run.status() is RunState.FINISHED and run.result().test_error == 5.0
 
 
+@pytest.mark.spawns
 def test_public_names_never_shadow_the_subpackages():
     """`import wideresnet.train.step` and `wideresnet.train.loop` work in a fresh interpreter,
     and `wideresnet.train(config, out)` (0.3's public function) is still callable."""

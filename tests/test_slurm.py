@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import cli, learnable_npz, metrics, one_line_error
 
+pytestmark = [pytest.mark.spawns, pytest.mark.timeout(1200)]  # Slurm's own waits
+
 pytest.importorskip("submitit", reason="the cluster extra (pip install 'wideresnet[cluster]')")
 
 START = Path(__file__).parent / "slurm" / "start.sh"

@@ -159,6 +159,7 @@ def folder(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.spawns
 def test_a_streaming_run_stopped_mid_epoch_resumes_bit_for_bit(folder, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     common = ["train", *FOLDER_RUN.split(), "--data-dir", folder]
@@ -221,6 +222,7 @@ def test_both_loaders_apply_one_set_of_split_rules(folder, tmp_path):
     assert lines == {f"wrn: error: {renamed}: test has classes not in train: ['owl']"}
 
 
+@pytest.mark.spawns
 def test_memory_stays_under_the_budget_for_a_set_several_times_larger(tmp_path):
     """Decoded, the set is about 8 times --data-memory; the training process's own peak RSS
     stays under that of a run on a tiny set plus the budget (workers 0: every image is
@@ -416,10 +418,12 @@ def test_wrn_50_2_trains_with_the_papers_imagenet_recipe(tree, tmp_path):
     assert metrics(out)[0]["lr"] == pytest.approx(0.1 * 4 / 256)
 
 
+@pytest.mark.spawns
 def test_wrn_50_2_trains_on_two_processes(tree, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command += ["-m", "wideresnet", "train", *IMAGENET_RUN, "--device", "cpu"]
+    command += ["--crop-size", "64", "--eval-resize", "72", "--eval-crop", "64"]  # not 224 px
     command += ["--data-dir", str(tree), "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -467,6 +471,7 @@ def test_a_run_streams_from_shards_as_it_would_hold_them(tmp_path):
     assert runs["stream"] == runs["resident"]
 
 
+@pytest.mark.spawns
 def test_tables_7_and_8_run_imagenet_rows_with_the_papers_recipe(tree, tmp_path):
     shown = json.loads(cli("table", "show", "table8", "--json").stdout)
     assert shown["runnable"] and shown["cost"]["per_run_of_each_row"]["imagenet"]["gpu_hours"] > 0

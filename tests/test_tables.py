@@ -71,6 +71,7 @@ def test_table_list_and_show_give_the_papers_numbers():
     assert "B(1,3,1)" in text and "6.06" in text and "hours on this CPU" in text
 
 
+@pytest.mark.spawns
 def test_missing_columns_and_unknown_rows_are_refused(tmp_path):
     line = one_line_error(cli("table", "run", "table7", "--dataset", "cifar10", "--out", tmp_path))
     assert "table7 has no cifar10 column (it has imagenet)" in line
@@ -194,6 +195,7 @@ def test_report_medians_equal_the_runs_metrics(table_run, tmp_path):
     assert csv_text.splitlines()[0].startswith("table,id,label,dataset,data,paper")
 
 
+@pytest.mark.spawns
 def test_runs_of_a_row_on_another_schedule_are_their_own_line(table_run, npz32, tmp_path):
     """A 2-epoch run beside the 3-epoch ones is not pooled into their median."""
     shutil.copytree(table_run / "table6", tmp_path / "both" / "three" / "table6")
@@ -208,6 +210,7 @@ def test_runs_of_a_row_on_another_schedule_are_their_own_line(table_run, npz32, 
     assert [c["devices"] for c in cells] == [["CPU"]] * 3
 
 
+@pytest.mark.spawns
 def test_printed_commands_make_the_same_run_directories(table_run, npz32, tmp_path):
     out = tmp_path / "printed"
     printed = cli(*table_args(npz32, out, "--print-commands"))

@@ -224,6 +224,12 @@ class DataConfig(Section):
         check=POSITIVE,
     )
 
+    def crop_sizes(self) -> tuple[int, int, int]:
+        """(training crop, test images' shorter side, test centre crop) of random-sized runs,
+        fb.resnet.torch's ImageNet sizes (224, 256, the training crop) where not given."""
+        size = self.crop_size or 224
+        return size, self.eval_resize or 256, self.eval_crop or size
+
 
 @dataclass(frozen=True)
 class OptimConfig(Section):
@@ -403,6 +409,12 @@ class Config:
             raise ConfigError("--compile step does not combine with SAM (its second pass)")
         if runtime.precision == "fp16" and (runtime.compile == "step" or optim.sam_rho):
             raise ConfigError("--precision fp16 does not combine with --compile step or SAM")
+        _, resize, centre = self.data.crop_sizes()
+        if self.data.crop != "pad" and centre > resize:
+            raise ConfigError(
+                f"--eval-crop {centre} is larger than --eval-resize {resize}: the test images' "
+                "centre crop must fit in their resized shorter side"
+            )
         if self.data.val_and_test and not self.data.val_size:
             raise ConfigError("--val-and-test needs --val-size N (the images to validate on)")
         if optim.nesterov and optim.momentum == 0:

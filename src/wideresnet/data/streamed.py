@@ -22,8 +22,6 @@ from wideresnet.data.stream import ArrayImages, FileImages, StreamLoader
 from wideresnet.data.transforms import Crop
 from wideresnet.errors import ConfigError, DataError
 
-DEFAULT_CROP, DEFAULT_RESIZE = 224, 256  # fb.resnet.torch's ImageNet sizes
-
 
 def _file_images(root: Path, split: str) -> tuple[FileImages, list[str], list[str]]:
     """(the split's image files, its classes, the paths left out by DIR/wrn-exclude.txt)."""
@@ -72,9 +70,7 @@ def identity(images: FileImages | ArrayImages) -> list[str | bytes]:
 
 
 def crop_of(config: Config) -> Crop:
-    data = config.data
-    size = data.crop_size or DEFAULT_CROP
-    return Crop(data.crop, size, data.eval_resize or DEFAULT_RESIZE, data.eval_crop or size)
+    return Crop(config.data.crop, *config.data.crop_sizes())
 
 
 @dataclass

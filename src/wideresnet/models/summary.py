@@ -6,6 +6,11 @@ import torch
 from torch import nn
 
 FORWARDS_PER_TRAINING_IMAGE = 3  # a training image costs about three forward passes
+NORMS = nn.modules.batchnorm._NormBase | nn.GroupNorm
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def count_params(model: nn.Module) -> int:
@@ -49,6 +54,10 @@ def model_summary(model: nn.Module, input_size: int | None = None, in_channels: 
 
         target = stage[-1] if isinstance(stage, nn.ModuleList) else stage
         hooks.append(target.register_forward_hook(record))
+    # normalisation keeps shapes and counts no MACs: skipped, it is most of a meta forward's time
+    norms = [m for m in model.modules() if isinstance(m, NORMS)]
+    for norm in norms:
+        norm.forward = _unchanged
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device  # "meta": counted from shapes alone, no weights
@@ -57,6 +66,8 @@ def model_summary(model: nn.Module, input_size: int | None = None, in_channels: 
             model(torch.zeros(1, in_channels, input_size, input_size, device=device))
     finally:
         model.train(was_training)
+        for norm in norms:
+            del norm.forward
         for hook in hooks:
             hook.remove()
     return {
