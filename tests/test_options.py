@@ -72,9 +72,9 @@ def with_memory_limit(limit: int):
 def test_out_of_memory_is_one_line_with_the_batch_size(tmp_path):
     data = learnable_npz(tmp_path / "big.npz", n_train=1024, n_test=64, size=32)
     out = tmp_path / "run"
-    options = "--model wrn-16-8 --dataset npz --batch-size 1024 --precision fp32 --epochs 1"
+    options = "--model wrn-16-4 --dataset npz --batch-size 1024 --precision fp32 --epochs 1"
     command = ["train", *options.split(), "--data-dir", data, "--out", out]
-    result = wrn(*command, preexec_fn=with_memory_limit(3 << 30))
+    result = wrn(*command, preexec_fn=with_memory_limit(2 << 30))
     line = one_line_error(result, code=1)
     assert "out of memory on cpu during training at batch size 1024" in line
     assert "--batch-size 512" in line
