@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, cli_with, metrics, one_line_error, tiny_config
+from helpers import cli, cli_with, metrics, one_line_error, tiny_config, train_argv
 
 from wideresnet.data.cache import cache_dir
 from wideresnet.train import calibrate as cal
@@ -295,3 +295,28 @@ def test_the_assumed_cpu_peak_counts_the_units_bf16_runs_on(monkeypatch, flags, 
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     value, said = bench.peak("cpu", "bf16")
     assert value == 2 * 2.0e9 * per_cycle and f"{per_cycle}" in said
+
+
+@pytest.mark.compiles
+def test_a_runs_metrics_do_not_depend_on_what_the_cache_holds(npz, tmp_path, monkeypatch):
+    """The same one-process run with dropout and a teacher, first with no figures of this
+    machine, then with a real calibration cached, each estimated as a paper-length run (the
+    case that once benchmarked inside the run): identical metrics. No run measures anything,
+    and dropout is seeded right before training, after every part is built."""
+    import wideresnet.train.run as run_module
+
+    teacher = tmp_path / "teacher"
+    assert cli(*train_argv(npz, teacher, epochs=1)).returncode == 0
+    monkeypatch.setattr(run_module.Work, "of", lambda model, images: cal.Work(10**9, 1.0, 1.0))
+    pinned = ["--precision", "fp32", "--no-channels-last", "--compile", "off"]
+    pinned += ["--dropout", "0.3", "--teacher", teacher]
+    runs = []
+    for cached in (False, True):
+        if cached:
+            calibrate_small()
+        assert (cal.cached() is not None) is cached
+        out = tmp_path / f"cached-{cached}"
+        result = cli(*train_argv(npz, out, *pinned, epochs=2))
+        assert result.returncode == 0, result.stderr
+        runs.append(metrics(out, timing=False))
+    assert runs[0] == runs[1]

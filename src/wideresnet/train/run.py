@@ -113,7 +113,6 @@ def make_trainer(
     if world.distributed:
         if config.runtime.sync_bn:
             use_global_batch_norm(model)
-        seed_process(seed, 1, Stream.DROPOUT, world.rank)  # each process its own dropout
     size = config.data.image_size or getattr(model, "input_size", None)  # as exports record it
     model = runtime.prepare(model)
     teacher = load_teacher(config, data.classes, device, recorded.get("teacher"), size)
@@ -131,6 +130,9 @@ def make_trainer(
     decay = config.optim.ema_decay
     ema = WeightAverage(model, decay) if decay else None
     parts = Parts(data, model, runtime, optimizer, compiled, step, ema, teacher)
+    # dropout's draws: each process its own stream, seeded right before training, so that
+    # nothing built above (a teacher, the CPU choice, compiling) moves them
+    seed_process(seed, 1, Stream.DROPOUT, world.rank)
     return Trainer(config, run_dir, parts, log_every, world, run_id or new_run_id())
 
 
