@@ -86,10 +86,10 @@ def real_data_cache(tmp_path_factory):
     return cache
 
 
-# The order modules start in under xdist (--no-loadscope-reorder; a module to a worker, then
-# the next free worker takes the next): the real Slurm's first, whose tests mostly wait on
-# Slurm, and a light one third, which its worker runs after it; then the heaviest, so that no
-# long module starts last.
+# The order modules start in under xdist (--no-loadscope-reorder: a module to a worker, each
+# worker given the next one while it has fewer than two queued): the real Slurm's first, whose
+# tests mostly wait on Slurm while the other worker goes on; then the heaviest, so that no long
+# module starts last (one light module among them, as the second in a worker's queue).
 FIRST = ("test_slurm.py", "test_cluster.py", "test_shape.py", "test_tables.py")
 FIRST += ("test_front_door.py", "test_real_data.py", "test_stream.py", "test_distributed.py")
 FIRST += ("test_backbones.py", "test_handover.py", "test_run_folder.py", "test_compat.py")

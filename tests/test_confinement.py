@@ -160,7 +160,6 @@ def test_a_tiny_image_falls_back_instead_of_a_box_of_side_0():
     assert out.shape == (8, 8, 3)
 
 
-@pytest.mark.spawns
 def test_a_claims_or_lock_path_that_is_not_a_file_is_one_line(npz, tmp_path):
     exp = tmp_path / "exp"
     exp.mkdir()

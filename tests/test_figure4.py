@@ -97,7 +97,6 @@ def test_a_second_run_keeps_what_was_timed_and_another_setup_is_refused(timed):
     assert record.read_bytes() == before
 
 
-@pytest.mark.spawns
 def test_options_of_the_other_kind_are_refused_by_name(tmp_path):
     line = one_line_error(cli("table", "run", "figure4", "--out", tmp_path, "--seeds", "0,1"))
     assert "--seeds" in line and "training tables only" in line

@@ -152,12 +152,12 @@ def test_readme_snippets_run_as_written(tmp_path, real_data_cache, monkeypatch):
     torch.save(
         {"params": authors_params(wideresnet.create_model("wrn-16-4", 10))}, checkout / "model.pt7"
     )
+    monkeypatch.chdir(checkout)  # as a user types them, from the checkout
     ran = 0
     for mode, lang, body in readme_blocks():
         if mode.startswith("skip"):
             continue
         if lang == "python":
-            monkeypatch.chdir(checkout)
             exec(compile(body, "README.md", "exec"), {"__name__": "__main__"})
             ran += 1
             continue
@@ -166,7 +166,7 @@ def test_readme_snippets_run_as_written(tmp_path, real_data_cache, monkeypatch):
             assert words[0] == "wrn", f"a README shell line that is not a wrn command: {line}"
             if mode == "run shortened" and words[1] == "train":
                 words += SHORTENED
-            result = cli(*words[1:], cwd=checkout)
+            result = cli(*words[1:])
             assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
             ran += 1
     assert ran >= 8

@@ -71,7 +71,6 @@ def test_table_list_and_show_give_the_papers_numbers():
     assert "B(1,3,1)" in text and "6.06" in text and "hours on this CPU" in text
 
 
-@pytest.mark.spawns
 def test_missing_columns_and_unknown_rows_are_refused(tmp_path):
     line = one_line_error(cli("table", "run", "table7", "--dataset", "cifar10", "--out", tmp_path))
     assert "table7 has no cifar10 column (it has imagenet)" in line
