@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # two workers on two cores: one thread each (and in every process they start), so that
-    # neither waits on the other's threads
+    # three workers on two cores: one thread each (and in every process they start), so that
+    # none waits on another's threads; the third takes up the time the others spend waiting
+    # (on Slurm's jobs, a subprocess, a lock)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
@@ -88,7 +89,7 @@ def real_data_cache(tmp_path_factory):
 
 # The order modules start in under xdist (--no-loadscope-reorder: a module to a worker, each
 # worker given the next one while it has fewer than two queued): the real Slurm's first, whose
-# tests mostly wait on Slurm while the other worker goes on; then the heaviest, so that no long
+# tests mostly wait on Slurm while the other workers go on; then the heaviest, so that no long
 # module starts last (one light module among them, as the second in a worker's queue).
 FIRST = ("test_slurm.py", "test_cluster.py", "test_shape.py", "test_tables.py")
 FIRST += ("test_front_door.py", "test_real_data.py", "test_stream.py", "test_distributed.py")

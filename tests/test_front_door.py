@@ -78,34 +78,31 @@ def mirror(tmp_path):
 TRAIN = "train --model wrn-10-1 --dataset cifar10 --epochs 1 --batch-size 50 --precision fp32"
 
 
-@pytest.mark.spawns
 def test_train_without_data_dir_fetches_the_files_and_trains(mirror, tmp_path, isolated_cache):
     out = tmp_path / "run"
     env = {"WRN_DATA_MIRROR": mirror.url()}
     # the small archive is not the official one, so its md5 cannot match: --no-verify
-    result = wrn(*TRAIN.split(), "--no-verify", "--out", out, env=env)
+    result = cli(*TRAIN.split(), "--no-verify", "--out", out, env=env)
     assert result.returncode == 0, result.stderr
     fetched = isolated_cache / "data" / "cifar10"
     assert (fetched / "cifar-10-batches-py" / "data_batch_1").is_file()
     assert json.loads((out / "config.json").read_text())["data_dir"] == str(fetched)
     assert json.loads((out / "result.json").read_text())["train_images"] == 200
-    again = wrn(*TRAIN.split(), "--no-verify", "--out", tmp_path / "b", env={"WRN_DATA_MIRROR": ""})
+    again = cli(*TRAIN.split(), "--no-verify", "--out", tmp_path / "b", env={"WRN_DATA_MIRROR": ""})
     assert again.returncode == 0, again.stderr  # fetched once: no network needed the 2nd time
 
 
-@pytest.mark.spawns
 def test_a_fetched_archive_is_md5_checked_and_nothing_is_kept(mirror, tmp_path, isolated_cache):
-    result = wrn(*TRAIN.split(), "--out", tmp_path / "run", env={"WRN_DATA_MIRROR": mirror.url()})
+    result = cli(*TRAIN.split(), "--out", tmp_path / "run", env={"WRN_DATA_MIRROR": mirror.url()})
     line = one_line_error(result)
     assert "md5" in line and "nothing was kept" in line
     folder = isolated_cache / "data" / "cifar10"
     assert not folder.exists() or not any(folder.iterdir())
 
 
-@pytest.mark.spawns
 def test_no_network_is_one_line_that_says_what_to_do(tmp_path):
     closed = "http://127.0.0.1:9/"  # the discard port: nothing listens
-    result = wrn(*TRAIN.split(), "--out", tmp_path / "run", env={"WRN_DATA_MIRROR": closed})
+    result = cli(*TRAIN.split(), "--out", tmp_path / "run", env={"WRN_DATA_MIRROR": closed})
     line = one_line_error(result)
     assert "download failed" in line and "--data-dir" in line and "--dataset folder" in line
 
