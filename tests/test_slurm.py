@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.spawns, pytest.mark.timeout(1200)]  # Slurm's own wait
 pytest.importorskip("submitit", reason="the cluster extra (pip install 'wideresnet[cluster]')")
 
 START = Path(__file__).parent / "slurm" / "start.sh"
+PACED = Path(__file__).parent / "slurm" / "paced"  # a sitecustomize.py that slows each step
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
 
 
@@ -46,6 +47,14 @@ def slurm(tmp_path_factory):
         subprocess.run(["scancel", "--full", "--user", "root"], capture_output=True)
         subprocess.run([START, folder, "stop"], capture_output=True)
         os.environ.pop("SLURM_CONF", None)
+
+
+def paced(seconds: float) -> dict[str, str]:
+    """The environment of a submission whose jobs' training steps each sleep `seconds` first
+    (tests/slurm/paced: the jobs inherit it): a run lasts as long as a test needs it to without
+    keeping a core busy; its numbers are the unpaced run's."""
+    path = [str(PACED), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(path), "WRN_TEST_STEP_SLEEP": str(seconds)}
 
 
 def slurm_state(job: str) -> str:
@@ -102,7 +111,7 @@ lr = 0.05
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     folder = tmp_path_factory.mktemp("grid")
-    npz = learnable_npz(folder / "d.npz", n_train=1600, n_test=16, size=32)
+    npz = learnable_npz(folder / "d.npz", n_train=160, n_test=16, size=32)
     (folder / "grid.toml").write_text(GRID)
     return folder / "grid.toml", npz
 
@@ -127,13 +136,16 @@ def test_a_grid_on_slurm_with_a_preempted_job_equals_the_local_launcher(slurm, g
     status` says queued (with the job id) while Slurm holds the requeued job, and the resumed
     run ends equal to the uninterrupted run of the local launcher, with nothing replaced."""
     out = tmp_path / "slurm"
-    submitted = run_grid(grid, out, "--launcher", "submitit", "--gpus-per-run", "0")
+    # epochs of 20 steps of 0.15 s and more: the signal lands in the middle of the second
+    on_slurm = ["--launcher", "submitit", "--gpus-per-run", "0"]
+    submitted = run_grid(grid, out, *on_slurm, env=paced(0.15))
     assert submitted.returncode == 0, submitted.stderr
     assert "2 runs submitted" in submitted.stdout
     key = "slurm-grid/lr-0.1/npz-as-cifar10/seed0"
     job = jobs_of(out)[key]
     run = out / key
     until(lambda: (run / "metrics.jsonl").exists() and metrics(run), 300, "the first epoch")
+    time.sleep(0.6)  # a few of the second epoch's 20 steps (3 s) done: a signal mid-epoch
     # Slurm 22.05 signals a running task of an array with pending tasks, then answers "try
     # again later" and scancel retries for minutes: the signal's effect is what is awaited
     scancel = subprocess.Popen(["scancel", "--signal=USR2", job], stderr=subprocess.DEVNULL)
@@ -164,23 +176,24 @@ def test_a_grid_on_slurm_with_a_preempted_job_equals_the_local_launcher(slurm, g
     for ours, theirs in zip(runs_of(out), runs_of(local)):
         assert metrics(ours, timing=False) == metrics(theirs, timing=False), ours
     assert {k: v["state"] for k, v in status(out).items()} == dict.fromkeys(status(out), "finished")
-    again = run_grid(grid, out, "--launcher", "submitit", "--gpus-per-run", "0")
+    again = run_grid(grid, out, *on_slurm)
     assert "skipped 2 finished" in again.stdout and "nothing new to submit" in again.stdout
 
 
 def test_a_run_longer_than_its_time_limit_is_requeued_and_finishes(slurm, tmp_path):
     """--slurm-time 1 with USR2 15 s before it: Slurm checks time limits every 30 s and
     signals a job once its end is within the delay plus 30 s, so at 15-45 s of a run that
-    trains for about a minute; the run saves, the job is requeued (as often as the limit needs)
-    and the run finishes."""
-    npz = learnable_npz(tmp_path / "d.npz", n_train=1600, n_test=16, size=32)
+    lasts about a minute (each step paced by a sleep: tests/slurm/paced); the run saves, the
+    job is requeued (as often as the limit needs) and the run finishes."""
+    npz = learnable_npz(tmp_path / "d.npz", n_train=320, n_test=16, size=32)
     out = tmp_path / "exp"
     where = ["--dataset", "npz", "--data-dir", npz, "--paper-dataset", "cifar10"]
-    rows = ["--rows", "16-4", "--seeds", "0", "--epochs", "25", "--out", out]
+    rows = ["--rows", "16-4", "--seeds", "0", "--epochs", "12", "--out", out]
     cluster = ["--launcher", "submitit", "--gpus-per-run", "0", "--slurm-time", "1"]
     cluster += ["--slurm-signal-delay", "15"]
     train = ["--", "--model", "wrn-10-1", "--batch-size", "8", "--precision", "fp32"]
-    submitted = cli("table", "run", "table6", *where, *rows, *cluster, *train)
+    # 480 steps of 0.12 s and more: about a minute
+    submitted = cli("table", "run", "table6", *where, *rows, *cluster, *train, env=paced(0.12))
     assert submitted.returncode == 0, submitted.stderr
     ((key, job),) = jobs_of(out).items()
     run = out / key
@@ -193,7 +206,7 @@ def test_a_run_longer_than_its_time_limit_is_requeued_and_finishes(slurm, tmp_pa
     log = (out / "logs" / "table6-16-4-npz-as-cifar10-seed0.log").read_text()
     assert "stopped by SIGTERM; checkpoint saved" in log, log
     assert f"wrn train --resume {run}" in log
-    assert len(metrics(run)) == 25 and not list(out.rglob(".replaced-*"))
+    assert len(metrics(run)) == 12 and not list(out.rglob(".replaced-*"))
     script = next((out / "submitit").rglob("*_submission.sh")).read_text()
     assert "#SBATCH --signal=USR2@15" in script and "#SBATCH --time=1" in script
 
