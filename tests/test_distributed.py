@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, metrics, parent_pid, tiny_config, wait_for
+from helpers import cli, metrics, parent_pid, tiny_config, train_argv, wait_for
 
 from wideresnet.errors import ConfigError
 from wideresnet.train.checkpoint import load_checkpoint
@@ -24,26 +24,14 @@ from wideresnet.train.step import EpochSums
 
 pytestmark = pytest.mark.spawns  # torchrun and its ranks
 
-OPTIONS = "--model wrn-10-1 --dataset npz --batch-size 32 --lr 0.05 --precision fp32 --seed 3"
-OPTIONS += " --device cpu --milestones 2,3"
-
 
 def metrics_of(run: Path) -> list[dict]:
     return metrics(run, timing=False)
 
 
 def train_args(npz: Path, out: Path, *extra, epochs: int = 3) -> list[str]:
-    return [
-        "train",
-        *OPTIONS.split(),
-        "--epochs",
-        str(epochs),
-        "--data-dir",
-        str(npz),
-        "--out",
-        str(out),
-        *extra,
-    ]
+    """helpers.train_argv's tiny run on the CPU, as text for a command line."""
+    return [str(a) for a in train_argv(npz, out, "--device", "cpu", *extra, epochs=epochs)]
 
 
 def torchrun(*args, processes: int = 2) -> subprocess.Popen:

@@ -23,6 +23,7 @@ from helpers import (
     metrics,
     one_line_error,
     tiny_config,
+    train_argv,
     wrn,
     wrn_with,
 )
@@ -36,9 +37,8 @@ STEPS_PER_EPOCH = 6
 
 
 def base_args(npz: Path, out: Path, *extra: str) -> list[str]:
-    options = "--model wrn-10-1 --dataset npz --epochs 3 --batch-size 32 --lr 0.05 --milestones 2,3"
-    options += " --dropout 0.3 --precision fp32 --seed 3"
-    return ["train", *options.split(), "--data-dir", npz, "--out", out, *extra]
+    """helpers.train_argv's tiny run with dropout in its blocks."""
+    return train_argv(npz, out, "--dropout", "0.3", *extra)
 
 
 def checkpoint(run: Path, name: str = "checkpoint.pt") -> dict:
