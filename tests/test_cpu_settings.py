@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import cli, cli_with, metrics, one_line_error, tiny_config, train_argv
 
+from wideresnet.config import Config
 from wideresnet.data.cache import cache_dir
 from wideresnet.train import calibrate as cal
 from wideresnet.train.checkpoint import load_checkpoint
@@ -201,13 +202,36 @@ def test_the_cpu_choice_and_its_reason_are_recorded(npz, tmp_path):
     assert resolved["compile"] is False and "compile" not in resolved["reasons"]
 
 
-def test_without_figures_of_this_machine_the_classs_figures_decide(npz, tmp_path):
+def test_without_figures_of_this_machine_the_classs_rule_decides(npz, tmp_path):
     trainer = make_trainer(tiny_config(npz, precision="auto"), RunDir(tmp_path))
     why = trainer.runtime.reasons["compile"]
-    assert f"the {cpu_class()} class's figures" in why and trainer.runtime.compile is False
-    assert not (cache_dir() / cal.RECORD).exists()  # a short run measures nothing
+    assert f"the {cpu_class()} class's rule" in why and trainer.runtime.compile is False
+    assert not (cache_dir() / cal.RECORD).exists()  # a run measures nothing
     bf16 = cpu_class() == "avx512-bf16"
     assert trainer.runtime.precision == ("bf16" if bf16 else "fp32")
+
+
+@pytest.mark.parametrize(
+    "cls, options, expected",
+    [
+        ("avx512-bf16", {}, "eager bf16 channels_last"),
+        ("avx512-bf16", {"compile": "on"}, "compiled bf16 channels_last"),
+        ("avx512-bf16", {"precision": "fp32"}, "eager fp32 channels_last"),
+        ("avx512-bf16", {"channels_last": False}, "eager fp32 NCHW"),
+        ("avx512", {}, "eager fp32 channels_last"),
+        ("avx512", {"compile": "step"}, "whole step compiled fp32 channels_last"),
+        ("avx2", {}, "eager fp32 channels_last"),
+        ("other", {}, "eager fp32 NCHW"),
+    ],
+)
+def test_the_rule_by_class_never_compiles_unless_asked(monkeypatch, cls, options, expected):
+    """Without figures (whatever the run's length), eager: bf16 channels_last with bf16 units,
+    fp32 channels_last without; compiled only when --compile asks, in the rule's order."""
+    monkeypatch.setattr(cal, "cpu_class", lambda: cls)
+    config = Config.from_dict({"device": "cpu", **options})
+    long = cal.Work(images=10**9, macs_ratio=1.0, depth_ratio=1.0)
+    chosen, why = cal.cpu_choice(config, long)
+    assert chosen.name == expected and f"the {cls} class's rule" in why
 
 
 def test_a_resumed_run_keeps_the_cpu_setting_it_started_with(npz, tmp_path):

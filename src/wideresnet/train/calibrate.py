@@ -9,13 +9,14 @@ machine (`wrn train` never does: a benchmark inside a run would draw weights and
 figures go to $WRN_CACHE_DIR/cpu-settings.json under the machine's key (the
 CPU's model name, its instruction class, the threads and the torch version): another CPU, an
 ISA cap (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), a thread count or a torch version has no
-figures until it is measured. Without figures, the class's own (CLASS_FIGURES, measured on
-this project's CPU, the class emulated where it is not the CPU's own) stand in.
+figures until it is measured.
 
-A run's choice is the candidate with the least estimated time: its compile seconds (scaled
-by the network's depth) plus the run's eager fp32 training time (from its multiply-accumulates
-and images) over the candidate's speed-up. A short run never pays for compiling; where the
-crossover lies is in the reason config.json records.
+With figures, a run's choice is the candidate with the least estimated time: its compile
+seconds (scaled by the network's depth) plus the run's eager fp32 training time (from its
+multiply-accumulates and images) over the candidate's speed-up. A short run never pays for
+compiling; where the crossover lies is in the reason config.json records. Without figures, a
+rule by instruction class (RULES): eager bf16 channels_last where the CPU has bf16 units,
+eager fp32 channels_last elsewhere; compiling only when asked for.
 """
 
 from __future__ import annotations
@@ -45,45 +46,20 @@ REFERENCE, REFERENCE_BATCH = "wrn-16-2", 128
 ROUNDS = 3  # of `steps` steps per candidate, interleaved; the median is kept
 WARMUP_STEPS = {False: 2, True: 5}  # with CUDA graphs: recorded on a later call than the first
 
-# {class: (eager fp32 NCHW img/s, {candidate: (speed-up, compile seconds)})}: the medians of
-# `wrn bench wrn-16-2 --device cpu --calibrate` on this project's 2-core AMD EPYC (Zen 4,
-# AVX512-BF16), torch 2.13, 2026-12-02; the avx512 and avx2 classes emulated on it with
-# ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS capped at them.
-CLASS_FIGURES: dict[str, tuple[float, dict[str, tuple[float, float]]]] = {
-    "avx512-bf16": (
-        293.0,
-        {
-            "eager fp32 NCHW": (1.0, 0.0),
-            "eager fp32 channels_last": (1.11, 0.0),
-            "compiled fp32 NCHW": (1.18, 31.0),
-            "compiled fp32 channels_last": (1.26, 13.0),
-            "whole step compiled fp32 channels_last": (1.36, 14.0),
-            "eager bf16 channels_last": (2.53, 0.0),
-            "compiled bf16 channels_last": (2.47, 28.0),
-        },
-    ),
-    "avx512": (
-        243.0,
-        {
-            "eager fp32 NCHW": (1.0, 0.0),
-            "eager fp32 channels_last": (1.36, 0.0),
-            "compiled fp32 NCHW": (1.46, 34.0),
-            "compiled fp32 channels_last": (1.44, 12.0),
-            "whole step compiled fp32 channels_last": (1.46, 14.0),
-        },
-    ),
-    "avx2": (
-        185.0,
-        {
-            "eager fp32 NCHW": (1.0, 0.0),
-            "eager fp32 channels_last": (1.19, 0.0),
-            "compiled fp32 NCHW": (1.20, 37.0),
-            "compiled fp32 channels_last": (1.22, 16.0),
-            "whole step compiled fp32 channels_last": (1.17, 17.0),
-        },
-    ),
+# Without figures of this machine: the candidates by preference, the first one the run's
+# options allow. The medians of `wrn bench wrn-16-2 --device cpu --calibrate` on this
+# project's 2-core AMD EPYC (Zen 4, AVX512-BF16), torch 2.13, 2026-12-02, each class emulated
+# below its own: eager bf16 channels_last 2.53x eager fp32 NCHW (compiled bf16: 2.47x); eager
+# fp32 channels_last 1.36x under avx512 (the best compiled one 1.46x, after 14-34 s of
+# compiling) and 1.19x under avx2 (1.22x): the eager choice is within 0-7% of the best.
+EAGER_FIRST = ("eager fp32 channels_last", "eager fp32 NCHW", "compiled fp32 channels_last")
+EAGER_FIRST += ("whole step compiled fp32 channels_last", "compiled fp32 NCHW")
+RULES = {
+    "avx512-bf16": ("eager bf16 channels_last", "compiled bf16 channels_last", *EAGER_FIRST),
+    "avx512": EAGER_FIRST,
+    "avx2": EAGER_FIRST,
 }
-CLASS_SOURCE = "measured on a 2-core AMD EPYC (Zen 4), the class emulated where not native"
+RULES_MEASURED = "eager within 0-7% of compiled on each class, measured on a 2-core EPYC"
 
 
 # -- timing one setting (wrn bench and the calibration) --------------------------------------
@@ -303,12 +279,16 @@ def cached() -> Figures | None:
     return _figures(entry)
 
 
-def class_figures() -> Figures:
-    """The figures of this CPU's class (fp32 eager only where its class is unknown)."""
+def by_rule(allowed: list[Candidate]) -> tuple[Candidate, str]:
+    """The setting RULES give this CPU's class among the allowed, with the reason."""
     name = cpu_class()
-    eager, rows = CLASS_FIGURES.get(name, (CLASS_FIGURES["avx2"][0], {BASELINE.name: (1.0, 0)}))
-    known = "" if name in CLASS_FIGURES else ": no figures for it, plain PyTorch"
-    return Figures(eager, rows, f"the {name} class's figures{known} ({CLASS_SOURCE})")
+    order = RULES.get(name, ("eager fp32 NCHW",))
+    best = next((c for n in order for c in allowed if c.name == n), None)
+    best = best or (allowed[0] if allowed else BASELINE)
+    return best, (
+        f"{best.name}: the {name} class's rule ({RULES_MEASURED}); `wrn bench MODEL --device "
+        "cpu --calibrate` measures this machine, and compiling is then chosen where it pays"
+    )
 
 
 @dataclass(frozen=True)
@@ -389,14 +369,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def figures_for() -> Figures:
-    """This machine's cached figures (`wrn bench --calibrate` measures them), else its
-    class's. Nothing is measured here: a benchmark inside `wrn train` would draw weights and
-    reseed, and the same command would then train differently once the figures are cached."""
-    found = cached()
-    return found if found is not None else class_figures()
-
-
 def allowed_by(config: Config) -> list[Candidate]:
     """The candidates the run's explicit options leave (auto leaves every one)."""
     runtime = config.runtime
@@ -412,8 +384,14 @@ def allowed_by(config: Config) -> list[Candidate]:
 
 
 def cpu_choice(config: Config, work: Work | None) -> tuple[Candidate, str]:
-    """The CPU setting of a run: `work` its size (None: eager only), with the reason."""
-    return choose(figures_for(), work, allowed_by(config))
+    """The CPU setting of a run: `work` its size (None: eager only), with the reason; by this
+    machine's cached figures (`wrn bench --calibrate` measures them), else by its class's
+    rule. Nothing is measured here: a benchmark inside `wrn train` would draw weights and
+    reseed, and the same command would then train differently once the figures are cached."""
+    figures = cached()
+    if figures is None:
+        return by_rule(allowed_by(config))
+    return choose(figures, work, allowed_by(config))
 
 
 def describe(figures: Figures) -> list[dict[str, Any]]:
