@@ -17,6 +17,7 @@ from helpers import cli, cli_with, metrics, one_line_error, tiny_config, train_a
 
 from wideresnet.config import Config
 from wideresnet.data.cache import cache_dir
+from wideresnet.models import create_model
 from wideresnet.train import calibrate as cal
 from wideresnet.train.checkpoint import load_checkpoint
 from wideresnet.train.cpu import BASELINE, CANDIDATES, cpu_bf16, cpu_class, cpu_flags
@@ -229,8 +230,9 @@ def test_the_rule_by_class_never_compiles_unless_asked(monkeypatch, cls, options
     fp32 channels_last without; compiled only when --compile asks, in the rule's order."""
     monkeypatch.setattr(cal, "cpu_class", lambda: cls)
     config = Config.from_dict({"device": "cpu", **options})
-    long = cal.Work(images=10**9, macs_ratio=1.0, depth_ratio=1.0)
-    chosen, why = cal.cpu_choice(config, long)
+    with torch.device("meta"):
+        model = create_model("wrn-10-1", 10)
+    chosen, why = cal.cpu_choice(config, model, images=10**9)
     assert chosen.name == expected and f"the {cls} class's rule" in why
 
 
@@ -327,11 +329,9 @@ def test_a_runs_metrics_do_not_depend_on_what_the_cache_holds(npz, tmp_path, mon
     machine, then with a real calibration cached, each estimated as a paper-length run (the
     case that once benchmarked inside the run): identical metrics. No run measures anything,
     and dropout is seeded right before training, after every part is built."""
-    import wideresnet.train.run as run_module
-
     teacher = tmp_path / "teacher"
     assert cli(*train_argv(npz, teacher, epochs=1)).returncode == 0
-    monkeypatch.setattr(run_module.Work, "of", lambda model, images: cal.Work(10**9, 1.0, 1.0))
+    monkeypatch.setattr(cal.Work, "of", lambda model, images: cal.Work(10**9, 1.0, 1.0))
     pinned = ["--precision", "fp32", "--no-channels-last", "--compile", "off"]
     pinned += ["--dropout", "0.3", "--teacher", teacher]
     runs = []

@@ -26,7 +26,6 @@ from wideresnet.models import FORWARDS_PER_TRAINING_IMAGE, create_model, model_s
 from wideresnet.recipes import make_config
 from wideresnet.train.calibrate import (
     WARMUP_STEPS,
-    Work,
     build_for_bench,
     calibrate,
     cpu_choice,
@@ -57,8 +56,9 @@ BENCH_RUN = ("a run of the paper's CIFAR schedule", 200 * 49_920)
 
 def cpu_default(model_name: str) -> tuple[Candidate, str]:
     """The CPU setting `wrn train` picks for `model_name` on a paper-length CIFAR run."""
-    model = create_model(model_name, 10)
-    return cpu_choice(Config(), Work.of(model, BENCH_RUN[1]))
+    with torch.device("meta"):  # sized from shapes alone: no weights drawn
+        model = create_model(model_name, 10)
+    return cpu_choice(Config(), model, BENCH_RUN[1])
 
 
 def settings(

@@ -59,7 +59,7 @@ def gpu_images_per_second(macs: float) -> float:
 
 def cpu_rate() -> tuple[float, str]:
     """(training multiply-accumulates per second of this CPU, how it was measured)."""
-    eager = cpu_choice(Config(), None)  # the eager setting wrn train takes here
+    eager = cpu_choice(Config())  # the eager setting wrn train takes here
     runtime = Runtime.resolve(Config(), torch.device("cpu"), 1, eager)
     key = f"{platform.processor() or platform.machine()}|{torch.__version__}|"
     key += f"{torch.get_num_threads()} threads|{runtime.precision}"

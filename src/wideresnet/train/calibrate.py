@@ -383,14 +383,18 @@ def allowed_by(config: Config) -> list[Candidate]:
     ]
 
 
-def cpu_choice(config: Config, work: Work | None) -> tuple[Candidate, str]:
-    """The CPU setting of a run: `work` its size (None: eager only), with the reason; by this
-    machine's cached figures (`wrn bench --calibrate` measures them), else by its class's
-    rule. Nothing is measured here: a benchmark inside `wrn train` would draw weights and
-    reseed, and the same command would then train differently once the figures are cached."""
+def cpu_choice(
+    config: Config, model: torch.nn.Module | None = None, images: int = 0
+) -> tuple[Candidate, str]:
+    """The CPU setting of a run of `model` over `images` training images (no model: eager
+    only), with the reason; by this machine's cached figures (`wrn bench --calibrate` measures
+    them), sizing the run only then, else by its class's rule. Nothing is measured here: a
+    benchmark inside `wrn train` would draw weights and reseed, and the same command would
+    then train differently once the figures are cached."""
     figures = cached()
     if figures is None:
         return by_rule(allowed_by(config))
+    work = None if model is None else Work.of(model, images)
     return choose(figures, work, allowed_by(config))
 
 

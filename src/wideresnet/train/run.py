@@ -21,7 +21,7 @@ from wideresnet.extras import require
 from wideresnet.models import count_params
 from wideresnet.protocol import RESUME_CHANGES, ConfigChange
 from wideresnet.seeds import Stream, seed_process
-from wideresnet.train.calibrate import Work, cpu_choice, kept_cpu_setting
+from wideresnet.train.calibrate import cpu_choice, kept_cpu_setting
 from wideresnet.train.checkpoint import Checkpoint, load_any, nonfinite_tensor, weight_mismatch
 from wideresnet.train.distill import load_teacher
 from wideresnet.train.distributed import (
@@ -107,8 +107,7 @@ def make_trainer(
     cpu = None
     if device.type == "cpu":  # several processes measure nothing: they would share the cores
         images = len(data.train) * config.optim.batch_size * config.optim.epochs
-        work = Work.of(model, images)
-        cpu = kept_cpu_setting(recorded) or cpu_choice(config, work)
+        cpu = kept_cpu_setting(recorded) or cpu_choice(config, model, images)
     runtime = Runtime.resolve(config, device, world.size, cpu)
     if world.distributed:
         if config.runtime.sync_bn:
