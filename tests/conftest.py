@@ -73,17 +73,11 @@ def real_data_cache(tmp_path_factory):
         root = root.parent  # the run's folder, above each worker's own
     cache = root / "real-cache"
     cache.mkdir(exist_ok=True)
-    saved = os.environ.get("WRN_CACHE_DIR")
-    with open(root / "real-cache.lock", "w") as lock:
+    with open(root / "real-cache.lock", "w") as lock, pytest.MonkeyPatch.context() as patch:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        os.environ["WRN_CACHE_DIR"] = str(cache)
-        try:
-            for split in ("train", "test"):
-                load_dataset("folder", SHARED_DATA / "cifar10-jpeg", split)
-        finally:
-            os.environ.pop("WRN_CACHE_DIR")
-            if saved is not None:
-                os.environ["WRN_CACHE_DIR"] = saved
+        patch.setenv("WRN_CACHE_DIR", str(cache))
+        for split in ("train", "test"):
+            load_dataset("folder", SHARED_DATA / "cifar10-jpeg", split)
     return cache
 
 
